@@ -1,0 +1,98 @@
+"""Data sources behind one narrow contract: batches of ``{input_name: ndarray}`` in the ONNX layout, known length.
+
+Evaluation uses the same sources with labels. The PTQ issue adds image folders and callables here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import DataError
+
+DIGITS_PREPROCESSING = {
+    "source": "scikit-learn load_digits: 8x8 grayscale, integer pixel values 0..16",
+    "scale": 1 / 16,
+    "layout": "NCHW (torch/ONNX); NHWC for TFLite",
+    "color": "grayscale, 1 channel",
+}
+
+
+@dataclass
+class ArrayDataset:
+    """Samples stacked along axis 0, one array per model input, optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), batch_size):
+            yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
+
+    def take(self, indices: np.ndarray) -> ArrayDataset:
+        labels = None if self.labels is None else self.labels[indices]
+        return ArrayDataset({name: a[indices] for name, a in self.inputs.items()}, labels)
+
+
+def digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (N, 1, 8, 8) float32 in [0, 1] and int64 labels; a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target.astype(np.int64), test_size=0.2, random_state=seed, stratify=digits.target
+    )
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def load_digits_dataset(input_name: str, split: str = "test") -> ArrayDataset:
+    images, labels = digits_split(split)
+    return ArrayDataset({input_name: images}, labels)
+
+
+def load_npz_dataset(path: Path, input_names: list[str]) -> ArrayDataset:
+    """A .npz (or .npy for a single input) holding one array per input name, plus optional 'labels'."""
+    if not Path(path).is_file():
+        raise DataError(f"data file {path} does not exist (data.path in the recipe)")
+    try:
+        arrays = _read_arrays(Path(path), input_names)
+    except (ValueError, OSError) as e:
+        raise DataError(f"data file {path} is not a readable .npz/.npy file: {e}") from e
+    missing = [n for n in input_names if n not in arrays]
+    if missing:
+        raise DataError(f"data file {path} has no array for input(s) {missing}; it holds {sorted(arrays)}")
+    labels = arrays.get("labels")
+    return ArrayDataset({n: arrays[n] for n in input_names}, None if labels is None else labels.astype(np.int64))
+
+
+def _read_arrays(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
+    if path.suffix == ".npy":
+        return {input_names[0]: np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def check_dataset(dataset: ArrayDataset, shapes: dict[str, list[int]], dtypes: dict[str, str], source: str) -> None:
+    """Every input present, per-sample shape as the model expects, finite values, labels aligned."""
+    if len(dataset) == 0:
+        raise DataError(f"{source}: the data holds no samples")
+    for name, shape in shapes.items():
+        array = dataset.inputs[name]
+        if list(array.shape[1:]) != list(shape[1:]):
+            raise DataError(
+                f"{source}: input {name!r} samples have shape {list(array.shape[1:])}, the model "
+                f"expects {list(shape[1:])} (model.inputs shape {shape} without the batch axis)"
+            )
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise DataError(f"{source}: input {name!r} contains NaN or Inf values")
+        dataset.inputs[name] = array.astype(dtypes[name], copy=False)
+    if dataset.labels is not None and len(dataset.labels) != len(dataset):
+        raise DataError(f"{source}: {len(dataset.labels)} labels for {len(dataset)} samples")

@@ -1,0 +1,66 @@
+"""What an ONNX file says about itself: inputs, outputs, op counts, opset."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from edgepack.artifacts import Artifact, Format, Precision, TensorSpec, sha256_file
+from edgepack.errors import ModelFileError
+
+LAYOUT_BY_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+
+
+def load_onnx(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelFileError(f"{path} is not a readable ONNX file: {e}") from e
+
+
+def tensor_specs(values, initializers: set[str] = frozenset()) -> list[TensorSpec]:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    specs = []
+    for value in values:
+        if value.name in initializers:
+            continue  # old exporters list weights as inputs too
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        specs.append(
+            TensorSpec(
+                name=value.name,
+                shape=shape,
+                dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type).name,
+                layout=LAYOUT_BY_RANK.get(len(shape)),
+            )
+        )
+    return specs
+
+
+def onnx_op_counts(model) -> dict[str, int]:
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+def onnx_artifact(
+    run_dir: Path, path: Path, *, name: str, stage: str, parent: str | None, precision: Precision = Precision.FP32
+) -> Artifact:
+    model = load_onnx(path)
+    initializers = {t.name for t in model.graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return Artifact(
+        name=name,
+        format=Format.ONNX,
+        precision=precision,
+        path=str(Path(path).relative_to(run_dir)),
+        sha256=sha256_file(path),
+        bytes=Path(path).stat().st_size,
+        parent=parent,
+        stage=stage,
+        inputs=tensor_specs(model.graph.input, initializers),
+        outputs=tensor_specs(model.graph.output),
+        op_counts=onnx_op_counts(model),
+        details={"opset": opset, "producer": model.producer_name},
+    )

@@ -1,0 +1,67 @@
+"""torch -> ONNX (float32), checked with the ONNX checker before it is handed on."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgepack.artifacts import atomic_path
+from edgepack.errors import StageError
+
+
+def export_to_onnx(
+    model: torch.nn.Module | object,
+    example: tuple[torch.Tensor, ...],
+    out_path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamo: bool,
+) -> None:
+    """Export ``model`` (an nn.Module, ScriptModule or torch.export program) and write ``out_path`` atomically."""
+    import onnx
+
+    with atomic_path(Path(out_path)) as tmp:
+        try:
+            _quiet_export(model, example, tmp, input_names, output_names, opset, dynamo)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as e:
+            how = "dynamo" if dynamo else "legacy (TorchScript-based)"
+            raise StageError(
+                "export",
+                f"torch.onnx.export ({how} exporter, opset {opset}) failed: {e}. "
+                "Try the other exporter: 'exporter: legacy' or 'exporter: dynamo' in the export stage",
+            ) from e
+
+
+def _quiet_export(model, example, path: Path, input_names, output_names, opset: int, dynamo: bool) -> None:
+    # The dynamo exporter prints progress lines to stdout; the pipeline shows its own progress instead.
+    kwargs = dict(input_names=input_names, output_names=output_names, opset_version=opset, dynamo=dynamo)
+    if dynamo:
+        kwargs.update(external_data=False, optimize=True, verbose=False)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(path), **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The exporter logs a warning per torchvision op it cannot register; torchvision is optional here."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def example_inputs(feeds: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in names)

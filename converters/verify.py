@@ -1,0 +1,118 @@
+"""Run an artifact in its own runtime and compare its outputs with the reference.
+
+Each runtime is fed in its own layout (TFLite NHWC, ONNX NCHW); outputs are brought back to the ONNX layout
+before comparing, so the comparison is element for element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+from calibration.sources import ArrayDataset
+from edgepack.artifacts import TensorSpec, from_runtime_layout, to_runtime_layout
+
+
+class OutputComparison(BaseModel):
+    output: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine_similarity: float
+    reference_range: float
+    tolerance: float | None  # None: reported only, not enforced (integer artifacts before PTQ defines bounds)
+    passed: bool
+
+
+class Verification(BaseModel):
+    samples: int
+    runtime: str
+    runtime_version: str
+    outputs: list[OutputComparison]
+    top1_agreement: float | None = None
+    passed: bool
+
+
+def predict(session, dataset: ArrayDataset, batch_size: int) -> dict[str, np.ndarray]:
+    """Outputs (ONNX layout, stacked over samples) of ``session`` on every sample, in batches of the model's size."""
+    results: dict[str, list[np.ndarray]] = {spec.name: [] for spec in session.outputs}
+    for batch in dataset.batches(batch_size):
+        count = len(next(iter(batch.values())))
+        outputs = session.run(_runtime_feeds(session.inputs, pad_batch(batch, batch_size)))
+        for spec in session.outputs:
+            results[spec.name].append(from_runtime_layout(outputs[spec.name], spec)[:count])
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+def _runtime_feeds(specs: list[TensorSpec], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {spec.name: to_runtime_layout(batch[spec.name], spec).astype(spec.dtype, copy=False) for spec in specs}
+
+
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Repeat the last sample so a short final batch fits a model exported with a fixed batch size."""
+    padded = {}
+    for name, array in batch.items():
+        missing = batch_size - len(array)
+        padded[name] = np.concatenate([array, np.repeat(array[-1:], missing, axis=0)]) if missing > 0 else array
+    return padded
+
+
+def compare(
+    reference: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    *,
+    relative_tolerance: float | None,
+    classifier: bool,
+) -> tuple[list[OutputComparison], float | None]:
+    """Per-output error figures; tolerance = relative_tolerance x the reference output's range."""
+    comparisons = [_compare_one(name, ref, actual[name], relative_tolerance) for name, ref in reference.items()]
+    first = next(iter(reference))
+    top1 = _top1_agreement(reference[first], actual[first]) if classifier else None
+    return comparisons, top1
+
+
+def _compare_one(name: str, ref: np.ndarray, out: np.ndarray, relative_tolerance: float | None) -> OutputComparison:
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    error = np.abs(ref64 - out64)
+    value_range = float(ref64.max() - ref64.min()) if ref64.size else 0.0
+    # A floor keeps a constant output (range 0) from demanding bit-exactness.
+    tolerance = None if relative_tolerance is None else relative_tolerance * max(value_range, 1e-3)
+    max_error = float(error.max()) if error.size else 0.0
+    return OutputComparison(
+        output=name,
+        max_abs_error=max_error,
+        mean_abs_error=float(error.mean()) if error.size else 0.0,
+        cosine_similarity=_cosine(ref64.ravel(), out64.ravel()),
+        reference_range=value_range,
+        tolerance=tolerance,
+        passed=tolerance is None or max_error <= tolerance,
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return 1.0 if norms == 0 else float(np.dot(a, b) / norms)
+
+
+def _top1_agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(np.mean(ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)))
+
+
+def verify_session(
+    session,
+    dataset: ArrayDataset,
+    reference: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    relative_tolerance: float | None,
+    classifier: bool,
+) -> Verification:
+    actual = predict(session, dataset, batch_size)
+    comparisons, top1 = compare(reference, actual, relative_tolerance=relative_tolerance, classifier=classifier)
+    return Verification(
+        samples=len(dataset),
+        runtime=session.runtime,
+        runtime_version=session.version,
+        outputs=comparisons,
+        top1_agreement=top1,
+        passed=all(c.passed for c in comparisons),
+    )

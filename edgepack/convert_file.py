@@ -1,0 +1,139 @@
+"""`edgepack convert`: one file to ONNX or TFLite without a recipe, by running the same pipeline on a recipe
+made in code, so the file gets the same verification as a packed artifact."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgepack.artifacts import atomic_path
+from edgepack.errors import ModelFileError, UserError
+from edgepack.recipe import SUFFIX_FORMATS, InputSpec, ModelFormat, Recipe, Task
+
+TARGETS = ("onnx", "tflite")
+
+
+def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
+    """['image=1x3x224x224'] -> {'image': [1, 3, 224, 224]}"""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise UserError(f"--input-shape {item!r}: expected name=DIMxDIMx..., e.g. image=1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str]) -> dict:
+    if to not in TARGETS:
+        raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
+    model_format = _source_format(Path(model), to)
+    recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes))
+    from edgepack.pipeline import pack
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
+        result = pack(recipe, out=tmp)
+        artifact = [a for a in result.artifacts if a["format"] == to][-1]
+        with atomic_path(Path(out)) as staged:
+            shutil.copyfile(Path(tmp) / artifact["path"], staged)
+    worst = max(artifact["verification"]["outputs"], key=lambda o: o["max_abs_error"])
+    return {
+        "path": str(out),
+        "bytes": artifact["bytes"],
+        "max_abs_error": worst["max_abs_error"],
+        "tolerance": worst["tolerance"],
+        "samples": artifact["verification"]["samples"],
+    }
+
+
+def _source_format(model: Path, to: str) -> ModelFormat:
+    if not model.is_file():
+        raise ModelFileError(f"model file {model} does not exist")
+    model_format = SUFFIX_FORMATS.get(model.suffix.lower())
+    if model_format is None:
+        raise ModelFileError(
+            f"{model}: cannot convert a {model.suffix or 'suffix-less'} file; accepted: {', '.join(SUFFIX_FORMATS)}"
+        )
+    if model_format == ModelFormat.ONNX and to == "onnx":
+        raise UserError(f"{model} is already ONNX; use --to tflite")
+    return model_format
+
+
+def _recipe_for(model: Path, model_format: ModelFormat, to: str, shapes: dict[str, list[int]]) -> Recipe:
+    inputs = _onnx_inputs(model, shapes) if model_format == ModelFormat.ONNX else _torch_inputs(model, shapes)
+    stages = [] if model_format == ModelFormat.ONNX else [{"stage": "export"}]
+    stages += [{"stage": "convert"}] if to == "tflite" else []
+    return Recipe.model_validate(
+        {
+            "name": model.stem,
+            "model": {
+                "path": str(model),
+                "format": str(model_format),
+                "inputs": inputs,
+                "output_names": _output_names(model, model_format, inputs),
+            },
+            "task": Task.OTHER,
+            "stages": stages,
+            "bench": None,
+        }
+    )
+
+
+def _torch_inputs(model: Path, shapes: dict[str, list[int]]) -> list[dict]:
+    if not shapes:
+        raise UserError(f"{model} is a torch file: give every input's shape, e.g. --input-shape input=1x3x224x224")
+    return [{"name": name, "shape": shape} for name, shape in shapes.items()]
+
+
+def _onnx_inputs(model: Path, shapes: dict[str, list[int]]) -> list[dict]:
+    from converters.onnx_info import load_onnx, tensor_specs
+
+    onnx_model = load_onnx(model)
+    specs = tensor_specs(onnx_model.graph.input, {t.name for t in onnx_model.graph.initializer})
+    unknown = set(shapes) - {s.name for s in specs}
+    if unknown:
+        raise UserError(
+            f"--input-shape names {sorted(unknown)} are not inputs of {model}; its inputs: {[s.name for s in specs]}"
+        )
+    return [
+        {"name": s.name, "shape": shapes.get(s.name) or _static(s.shape, s.name, model), "dtype": s.dtype}
+        for s in specs
+    ]
+
+
+def _static(shape: list[int], name: str, model: Path) -> list[int]:
+    """A dynamic batch becomes 1; any other dynamic dimension needs --input-shape."""
+    fixed = [1 if i == 0 and d <= 0 else d for i, d in enumerate(shape)]
+    if min(fixed, default=1) <= 0:
+        raise UserError(
+            f"input {name!r} of {model} has dynamic dimensions {shape}; fix them with "
+            f"--input-shape {name}=" + "x".join(str(d if d > 0 else 1) for d in fixed)
+        )
+    return fixed
+
+
+def _output_names(model: Path, model_format: ModelFormat, inputs: list[dict]) -> list[str]:
+    if model_format == ModelFormat.ONNX:
+        from converters.onnx_info import load_onnx
+
+        return [o.name for o in load_onnx(model).graph.output]
+    count = _count_torch_outputs(model, model_format, inputs)
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _count_torch_outputs(model: Path, model_format: ModelFormat, inputs: list[dict]) -> int:
+    import torch
+
+    from edgepack.loading import load_model
+    from edgepack.recipe import ModelConfig
+
+    config = ModelConfig(path=model, format=model_format, inputs=[InputSpec(**i) for i in inputs])
+    loaded = load_model(config)
+    with torch.no_grad():
+        result = loaded.module(*[torch.zeros(i["shape"]) for i in inputs])
+    return 1 if isinstance(result, torch.Tensor) else len(result)

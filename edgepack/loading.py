@@ -1,0 +1,148 @@
+"""Load the model a recipe names, and run it as the reference every artifact is compared against."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgepack.artifacts import sha256_file
+from edgepack.errors import ModelFileError, RecipeError
+from edgepack.recipe import ModelConfig, ModelFormat
+
+
+@dataclass
+class LoadedModel:
+    """The source model in memory (torch) or on disk (ONNX), with a hash of its content."""
+
+    format: ModelFormat
+    sha256: str
+    module: torch.nn.Module | None = None  # eager, scripted, or the module of a torch.export program
+    exported_program: object | None = None  # torch.export.ExportedProgram for .pt2 sources
+    onnx_path: Path | None = None
+    input_hashes: dict[str, str] = field(default_factory=dict)  # file -> sha256, recorded in the run
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    loaders = {
+        ModelFormat.TORCH: _load_factory,
+        ModelFormat.TORCHSCRIPT: _load_torchscript,
+        ModelFormat.TORCH_EXPORT: _load_torch_export,
+        ModelFormat.ONNX: _load_onnx,
+    }
+    if config.path is not None and not config.path.is_file():
+        raise ModelFileError(f"model file {config.path} does not exist (model.path in the recipe)")
+    return loaders[ModelFormat(config.format)](config)
+
+
+def _load_factory(config: ModelConfig) -> LoadedModel:
+    module = _call_factory(config.factory)
+    hashes = {}
+    if config.weights is not None:
+        _load_weights(module, config.weights)
+        hashes[str(config.weights)] = sha256_file(config.weights)
+    module.eval()
+    return LoadedModel(ModelFormat.TORCH, module_sha256(module), module=module, input_hashes=hashes)
+
+
+def _call_factory(spec: str) -> torch.nn.Module:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise RecipeError(f"model.factory {spec!r} must look like 'package.module:callable'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ModuleNotFoundError as e:
+        raise RecipeError(f"model.factory {spec!r}: module {module_name!r} cannot be imported ({e})") from e
+    except AttributeError as e:
+        raise RecipeError(f"model.factory {spec!r}: {module_name} has no attribute {attr!r}") from e
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise RecipeError(f"model.factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ModelFileError(f"weights file {path} does not exist (model.weights in the recipe)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for a file that is not a state_dict
+        raise ModelFileError(f"weights file {path} is not a torch state_dict that loads weights-only: {e}") from e
+    if not isinstance(state, dict):
+        raise ModelFileError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            f"weights file {path} does not fit the factory's module: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]}"
+        )
+
+
+def _load_torchscript(config: ModelConfig) -> LoadedModel:
+    try:
+        module = torch.jit.load(str(config.path), map_location="cpu")
+    except Exception as e:
+        raise ModelFileError(
+            f"{config.path} is not a TorchScript file (torch.jit.load failed: {e}); "
+            "for a state_dict use model.factory + model.weights"
+        ) from e
+    module.eval()
+    return LoadedModel(
+        ModelFormat.TORCHSCRIPT,
+        sha256_file(config.path),
+        module=module,
+        input_hashes={str(config.path): sha256_file(config.path)},
+    )
+
+
+def _load_torch_export(config: ModelConfig) -> LoadedModel:
+    try:
+        program = torch.export.load(str(config.path))
+    except Exception as e:
+        raise ModelFileError(f"{config.path} is not a torch.export (.pt2) file: {e}") from e
+    digest = sha256_file(config.path)
+    return LoadedModel(
+        ModelFormat.TORCH_EXPORT,
+        digest,
+        module=program.module(),
+        exported_program=program,
+        input_hashes={str(config.path): digest},
+    )
+
+
+def _load_onnx(config: ModelConfig) -> LoadedModel:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(config.path))
+    except Exception as e:
+        raise ModelFileError(f"{config.path} is not a valid ONNX model: {e}") from e
+    digest = sha256_file(config.path)
+    return LoadedModel(ModelFormat.ONNX, digest, onnx_path=config.path, input_hashes={str(config.path): digest})
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """Hash of architecture and weights, so a changed weight or layer changes every downstream cache key."""
+    digest = hashlib.sha256(repr(module).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """Run the torch model on numpy inputs; outputs named by ``config.output_names``."""
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[spec.name])) for spec in config.inputs]
+    with torch.no_grad():
+        result = module(*args)
+    outputs = [result] if isinstance(result, torch.Tensor) else list(result)
+    if len(outputs) != len(config.output_names):
+        raise RecipeError(
+            f"the model returns {len(outputs)} outputs but model.output_names lists "
+            f"{len(config.output_names)}: {config.output_names}"
+        )
+    return {name: out.detach().numpy() for name, out in zip(config.output_names, outputs, strict=True)}

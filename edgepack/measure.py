@@ -1,0 +1,75 @@
+"""Figures measured on each artifact in its own runtime: verification, accuracy, host benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calibration.sources import ArrayDataset
+from converters.verify import Verification, predict, verify_session
+from edgepack.artifacts import Artifact, Format, Precision
+from edgepack.errors import VerificationError
+from edgepack.loading import LoadedModel, run_torch
+from edgepack.recipe import Recipe, Task
+
+TORCH_BATCH = 256  # torch runs the whole set in large batches; the artifacts run at their exported batch size
+
+
+def batch_size(recipe: Recipe) -> int:
+    return recipe.model.inputs[0].shape[0]
+
+
+def torch_outputs(loaded: LoadedModel, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    parts = [run_torch(loaded.module, batch, recipe.model) for batch in dataset.batches(TORCH_BATCH)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def artifact_outputs(ctx, artifact: Artifact, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """Outputs of any artifact on a dataset, in the runtime that ships it (torch for the source module)."""
+    if artifact.format == Format.TORCH:
+        return torch_outputs(ctx.loaded, ctx.recipe, dataset)
+    return predict(ctx.open_session(artifact), dataset, batch_size(ctx.recipe))
+
+
+def verify_artifact(ctx, artifact: Artifact) -> Verification:
+    """Compare with the reference on held-out samples; a float artifact outside tolerance fails the run."""
+    recipe = ctx.recipe
+    is_float = artifact.precision == Precision.FP32
+    verification = verify_session(
+        ctx.open_session(artifact),
+        ctx.verify_data,
+        ctx.reference,
+        batch_size=batch_size(recipe),
+        relative_tolerance=recipe.verify.float_tolerance if is_float else None,
+        classifier=recipe.task == Task.CLASSIFICATION,
+    )
+    if not verification.passed:
+        worst = max(verification.outputs, key=lambda c: c.max_abs_error / (c.tolerance or 1))
+        raise VerificationError(
+            artifact.name,
+            f"max abs error of output {worst.output!r} vs the reference",
+            worst.max_abs_error,
+            worst.tolerance or 0.0,
+            f"{verification.runtime} {verification.runtime_version}, "
+            f"{verification.samples} samples, tolerance = {recipe.verify.float_tolerance} x output range",
+        )
+    return verification
+
+
+def evaluate_artifact(ctx, artifact: Artifact) -> dict | None:
+    """Top-1 accuracy on the evaluation data, measured in the artifact's runtime."""
+    data = ctx.eval_data
+    if data is None or data.labels is None or ctx.recipe.task != Task.CLASSIFICATION:
+        return None
+    outputs = artifact_outputs(ctx, artifact, data)
+    logits = next(iter(outputs.values()))
+    correct = logits.reshape(len(logits), -1).argmax(1) == data.labels
+    return {"top1": float(correct.mean()), "samples": len(data), "runtime": _runtime_name(ctx, artifact)}
+
+
+def _runtime_name(ctx, artifact: Artifact) -> str:
+    if artifact.format == Format.TORCH:
+        import torch
+
+        return f"torch {torch.__version__}"
+    session = ctx.open_session(artifact)
+    return f"{session.runtime} {session.version}"

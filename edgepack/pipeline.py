@@ -1,0 +1,218 @@
+"""The run: load -> stages (export, convert, ...) -> verify + evaluate each artifact -> bench -> reports.
+
+Every step's result is cached by content hash in the run folder, so a second identical run redoes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+import edgepack
+from calibration.sources import ArrayDataset
+from edgepack import measure
+from edgepack.artifacts import Artifact, Format, TensorSpec, sha256_file
+from edgepack.cache import StepCache, cache_key
+from edgepack.data import load_eval_data, verification_samples
+from edgepack.loading import LoadedModel, load_model
+from edgepack.progress import Steps
+from edgepack.recipe import ModelFormat, Recipe, load_recipe
+from edgepack.stages import get_stage
+
+
+@dataclass
+class RunContext:
+    """What stages and measurements read: the recipe, the loaded model, the data, the artifacts so far."""
+
+    recipe: Recipe
+    run_dir: Path
+    loaded: LoadedModel
+    cache: StepCache
+    steps: Steps
+    eval_data: ArrayDataset | None
+    verify_data: ArrayDataset
+    artifacts: list[Artifact] = field(default_factory=list)
+    records: dict[str, dict] = field(default_factory=dict)  # artifact name -> measured figures
+    _sessions: dict[str, object] = field(default_factory=dict)
+
+    @cached_property
+    def reference(self) -> dict[str, np.ndarray]:
+        return measure.artifact_outputs(self, self.artifacts[0], self.verify_data)
+
+    def artifact_path(self, artifact: Artifact) -> Path:
+        return self.run_dir / artifact.path
+
+    def open_session(self, artifact: Artifact):
+        """One runtime session per artifact per run (loading a model is not free)."""
+        from converters.runtime import open_session
+
+        if artifact.sha256 not in self._sessions:
+            session = open_session(self.artifact_path(artifact))
+            # The artifact's own specs carry the layout facts (perm_from_onnx) the raw file cannot.
+            session.inputs, session.outputs = artifact.inputs, artifact.outputs
+            self._sessions[artifact.sha256] = session
+        return self._sessions[artifact.sha256]
+
+
+@dataclass
+class PackResult:
+    run_dir: Path
+    results: dict
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return self.results["artifacts"]
+
+
+def pack(
+    recipe: Recipe | str | Path, *, out: str | Path | None = None, overrides: list[str] = (), quiet: bool = False
+) -> PackResult:
+    """Run the recipe; artifacts, results.json, manifest.json and report.md land in ``out`` (default runs/NAME)."""
+    from edgepack.results import write_run_outputs
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(Path(recipe), list(overrides))
+    run_dir = Path(out or Path("runs") / recipe.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(recipe.seed)
+    steps = Steps(quiet=quiet)
+    ctx = _start(recipe, run_dir, steps)
+    for config in recipe.stages:
+        _run_stage(ctx, config)
+    _bench_all(ctx)
+    results = write_run_outputs(ctx)
+    return PackResult(run_dir, results)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _start(recipe: Recipe, run_dir: Path, steps: Steps) -> RunContext:
+    with steps.step("load", f"loading the {recipe.model.format} model"):
+        loaded = load_model(recipe.model)
+        eval_data = load_eval_data(recipe)
+        verify_data = verification_samples(recipe, eval_data)
+    ctx = RunContext(recipe, run_dir, loaded, StepCache(run_dir), steps, eval_data, verify_data)
+    root = _root_artifact(ctx)
+    ctx.artifacts.append(root)
+    ctx.records[root.name] = {"verification": None}
+    _evaluate(ctx, root)
+    return ctx
+
+
+def _root_artifact(ctx: RunContext) -> Artifact:
+    """The source model: in memory for torch sources; for an ONNX source, a copy in the run (never the user's file)."""
+    loaded, recipe = ctx.loaded, ctx.recipe
+    inputs = [TensorSpec(name=i.name, shape=i.shape, dtype=i.dtype) for i in recipe.model.inputs]
+    if loaded.format != ModelFormat.ONNX:
+        return Artifact(
+            name="torch-fp32",
+            format=Format.TORCH,
+            path="",
+            sha256=loaded.sha256,
+            bytes=_parameter_bytes(loaded),
+            stage="load",
+            inputs=inputs,
+            details={"source_format": str(loaded.format)},
+        )
+    copy = ctx.run_dir / "artifacts" / f"{recipe.name}.source.onnx"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(loaded.onnx_path, copy)
+    from converters.onnx_info import onnx_artifact
+
+    return onnx_artifact(ctx.run_dir, copy, name="onnx-fp32", stage="load", parent=None)
+
+
+def _parameter_bytes(loaded: LoadedModel) -> int:
+    return sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values())
+
+
+def _run_stage(ctx: RunContext, config) -> None:
+    entry = get_stage(config.stage)
+    key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in ctx.artifacts], edgepack.__version__)
+    new = ctx.cache.load_artifacts(entry.name, key)
+    with ctx.steps.step(entry.name, f"{entry.name} stage", cached=new is not None):
+        if new is None:
+            new = entry.run(config, ctx)
+            ctx.cache.save_artifacts(entry.name, key, new)
+    for artifact in new:
+        _check_new_artifact(ctx, artifact)
+        ctx.artifacts.append(artifact)
+
+
+def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
+    """Verify against the reference before the artifact counts as done; a failed one is removed."""
+    key = cache_key(
+        "verify",
+        artifact.sha256,
+        ctx.artifacts[0].sha256,
+        ctx.recipe.verify.model_dump(),
+        ctx.recipe.model_dump(mode="json", include={"task", "seed"}),
+        _data_key(ctx),
+    )
+    cached = ctx.cache.load("verify", key)
+    with ctx.steps.step(f"verify {artifact.name}", f"verifying {artifact.name}", cached=cached is not None):
+        if cached is None:
+            try:
+                cached = measure.verify_artifact(ctx, artifact).model_dump()
+            except Exception:
+                ctx.artifact_path(artifact).unlink(missing_ok=True)
+                raise
+            ctx.cache.save("verify", key, cached)
+    ctx.records[artifact.name] = {"verification": cached}
+    _evaluate(ctx, artifact)
+
+
+def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
+    key = cache_key("evaluate", artifact.sha256, _data_key(ctx), ctx.recipe.task)
+    entry = ctx.cache.load("evaluate", key)
+    with ctx.steps.step(
+        f"accuracy {artifact.name}", f"measuring accuracy of {artifact.name}", cached=entry is not None
+    ):
+        if entry is None:
+            entry = {"accuracy": measure.evaluate_artifact(ctx, artifact)}
+            ctx.cache.save("evaluate", key, entry)
+    ctx.records[artifact.name]["accuracy"] = entry["accuracy"]
+
+
+def _data_key(ctx: RunContext) -> str:
+    data = ctx.recipe.data
+    file_hash = sha256_file(data.path) if data and data.path else None
+    return cache_key(data.model_dump(mode="json") if data else None, file_hash)
+
+
+def _bench_all(ctx: RunContext) -> None:
+    from device_bench import bench
+
+    options = ctx.recipe.bench
+    for artifact in ctx.artifacts:
+        ctx.records[artifact.name]["bench"] = []
+        if options is None or artifact.format not in (Format.ONNX, Format.TFLITE):
+            continue
+        for target in ctx.recipe.targets:
+            key = cache_key("bench", artifact.sha256, target, options.model_dump(), _runner_sha256())
+            record = ctx.cache.load("bench", key)
+            with ctx.steps.step(
+                f"bench {artifact.name}", f"benchmarking {artifact.name} on {target}", cached=record is not None
+            ):
+                if record is None:
+                    record = bench(ctx.artifact_path(artifact), target=target, options=options)
+                    ctx.cache.save("bench", key, record)
+            ctx.records[artifact.name]["bench"].append(record)
+
+
+def _runner_sha256() -> str:
+    """A changed runner changes what a benchmark measures, so it is part of the bench cache key."""
+    import device_bench
+
+    return sha256_file(Path(device_bench.__file__).parent / "runner.py")

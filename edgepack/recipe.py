@@ -1,0 +1,234 @@
+"""The recipe: what to pack, how, and where to measure it. YAML in, YAML out, unknown keys rejected.
+
+Relative paths in a recipe are resolved against the folder of the recipe file.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from device_bench import BenchOptions
+from edgepack.errors import RecipeError
+from edgepack.recipe_errors import describe_validation_error
+from edgepack.stages import STAGES, StageConfig, get_stage
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+class ModelFormat(StrEnum):
+    TORCH = "torch"
+    TORCHSCRIPT = "torchscript"
+    TORCH_EXPORT = "torch_export"
+    ONNX = "onnx"
+
+
+SUFFIX_FORMATS = {
+    ".onnx": ModelFormat.ONNX,
+    ".pt2": ModelFormat.TORCH_EXPORT,
+    ".ts": ModelFormat.TORCHSCRIPT,
+    ".pt": ModelFormat.TORCHSCRIPT,
+    ".pth": ModelFormat.TORCHSCRIPT,
+}
+
+
+class InputSpec(Strict):
+    name: str = Field(description="Input name in the exported model (ONNX input name, TFLite signature key).")
+    shape: list[int] = Field(description="Static shape in the torch/ONNX layout, batch first, e.g. [1, 3, 224, 224].")
+    dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Element type of the input.")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: list[int]) -> list[int]:
+        if not shape or any(d <= 0 for d in shape):
+            raise ValueError(f"every dimension must be a positive integer, got {shape}")
+        return shape
+
+
+class ModelConfig(Strict):
+    factory: str | None = Field(
+        None, description="'package.module:callable' returning a torch.nn.Module; weights load into it."
+    )
+    weights: Path | None = Field(None, description="state_dict file for the factory's module (loaded weights-only).")
+    path: Path | None = Field(None, description="A TorchScript (.pt/.ts), torch.export (.pt2) or ONNX (.onnx) file.")
+    format: ModelFormat | None = Field(None, description="Format of 'path'; inferred from its suffix when omitted.")
+    inputs: list[InputSpec] = Field(description="The model's inputs, in call order.")
+    output_names: list[str] = Field(["output"], description="Names given to the exported model's outputs.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.factory is None) == (self.path is None):
+            raise ValueError("give exactly one of 'factory' (a torch module factory) or 'path' (a model file)")
+        if self.weights is not None and self.factory is None:
+            raise ValueError("'weights' goes with 'factory'; a model file at 'path' carries its own weights")
+        if self.path is not None and self.format is None:
+            self.format = SUFFIX_FORMATS.get(self.path.suffix.lower())
+            if self.format is None:
+                raise ValueError(
+                    f"cannot tell the format of {self.path} from its suffix; set 'format' to one of "
+                    f"{', '.join(f.value for f in ModelFormat if f != ModelFormat.TORCH)}"
+                )
+        if self.factory is not None:
+            self.format = ModelFormat.TORCH
+        return self
+
+
+class DataSourceKind(StrEnum):
+    DIGITS = "digits"
+    NPZ = "npz"
+
+
+class DataConfig(Strict):
+    source: DataSourceKind = Field(description="'digits' (scikit-learn's, bundled) or 'npz' (arrays in a file).")
+    path: Path | None = Field(
+        None, description="For 'npz': a .npz with one array per input name and optional 'labels'."
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many evaluation samples.")
+    preprocessing: dict[str, Any] = Field(
+        {}, description="How raw inputs become model inputs (resize, scale, mean/std, layout); copied to the manifest."
+    )
+
+    @model_validator(mode="after")
+    def _path_for_npz(self) -> DataConfig:
+        if self.source == DataSourceKind.NPZ and self.path is None:
+            raise ValueError("data source 'npz' needs 'path' to the .npz file")
+        return self
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    OTHER = "other"
+
+
+class VerifyConfig(Strict):
+    samples: int = Field(32, gt=0, description="Held-out samples each artifact is compared on against the reference.")
+    float_tolerance: float = Field(
+        1e-4, gt=0, description="Float artifacts: allowed max abs error as a fraction of the reference output range."
+    )
+
+
+def default_stages() -> list[StageConfig]:
+    return [get_stage(name).config_class(stage=name) for name in ("export", "convert")]
+
+
+class Recipe(Strict):
+    name: str = Field("model", description="Short name of the model; used in file names and reports.")
+    model: ModelConfig
+    task: Task = Field(Task.CLASSIFICATION, description="'classification' adds top-1 accuracy and agreement.")
+    labels: list[str] | None = Field(None, description="Class names, index order; copied to the manifest.")
+    data: DataConfig | None = Field(None, description="Evaluation data; without it, random inputs verify only.")
+    stages: list[SerializeAsAny[StageConfig]] = Field(
+        default_factory=default_stages, description="Stages in order, e.g. [{stage: export}, {stage: convert}]."
+    )
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How artifacts are checked.")
+    bench: BenchOptions | None = Field(default_factory=BenchOptions, description="Host benchmark; null skips it.")
+    targets: list[str] = Field(["host"], description="Where to benchmark: 'host' (ssh/adb arrive later).")
+    seed: int = Field(0, description="Seed for every random choice (sample selection, random inputs).")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages_from_registry(cls, items: Any) -> list[StageConfig]:
+        if not isinstance(items, list):
+            raise ValueError("'stages' must be a list like [{stage: export}, {stage: convert}]")
+        return [_stage_config(i, item) for i, item in enumerate(items)]
+
+
+def _stage_config(index: int, item: Any) -> StageConfig:
+    if isinstance(item, StageConfig):
+        return item
+    if isinstance(item, str):
+        item = {"stage": item}
+    if not isinstance(item, dict) or "stage" not in item:
+        raise ValueError(f"stages[{index}] must be a mapping with a 'stage' key; known stages: {', '.join(STAGES)}")
+    entry = get_stage(str(item["stage"]))
+    try:
+        return entry.config_class.model_validate(item)
+    except ValidationError as e:
+        raise RecipeError(describe_validation_error(e, f"stages[{index}] ({entry.name})", entry.config_class)) from e
+
+
+def parse_recipe(data: dict, *, source: str = "recipe", base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{source}: a recipe is a mapping of keys (name, model, data, ...), got {type(data).__name__}"
+        )
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(describe_validation_error(e, source, Recipe)) from e
+    return resolve_paths(recipe, base_dir) if base_dir else recipe
+
+
+def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
+    def resolve(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base_dir / p).resolve()
+
+    model = recipe.model.model_copy(
+        update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path)}
+    )
+    data = recipe.data.model_copy(update={"path": resolve(recipe.data.path)}) if recipe.data else None
+    return recipe.model_copy(update={"model": model, "data": data})
+
+
+def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe file, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    for text in overrides:
+        apply_override(data, text)
+    return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())
+
+
+def apply_override(data: dict, text: str) -> None:
+    """Apply one ``--set dotted.key=value`` (value parsed as YAML; list items by index: stages.0.opset=17)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {text!r}: expected key=value, e.g. bench.runs=20")
+    *parents, leaf = key.split(".")
+    node: Any = data
+    for part in parents:
+        node = _child(node, part, key)
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(node, list):
+        node[_index(node, leaf, key)] = value
+    else:
+        node[leaf] = value
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {key}: {part!r} is inside a value that is not a mapping")
+    return node.setdefault(part, {})
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"--set {key}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,130 @@
+"""Reports built from results.json only: report.md and the one-screen summary table. Never recomputes a figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepack.artifacts import write_text_atomic
+
+SUMMARY_COLUMNS = ["artifact", "format", "precision", "bytes", "accuracy", "measured in", "p50 ms", "max err vs ref"]
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    return [_summary_row(a) for a in results["artifacts"]]
+
+
+def _summary_row(artifact: dict) -> list[str]:
+    accuracy = artifact.get("accuracy")
+    bench = (artifact.get("bench") or [None])[0]
+    return [
+        artifact["name"],
+        artifact["format"],
+        artifact["precision"],
+        f"{artifact['bytes']:,}",
+        f"{accuracy['top1'] * 100:.2f}%" if accuracy else "-",
+        accuracy["runtime"] if accuracy else "-",
+        f"{bench['latency_ms']['p50']:.3f}" if bench else "-",
+        _verified(artifact.get("verification")),
+    ]
+
+
+def _verified(verification: dict | None) -> str:
+    if verification is None:
+        return "(reference)"
+    worst = max(o["max_abs_error"] for o in verification["outputs"])
+    return f"{worst:.1e} {'ok' if verification['passed'] else 'FAILED'}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def render_markdown(results: dict) -> str:
+    recipe = results["recipe"]
+    parts = [
+        f"# edgepack report: {recipe['name']}",
+        f"Created {results['created']} by edgepack {results['edgepack_version']}.",
+        "## Artifacts",
+        markdown_table(SUMMARY_COLUMNS, summary_rows(results)),
+        "Accuracy is top-1 on the evaluation data, measured in each artifact's own runtime.",
+        "## Verification against the reference",
+        markdown_table(
+            ["artifact", "output", "max abs err", "mean abs err", "cosine", "tolerance", "top-1 agree"],
+            _verification_rows(results),
+        ),
+        "## Latency on the host",
+        markdown_table(
+            ["artifact", "target", "runtime", "threads", "runs", "mean", "p50", "p90", "p99", "max", "peak RSS MiB"],
+            _bench_rows(results),
+        ),
+        "## Steps",
+        markdown_table(
+            ["step", "seconds", "cached"],
+            [[s["name"], f"{s['seconds']:.2f}", "yes" if s["cached"] else ""] for s in results["steps"]],
+        ),
+        "## Inputs and versions",
+        markdown_table(["what", "value"], _provenance_rows(results)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _verification_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for artifact in results["artifacts"]:
+        verification = artifact.get("verification")
+        for out in (verification or {}).get("outputs", []):
+            tolerance = f"{out['tolerance']:.1e}" if out["tolerance"] is not None else "reported only"
+            agree = verification.get("top1_agreement")
+            rows.append(
+                [
+                    artifact["name"],
+                    out["output"],
+                    f"{out['max_abs_error']:.2e}",
+                    f"{out['mean_abs_error']:.2e}",
+                    f"{out['cosine_similarity']:.6f}",
+                    tolerance,
+                    "-" if agree is None else f"{agree:.3f}",
+                ]
+            )
+    return rows
+
+
+def _bench_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for artifact in results["artifacts"]:
+        for b in artifact.get("bench") or []:
+            rows.append(
+                [
+                    artifact["name"],
+                    b["target"],
+                    f"{b['runtime']} {b['runtime_version']}",
+                    str(b["threads"]),
+                    str(b["runs"]),
+                    *(f"{b['latency_ms'][k]:.3f}" for k in ("mean", "p50", "p90", "p99", "max")),
+                    f"{b['peak_rss_mib'] or 0:.1f}",
+                ]
+            )
+    return rows
+
+
+def _provenance_rows(results: dict) -> list[list[str]]:
+    rows = [["model sha256", results["inputs"]["model_sha256"]]]
+    rows += [[f"file {path}", digest] for path, digest in results["inputs"]["files"].items()]
+    rows += [[name, version] for name, version in results["environment"]["packages"].items()]
+    return rows
+
+
+def write_reports(run_dir: Path, results: dict) -> None:
+    write_text_atomic(Path(run_dir) / "report.md", render_markdown(results))
+
+
+def rebuild_reports(run_dir: Path) -> dict:
+    """`edgepack report RUN_DIR`: manifest and reports again from results.json."""
+    from edgepack.manifest import write_manifest
+    from edgepack.results import read_results
+
+    results = read_results(run_dir)
+    write_manifest(Path(run_dir), results)
+    write_reports(Path(run_dir), results)
+    return results

@@ -1,0 +1,82 @@
+"""results.json: every figure of every artifact, the steps, and what the run was made from."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import platform
+from importlib import metadata
+
+import edgepack
+from edgepack.artifacts import write_text_atomic
+from edgepack.recipe import recipe_to_yaml
+
+RECORDED_PACKAGES = [
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "tensorflow-cpu",
+    "tensorflow",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "numpy",
+    "scikit-learn",
+    "pydantic",
+]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"edgepack": edgepack.__version__, "python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def environment() -> dict:
+    return {"platform": platform.platform(), "machine": platform.machine(), "packages": package_versions()}
+
+
+def build_results(ctx) -> dict:
+    recipe = ctx.recipe
+    artifacts = [{**a.model_dump(mode="json"), **ctx.records.get(a.name, {})} for a in ctx.artifacts]
+    return {
+        "edgepack_version": edgepack.__version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_dir": str(ctx.run_dir),
+        "recipe": recipe.model_dump(mode="json"),
+        "inputs": {"model_sha256": ctx.loaded.sha256, "files": ctx.loaded.input_hashes},
+        "environment": environment(),
+        "steps": [vars(r) for r in ctx.steps.records],
+        "all_cached": ctx.steps.all_cached(),
+        "artifacts": artifacts,
+    }
+
+
+def write_run_outputs(ctx) -> dict:
+    """results.json first (the one source), then everything derived from it."""
+    from edgepack.manifest import write_manifest
+    from edgepack.report import write_reports
+
+    results = build_results(ctx)
+    write_text_atomic(ctx.run_dir / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(ctx.run_dir / "recipe.yaml", recipe_to_yaml(ctx.recipe))
+    write_manifest(ctx.run_dir, results)
+    write_reports(ctx.run_dir, results)
+    return results
+
+
+def read_results(run_dir) -> dict:
+    from pathlib import Path
+
+    from edgepack.errors import UserError
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: RUN_DIR must be a folder written by 'edgepack pack'")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-run 'edgepack pack' to rewrite it") from e

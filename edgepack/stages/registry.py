@@ -1,0 +1,41 @@
+"""Stages register themselves by name with their config class; the recipe is built from this registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from edgepack.errors import RecipeError, closest_names
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    name: str
+    config_class: type[BaseModel]
+    run: Callable
+    consumes: str = "latest"  # which artifacts the stage reads; documented on each stage
+
+
+STAGES: dict[str, StageEntry] = {}
+
+
+def register_stage(name: str, config_class: type[BaseModel]):
+    """Decorator: ``@register_stage("export", ExportConfig)`` on ``run(config, artifacts, ctx) -> list[Artifact]``."""
+
+    def decorate(run: Callable) -> Callable:
+        if name in STAGES:
+            raise ValueError(f"stage {name!r} is registered twice")
+        STAGES[name] = StageEntry(name, config_class, run)
+        return run
+
+    return decorate
+
+
+def get_stage(name: str) -> StageEntry:
+    if name not in STAGES:
+        hint = closest_names(name, STAGES)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise RecipeError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}.{did_you_mean}")
+    return STAGES[name]
