@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
-from edgepack.artifacts import Artifact, sha256_file, write_text_atomic
+from edgepack.artifacts import Artifact, atomic_path, sha256_file, write_text_atomic
 
 
 def cache_key(*parts: object) -> str:
@@ -36,18 +38,39 @@ class StepCache:
         write_text_atomic(self.folder / f"{kind}-{key}.json", json.dumps(value, indent=1, default=str))
 
     def load_artifacts(self, kind: str, key: str) -> list[Artifact] | None:
-        """Cached artifacts, only if every file is still there with the same content."""
+        """Cached artifacts, only if every file is there with the same content (or can be restored from its blob)."""
         entry = self.load(kind, key)
         if entry is None:
             return None
         artifacts = [Artifact.model_validate(a) for a in entry["artifacts"]]
-        return artifacts if all(self._intact(a) for a in artifacts) else None
+        return artifacts if all(self._intact_or_restored(a) for a in artifacts) else None
 
     def save_artifacts(self, kind: str, key: str, artifacts: list[Artifact]) -> None:
+        for artifact in artifacts:
+            self._keep_blob(artifact)
         self.save(kind, key, {"artifacts": [a.model_dump(mode="json") for a in artifacts]})
 
-    def _intact(self, artifact: Artifact) -> bool:
+    def _keep_blob(self, artifact: Artifact) -> None:
+        """A hard link under the content hash: a later run with another config may overwrite the file name, and
+        switching back must find the old content. Links cost no space; artifacts are only ever replaced, never
+        edited in place, so the link keeps the old content."""
+        blob = self.folder / "blobs" / artifact.sha256
+        if not artifact.path or blob.exists():
+            return
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.run_dir / artifact.path, blob)
+        except OSError:  # a file system without hard links: copy
+            shutil.copyfile(self.run_dir / artifact.path, blob)
+
+    def _intact_or_restored(self, artifact: Artifact) -> bool:
         if not artifact.path:
             return True
-        path = self.run_dir / artifact.path
-        return path.is_file() and sha256_file(path) == artifact.sha256
+        path, blob = self.run_dir / artifact.path, self.folder / "blobs" / artifact.sha256
+        if path.is_file() and sha256_file(path) == artifact.sha256:
+            return True
+        if not (blob.is_file() and sha256_file(blob) == artifact.sha256):
+            return False
+        with atomic_path(path) as tmp:
+            shutil.copyfile(blob, tmp)
+        return True

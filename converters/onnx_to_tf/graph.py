@@ -1,0 +1,140 @@
+"""Walk the prepared ONNX graph and build a tf.function whose signature keys are the ONNX names.
+
+Rank-4 inputs enter channels-last (NHWC); outputs leave in whatever layout they end up in, and the recorded
+permutation lets callers transpose back. TF rejects some names as signature keys (``onnx::Conv_0``), so those
+are sanitized and the mapping kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import tensorflow as tf
+
+from converters.onnx_to_tf import layout
+from converters.onnx_to_tf.prepare import PreparedModel, real_inputs
+from converters.onnx_to_tf.registry import LOWERINGS, Node, Value
+from edgepack.artifacts import TensorSpec
+from edgepack.errors import UnsupportedOperatorError
+
+_VALID_KEY = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+
+
+@dataclass
+class LoweredGraph:
+    """A traced TF function plus the TFLite-side description of its inputs and outputs."""
+
+    function: tf.types.experimental.ConcreteFunction
+    module: tf.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+def lower_to_tf(prepared: PreparedModel) -> LoweredGraph:
+    check_all_supported(prepared.graph)
+    keys = signature_keys(prepared)
+    inputs = [
+        input_spec(prepared, info, keys[info.name])
+        for info in real_inputs(prepared.graph, prepared.constants)
+    ]
+    outputs: list[TensorSpec] = []
+
+    def run_graph(*tensors):
+        env = {name: Value(c) for name, c in prepared.constants.items()}
+        for spec, tensor in zip(inputs, tensors, strict=True):
+            env[spec.name] = Value(tensor, layout.normalize_perm(spec.perm_from_onnx))
+        for node in prepared.graph.node:
+            lower_node(node, env, prepared.opset)
+        outputs[:] = [output_spec(env[out.name], out.name, keys[out.name]) for out in prepared.graph.output]
+        return {keys[out.name]: output_tensor(env[out.name]) for out in prepared.graph.output}
+
+    signature = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.tensor_name or s.name) for s in inputs]
+    module = tf.Module()
+    module.run_graph = tf.function(run_graph, input_signature=signature, autograph=False)
+    function = module.run_graph.get_concrete_function()
+    return LoweredGraph(function, module, inputs, outputs)
+
+
+def check_all_supported(graph: onnx.GraphProto) -> None:
+    """Fail before tracing, naming the first node nothing can lower."""
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in LOWERINGS:
+            op_type = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            raise UnsupportedOperatorError(op_type, node.name or node.output[0], supported=LOWERINGS)
+
+
+def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int) -> None:
+    view = Node(
+        op_type=node.op_type,
+        name=node.name or node.output[0],
+        inputs=[env[name] if name else None for name in node.input],
+        attrs={a.name: decode_attribute(a) for a in node.attribute},
+        output_names=list(node.output),
+        opset=opset,
+    )
+    results = LOWERINGS[node.op_type](view)
+    results = [results] if isinstance(results, Value) else list(results)
+    for name, value in zip(node.output, results, strict=False):
+        if name:
+            env[name] = value
+
+
+def decode_attribute(attribute: onnx.AttributeProto):
+    value = onnx.helper.get_attribute_value(attribute)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    return value
+
+
+def signature_keys(prepared: PreparedModel) -> dict[str, str]:
+    """ONNX input/output name -> TFLite signature key, unique and acceptable to TF."""
+    names = [i.name for i in real_inputs(prepared.graph, prepared.constants)]
+    names += [o.name for o in prepared.graph.output if o.name not in names]
+    keys: dict[str, str] = {}
+    for name in names:
+        key = name if _VALID_KEY.match(name) else "t_" + re.sub(r"[^A-Za-z0-9_.\-/]", "_", name).strip("_")
+        while key in keys.values():
+            key += "_"
+        keys[name] = key
+    return keys
+
+
+def input_spec(prepared: PreparedModel, info: onnx.ValueInfoProto, key: str) -> TensorSpec:
+    shape = prepared.input_shapes[info.name]
+    perm = layout.channels_last_perm(4) if len(shape) == 4 else None
+    return TensorSpec(
+        name=info.name,
+        shape=shape if perm is None else [shape[p] for p in perm],
+        dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)).name,
+        layout=layout.layout_name(len(shape), perm),
+        perm_from_onnx=list(perm) if perm else None,
+        tensor_name=None if key == info.name else key,
+    )
+
+
+def output_layout(value: Value) -> tuple[int, ...] | None:
+    """Outputs leave channels-last or in ONNX order; any other permutation is undone at the edge."""
+    perm = None if value.is_constant else layout.normalize_perm(value.perm)
+    return perm if perm == layout.channels_last_perm(value.rank) else None
+
+
+def output_spec(value: Value, name: str, key: str) -> TensorSpec:
+    perm = output_layout(value)
+    return TensorSpec(
+        name=name,
+        shape=value.onnx_shape if perm is None else [value.onnx_shape[p] for p in perm],
+        dtype=np.dtype(value.data.dtype.name if value.is_constant else value.data.dtype.as_numpy_dtype).name,
+        layout=layout.layout_name(value.rank, perm),
+        perm_from_onnx=list(perm) if perm else None,
+        tensor_name=None if key == name else key,
+    )
+
+
+def output_tensor(value: Value):
+    # Identity keeps an output that is also an input (or a constant) a distinct TFLite tensor.
+    return tf.identity(layout.in_perm(value, output_layout(value)))

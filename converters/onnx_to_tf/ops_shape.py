@@ -1,0 +1,164 @@
+"""Shape and data-movement ops. Axis-taking ops map their axes through the stored layout; ops whose meaning
+depends on memory order (Reshape, Flatten, Unsqueeze) first return to ONNX order, which is free when only
+size-1 axes move (Flatten after global pooling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import tensorflow as tf
+
+from converters.onnx_to_tf import layout
+from converters.onnx_to_tf.registry import Node, Value, register
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+@register("Identity", "Dropout")
+def lower_identity(node: Node) -> Value:
+    if node.op_type == "Dropout" and len(node.output_names) > 1 and node.output_names[1]:
+        raise node.unsupported("the mask output of Dropout is not supported")
+    return node.inputs[0]
+
+
+@register("Constant")
+def lower_constant(node: Node) -> Value:
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in node.attrs:
+            return Value(np.asarray(node.attrs[key]))
+    raise node.unsupported(
+        f"attributes {sorted(node.attrs)} not supported; supported: value, value_float(s), value_int(s)"
+    )
+
+
+@register("Cast")
+def lower_cast(node: Node) -> Value:
+    x = node.inputs[0]
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(node.attr("to")))
+    if x.is_constant:
+        return Value(x.data.astype(dtype))
+    return Value(tf.cast(x.data, tf.as_dtype(dtype)), x.perm)
+
+
+@register("Reshape")
+def lower_reshape(node: Node) -> Value:
+    x = node.inputs[0]
+    shape = [int(d) for d in node.constant_input(1, "shape")]
+    if not node.attr("allowzero", 0):  # 0 copies the input's size on that axis.
+        shape = [x.onnx_shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return Value(tf.reshape(layout.onnx_order(x), shape))
+
+
+@register("Flatten")
+def lower_flatten(node: Node) -> Value:
+    x = node.inputs[0]
+    axis = node.attr("axis", 1) % max(x.rank, 1)
+    shape = [int(np.prod(x.onnx_shape[:axis])), int(np.prod(x.onnx_shape[axis:]))]
+    return Value(tf.reshape(layout.onnx_order(x), shape))
+
+
+@register("Transpose")
+def lower_transpose(node: Node) -> Value:
+    """Free: the data stays put and only the recorded permutation changes."""
+    x = node.inputs[0]
+    order = node.attr("perm", list(range(x.rank))[::-1])
+    if x.is_constant:
+        return Value(np.transpose(x.data, order))
+    stored = range(x.rank) if x.perm is None else x.perm
+    inverse = np.argsort(order)
+    return Value(x.data, layout.normalize_perm(tuple(int(inverse[p]) for p in stored)))
+
+
+@register("Squeeze")
+def lower_squeeze(node: Node) -> Value:
+    x = node.inputs[0]
+    axes = node.constant_input(1, "axes") if node.opset >= 13 else node.attr("axes")
+    if axes is None:
+        axes = [i for i, d in enumerate(x.onnx_shape) if d == 1]
+    axes = sorted(int(a) % x.rank for a in np.asarray(axes).reshape(-1))
+    runtime_axes = [layout.runtime_axis(a, x.rank, x.perm) for a in axes]
+    return Value(tf.squeeze(x.data, runtime_axes), layout.perm_after_dropping(x.perm, axes))
+
+
+@register("Unsqueeze")
+def lower_unsqueeze(node: Node) -> Value:
+    x = node.inputs[0]
+    axes = node.constant_input(1, "axes") if node.opset >= 13 else node.attr("axes")
+    rank = x.rank + len(axes)
+    shape = list(x.onnx_shape)
+    for axis in sorted(int(a) % rank for a in np.asarray(axes).reshape(-1)):
+        shape.insert(axis, 1)
+    return Value(tf.reshape(layout.onnx_order(x), shape))
+
+
+def common_perm(values: list[Value]) -> tuple[int, ...] | None:
+    """The layout most inputs already have, so a multi-input op transposes as little as possible."""
+    perms = [v.perm for v in values if not v.is_constant]
+    return max(set(perms), key=perms.count) if perms else None
+
+
+@register("Concat")
+def lower_concat(node: Node) -> Value:
+    values = [v for v in node.inputs if v is not None and 0 not in v.onnx_shape]
+    perm = common_perm(values)
+    rank = values[0].rank
+    axis = layout.runtime_axis(node.attr("axis"), rank, perm)
+    return Value(tf.concat([layout.in_perm(v, perm) for v in values], axis=axis), perm)
+
+
+@register("Split")
+def lower_split(node: Node) -> list[Value]:
+    x = node.inputs[0]
+    onnx_axis = node.attr("axis", 0) % x.rank
+    sizes = node.constant_input(1, "split") if node.opset >= 13 else node.attr("split")
+    count = node.attr("num_outputs", len(node.output_names))
+    if sizes is None:  # Equal parts; with num_outputs the last one may be smaller.
+        part = -(-x.onnx_shape[onnx_axis] // count)
+        sizes = [min(part, x.onnx_shape[onnx_axis] - i * part) for i in range(count)]
+    pieces = tf.split(x.data, [int(s) for s in sizes], axis=layout.runtime_axis(onnx_axis, x.rank, x.perm))
+    return [Value(piece, x.perm) for piece in pieces]
+
+
+@register("Slice")
+def lower_slice(node: Node) -> Value:
+    x = node.inputs[0]
+    index = [slice(None)] * x.rank
+    for axis, start, end, step in slice_ranges(node, x.rank):
+        index[layout.runtime_axis(axis, x.rank, x.perm)] = onnx_slice(start, end, step, x.onnx_shape[axis])
+    return Value(x.data[tuple(index)], x.perm)
+
+
+def slice_ranges(node: Node, rank: int) -> list[tuple[int, int, int, int]]:
+    if node.opset < 10:
+        starts, ends, axes, steps = node.attr("starts"), node.attr("ends"), node.attr("axes"), None
+    else:
+        starts, ends = node.constant_input(1, "starts"), node.constant_input(2, "ends")
+        axes, steps = node.constant_input(3, "axes"), node.constant_input(4, "steps")
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    return [
+        (int(a) % rank, int(s), int(e), int(st))
+        for a, s, e, st in zip(axes, starts, ends, steps, strict=True)
+    ]
+
+
+def onnx_slice(start: int, end: int, step: int, size: int) -> slice:
+    """ONNX start/end clamping (INT_MAX, negatives) as a Python slice that means the same."""
+    start = start + size if start < 0 else start
+    end = end + size if end < 0 and end > -_INT64_MAX else end
+    if step > 0:
+        return slice(min(max(start, 0), size), min(max(end, 0), size), step)
+    start, end = min(max(start, -1), size - 1), min(max(end, -1), size - 1)
+    return slice(start, None if end < 0 else end, step)
+
+
+@register("Gather")
+def lower_gather(node: Node) -> Value:
+    x = node.inputs[0]
+    indices = node.constant_input(1, "indices")
+    axis = node.attr("axis", 0) % x.rank
+    indices = np.where(indices < 0, indices + x.onnx_shape[axis], indices)
+    if indices.ndim == 0:  # A scalar index drops the axis; the layout of the rest is unchanged.
+        out = tf.gather(x.data, int(indices), axis=layout.runtime_axis(axis, x.rank, x.perm))
+        return Value(out, layout.perm_after_dropping(x.perm, [axis]))
+    return Value(tf.gather(layout.onnx_order(x), indices.astype(np.int32), axis=axis))

@@ -1,0 +1,63 @@
+"""ONNX -> TFLite (float32) through our own ONNX -> TensorFlow lowering.
+
+We own the lowering (rather than onnx2tf or litert-torch) so the integer path can place fake-quant nodes with
+edgepack's calibration ranges, giving the TFLite file the same scales as the ONNX QDQ file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.runtime import count_tflite_ops
+from converters.tflite_metadata import with_io_metadata
+from edgepack.artifacts import TensorSpec, write_bytes_atomic
+from edgepack.errors import StageError
+
+
+@dataclass
+class TFLiteConversion:
+    """What the conversion wrote, described from the TFLite side (layout, signature keys)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_counts: dict[str, int]
+    seconds: float
+
+
+def convert_onnx_to_tflite(
+    onnx_path: Path, out_path: Path, input_shapes: dict[str, list[int]] | None = None
+) -> TFLiteConversion:
+    """Lower ``onnx_path`` to TensorFlow, convert to a float32 .tflite at ``out_path`` (written atomically).
+
+    ``input_shapes`` fixes dynamic input dimensions (ONNX layout), e.g. ``{"image": [1, 3, 224, 224]}``; a
+    dynamic batch alone defaults to 1. The ONNX file is only read.
+    """
+    from converters.onnx_to_tf import lower_to_tf, prepare_model  # Imports TensorFlow: only when converting.
+
+    start = time.perf_counter()
+    lowered = lower_to_tf(prepare_model(Path(onnx_path), input_shapes))
+    tflite_bytes = run_tflite_converter(lowered, Path(onnx_path))
+    record = {"inputs": dump_specs(lowered.inputs), "outputs": dump_specs(lowered.outputs)}
+    write_bytes_atomic(Path(out_path), with_io_metadata(tflite_bytes, record))
+    seconds = time.perf_counter() - start
+    counts = {"TRANSPOSE": 0, **count_tflite_ops(out_path)}
+    return TFLiteConversion(lowered.inputs, lowered.outputs, counts, seconds)
+
+
+def run_tflite_converter(lowered, onnx_path: Path) -> bytes:
+    import tensorflow as tf
+
+    # Concrete functions (not Keras: Keras 3 models give NaN through this path) keep the signature keys.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([lowered.function], lowered.module)
+    try:
+        return converter.convert()
+    except Exception as e:
+        raise StageError(
+            "convert", f"the TFLite converter failed on the lowering of {str(onnx_path)!r}: {e}"
+        ) from e
+
+
+def dump_specs(specs: list[TensorSpec]) -> list[dict]:
+    return [spec.model_dump(include={"name", "tensor_name", "layout", "perm_from_onnx"}) for spec in specs]

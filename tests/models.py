@@ -1,0 +1,76 @@
+"""Tiny models built in code for the pipeline tests, and a quick digits trainer for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from calibration.sources import digits_split
+
+
+def conv_net() -> nn.Module:
+    """Plain conv net: conv-bn-relu x2, max pool, global average pool, linear."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def depthwise_net() -> nn.Module:
+    """MobileNet-style: a strided conv, a depthwise 3x3 + pointwise block with ReLU6, hard-swish, global pool."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.Hardswish(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10),
+    )  # fmt: skip
+
+
+class TwoInputNet(nn.Module):
+    """An image and a feature vector (the image's row means) meet after the conv trunk.
+
+    Flattening a 4x4 feature map is a real NCHW -> NHWC layout change: the converter must transpose there.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.head = nn.Linear(8 * 4 * 4 + 8, 10)
+
+    def forward(self, image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.trunk(image), rows], dim=1))
+
+
+def two_input_net() -> nn.Module:
+    return TwoInputNet()
+
+
+def row_means(images: np.ndarray) -> np.ndarray:
+    """The second input of TwoInputNet: (N, 1, 8, 8) -> (N, 8)."""
+    return images.mean(axis=3)[:, 0, :].astype(np.float32)
+
+
+def train_and_save(name: str, path: Path, epochs: int = 25) -> Path:
+    torch.manual_seed(0)
+    model = globals()[name]()
+    images, labels = (torch.from_numpy(a) for a in digits_split("train"))
+    extra = (torch.from_numpy(row_means(images.numpy())),) if name == "two_input_net" else ()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(images), generator=generator).split(64):
+            optimizer.zero_grad()
+            logits = model(images[batch], *(e[batch] for e in extra))
+            nn.functional.cross_entropy(logits, labels[batch]).backward()
+            optimizer.step()
+    torch.save(model.state_dict(), path)
+    return path
