@@ -36,9 +36,17 @@ def export_to_onnx(
             how = "dynamo" if dynamo else "legacy (TorchScript-based)"
             raise StageError(
                 "export",
-                f"torch.onnx.export ({how} exporter, opset {opset}) failed: {e}. "
+                f"torch.onnx.export ({how} exporter, opset {opset}) failed: {_summary(e)}. "
                 "Try the other exporter: 'exporter: legacy' or 'exporter: dynamo' in the export stage",
             ) from e
+
+
+def _summary(error: Exception) -> str:
+    """The line that says what went wrong; the dynamo exporter wraps it in a page of advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        return lines[lines.index("## Exception summary") + 1]
+    return lines[0] if lines else type(error).__name__
 
 
 def _quiet_export(model, example, path: Path, input_names, output_names, opset: int, dynamo: bool) -> None:

@@ -120,7 +120,8 @@ def convert(
     result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [])
     out.print(
         f"wrote {result['path']} ({result['bytes']:,} bytes), verified: max abs error "
-        f"{result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e} on {result['samples']} samples"
+        f"{result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e} on {result['samples']} samples",
+        soft_wrap=True,
     )
 
 
@@ -139,7 +140,7 @@ def _print_summary(results: dict, run_dir: Path) -> None:
     out.print(summary_table(results))
     if results.get("all_cached"):
         out.print("Nothing changed since the last run: every step came from the cache.")
-    out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md)")
+    out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md)", soft_wrap=True)
 
 
 def main() -> None:
@@ -157,7 +158,7 @@ def _fail(error: BaseException, message: str) -> None:
         import traceback
 
         traceback.print_exception(error)
-    err.print(message, markup=False)
+    print(message, file=sys.stderr)  # one line, never wrapped: CI logs and scripts grep it
     sys.exit(1)
 
 

@@ -74,7 +74,11 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
         raise ModelFileError(f"weights file {path} is not a torch state_dict that loads weights-only: {e}") from e
     if not isinstance(state, dict):
         raise ModelFileError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ raise even when strict=False
+        mismatch = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise ModelFileError(f"weights file {path} does not fit the factory's module: {mismatch}") from e
     if missing or unexpected:
         raise ModelFileError(
             f"weights file {path} does not fit the factory's module: missing keys {missing[:5]}, "
@@ -137,8 +141,15 @@ def module_sha256(module: torch.nn.Module) -> str:
 def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
     """Run the torch model on numpy inputs; outputs named by ``config.output_names``."""
     args = [torch.from_numpy(np.ascontiguousarray(feeds[spec.name])) for spec in config.inputs]
-    with torch.no_grad():
-        result = module(*args)
+    try:
+        with torch.no_grad():
+            result = module(*args)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # exported programs assert on shapes
+        shapes = {spec.name: list(feeds[spec.name].shape) for spec in config.inputs}
+        raise RecipeError(
+            f"the model rejected inputs of shapes {shapes} built from model.inputs; check each input's shape "
+            f"and dtype (and their order) in the recipe. torch said: {str(e).splitlines()[0]}"
+        ) from e
     outputs = [result] if isinstance(result, torch.Tensor) else list(result)
     if len(outputs) != len(config.output_names):
         raise RecipeError(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.sources import ArrayDataset
-from converters.verify import Verification, predict, verify_session
+from converters.verify import Verification, pad_batch, predict, verify_session
 from edgepack.artifacts import Artifact, Format, Precision
 from edgepack.errors import VerificationError
 from edgepack.loading import LoadedModel, run_torch
-from edgepack.recipe import Recipe, Task
+from edgepack.recipe import ModelFormat, Recipe, Task
 
 TORCH_BATCH = 256  # torch runs the whole set in large batches; the artifacts run at their exported batch size
 
@@ -19,7 +19,13 @@ def batch_size(recipe: Recipe) -> int:
 
 
 def torch_outputs(loaded: LoadedModel, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np.ndarray]:
-    parts = [run_torch(loaded.module, batch, recipe.model) for batch in dataset.batches(TORCH_BATCH)]
+    # Traced and exported programs are specialised to the shapes they were made with: feed them the recipe's batch.
+    size = TORCH_BATCH if loaded.format == ModelFormat.TORCH else batch_size(recipe)
+    parts = []
+    for batch in dataset.batches(size):
+        count = len(next(iter(batch.values())))
+        outputs = run_torch(loaded.module, pad_batch(batch, size) if size != TORCH_BATCH else batch, recipe.model)
+        parts.append({name: value[:count] for name, value in outputs.items()})
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

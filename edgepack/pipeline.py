@@ -106,6 +106,7 @@ def _start(recipe: Recipe, run_dir: Path, steps: Steps) -> RunContext:
     root = _root_artifact(ctx)
     ctx.artifacts.append(root)
     ctx.records[root.name] = {"verification": None}
+    ctx.reference  # noqa: B018  run the source once now: a wrong input shape fails here, clearly, not in a stage
     _evaluate(ctx, root)
     return ctx
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,14 +25,15 @@ class StepRecord:
 class Steps:
     quiet: bool = False
     records: list[StepRecord] = field(default_factory=list)
-    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    # The console writes to its own copy of stderr, so it keeps working while a step's native output is captured.
+    console: Console = field(default_factory=lambda: Console(file=_own_stderr(), highlight=False))
 
     @contextlib.contextmanager
     def step(self, name: str, description: str, cached: bool = False) -> Iterator[StepRecord]:
         record = StepRecord(name, cached)
         started = time.perf_counter()
         status = contextlib.nullcontext() if self.quiet or cached else self.console.status(description + " ...")
-        with status:
+        with status, native_stderr_captured():
             yield record
         record.seconds = round(time.perf_counter() - started, 3)
         self.records.append(record)
@@ -42,3 +47,34 @@ class Steps:
 
     def all_cached(self) -> bool:
         return all(r.cached for r in self.records if r.name != "load")
+
+
+def _own_stderr():
+    try:
+        raw = os.fdopen(os.dup(sys.stderr.fileno()), "wb", buffering=0)
+        return io.TextIOWrapper(raw, encoding=sys.stderr.encoding or "utf-8", write_through=True)
+    except (OSError, ValueError, io.UnsupportedOperation):  # stderr without a file descriptor (some test runners)
+        return sys.stderr
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """TensorFlow and LiteRT log from C++ straight to file descriptor 2 (absl and oneDNN banners, 'Created
+    TensorFlow Lite XNNPACK delegate'), past any Python logging setting. Keep that off the user's screen while a
+    step runs, and show its tail if the step fails: then it may be the clue."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            tail = capture.read().decode(errors="replace")[-3000:]
+            if tail.strip():
+                sys.stderr.write(tail if tail.endswith("\n") else tail + "\n")
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
