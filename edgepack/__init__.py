@@ -1,3 +1,16 @@
-"""edgepack: trained model in, verified and benchmarked ONNX/TFLite artifacts out."""
+"""edgepack: trained model in, verified and benchmarked ONNX/TFLite artifacts out.
+
+``edgepack.pack(recipe_or_path, out=...)`` runs a recipe and returns a ``PackResult``. They are loaded on first use so
+that ``import edgepack`` stays cheap (torch and TensorFlow load only when a run needs them).
+"""
 
 __version__ = "0.1.0"
+__all__ = ["PackResult", "pack"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from edgepack import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'edgepack' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from edgepack.pipeline import pack
+import edgepack
 from edgepack.recipe import parse_recipe
 from tests import models
 from tests.edgepack.helpers import artifact
@@ -44,7 +44,7 @@ def test_each_source_format_packs_to_verified_onnx_and_tflite(kind, tmp_path, tr
         "model": {"path": source, "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}], "output_names": ["logits"]},
     })  # fmt: skip
     assert recipe.model.format == kind
-    results = pack(recipe, out=tmp_path / "run", quiet=True).results
+    results = edgepack.pack(recipe, out=tmp_path / "run", quiet=True).results  # the public API
     names = [a["name"] for a in results["artifacts"]]
     assert names == (["onnx-fp32", "tflite-fp32"] if kind == "onnx" else ["torch-fp32", "onnx-fp32", "tflite-fp32"])
     reference_top1 = results["artifacts"][0]["accuracy"]["top1"]
@@ -60,6 +60,6 @@ def test_onnx_source_is_copied_never_modified(tmp_path, trained_weights):
     before = open(source, "rb").read()
     recipe = parse_recipe({"name": "copy", "bench": None, "model": {
         "path": source, "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}]}})  # fmt: skip
-    result = pack(recipe, out=tmp_path / "run", quiet=True)
+    result = edgepack.pack(recipe, out=tmp_path / "run", quiet=True)
     assert open(source, "rb").read() == before
     assert result.artifacts[0]["path"] == "artifacts/copy.source.onnx"
