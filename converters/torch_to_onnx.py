@@ -31,6 +31,7 @@ def export_to_onnx(
     with atomic_path(Path(out_path)) as tmp:
         try:
             _quiet_export(model, example, tmp, input_names, output_names, opset, dynamo)
+            _strip_stack_traces(tmp)
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
             how = "dynamo" if dynamo else "legacy (TorchScript-based)"
@@ -39,6 +40,23 @@ def export_to_onnx(
                 f"torch.onnx.export ({how} exporter, opset {opset}) failed: {_summary(e)}. "
                 "Try the other exporter: 'exporter: legacy' or 'exporter: dynamo' in the export stage",
             ) from e
+
+
+# Python stack traces with the build machine's absolute paths: they would ship inside the app and make the
+# bytes depend on where edgepack ran. The module hierarchy ('namespace', 'class_hierarchy') stays: it has no paths.
+PATH_BEARING_METADATA = {"pkg.torch.onnx.stack_trace"}
+
+
+def _strip_stack_traces(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in PATH_BEARING_METADATA]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def _summary(error: Exception) -> str:

@@ -63,3 +63,13 @@ def test_onnx_source_is_copied_never_modified(tmp_path, trained_weights):
     result = edgepack.pack(recipe, out=tmp_path / "run", quiet=True)
     assert open(source, "rb").read() == before
     assert result.artifacts[0]["path"] == "artifacts/copy.source.onnx"
+
+
+def test_exported_onnx_carries_no_build_machine_paths(tmp_path, trained_weights):
+    from tests.edgepack.helpers import image_recipe
+
+    recipe = parse_recipe(image_recipe("conv_net", trained_weights("conv_net")) | {"bench": None, "data": None})
+    result = edgepack.pack(recipe, out=tmp_path / "run", quiet=True)
+    data = (result.run_dir / result.artifacts[1]["path"]).read_bytes()
+    assert b"site-packages" not in data and str(tmp_path).encode() not in data
+    assert b"pkg.torch.onnx.class_hierarchy" in data  # the path-free module hierarchy is kept
