@@ -1,0 +1,76 @@
+"""Post-training quantization, written once: plan the tensors, collect ranges, decide parameters.
+
+The result, a ``Calibration``, is all any backend consumes: the ONNX QDQ writer and the TFLite fake-quant
+lowering both read ``Calibration.activations`` and derive weights the same way (``calibration.params``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field
+
+from calibration.collect import check_calibration_data, collect_ranges
+from calibration.estimators import Method, make_estimator
+from calibration.params import QuantParams, activation_params
+from calibration.plan import QuantPlan, fixed_output_params, plan_quantization
+from calibration.sources import ArrayDataset
+
+
+class Precision(StrEnum):
+    INT8 = "int8"
+    INT16X8 = "int16x8"  # 16-bit activations, 8-bit weights
+
+
+class QuantScheme(BaseModel):
+    """What 'quantized' means for one artifact; QAT simulates exactly this."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    precision: Precision = Field(Precision.INT8, description="int8, or int16x8 (16-bit activations, 8-bit weights).")
+    method: Method = Field(Method.MINMAX, description="Range estimator: minmax, moving_average, percentile, "
+                                                      "entropy (KL) or mse.")  # fmt: skip
+    percentile: float = Field(99.99, gt=50, le=100, description="For method 'percentile'.")
+    symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
+    samples: int = Field(256, gt=0, description="Calibration samples used (the first N of the data).")
+    skip_nodes: list[str] = Field([], description="ONNX node names kept in float (mixed precision).")
+
+    @property
+    def activation_dtype(self) -> str:
+        return "int16" if self.precision == Precision.INT16X8 else "int8"
+
+
+@dataclass
+class Calibration:
+    scheme: QuantScheme
+    plan: QuantPlan
+    ranges: dict[str, tuple[float, float]]  # what the estimator saw, per calibrated tensor
+    activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
+
+
+def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme, batch_size: int,
+              source: str = "calibration data") -> Calibration:  # fmt: skip
+    from converters.verify import pad_batch
+
+    dataset = check_calibration_data(dataset, source)
+    dataset = dataset.take(np.arange(min(scheme.samples, len(dataset))))
+    plan = plan_quantization(model, skip=set(scheme.skip_nodes))
+    levels = 65536 if scheme.activation_dtype == "int16" else 256
+    symmetric = scheme.symmetric_activations or scheme.activation_dtype == "int16"
+
+    def estimator(_name: str):
+        return make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
+
+    batches = (pad_batch(b, batch_size) for b in dataset.batches(batch_size))
+    ranges = collect_ranges(model, plan.activations, batches, estimator)
+    return Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
+
+
+def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:
+    dtype = scheme.activation_dtype
+    params = {t: activation_params(*ranges[t], dtype, scheme.symmetric_activations) for t in plan.activations}
+    params |= {t: params[source] for t, source in plan.shared.items()}
+    params |= {t: fixed_output_params(op, dtype) for t, op in plan.fixed.items()}
+    return params

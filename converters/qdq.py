@@ -1,0 +1,128 @@
+"""Write an ONNX QDQ model from edgepack's plan and parameters (never onnxruntime's own calibration).
+
+Weights become int8 initializers with a DequantizeLinear (per output channel); biases int32 with scale
+input_scale x weight_scale, as both onnxruntime's and TFLite's integer kernels expect; each planned activation T
+becomes producer -> T_float -> QuantizeLinear -> DequantizeLinear -> T, so consumers and graph outputs keep
+their names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from calibration.params import QuantParams, weight_params
+from calibration.plan import QuantPlan
+from edgepack.artifacts import atomic_path
+
+INT16_QDQ_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
+
+
+def write_qdq_model(model: onnx.ModelProto, out_path: Path, plan: QuantPlan,
+                    activations: dict[str, QuantParams], *, unsigned_activations: bool = True) -> dict[str, QuantParams]:  # fmt: skip
+    """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``)."""
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    graph = quantized.graph
+    weights = _quantize_weights(graph, plan)
+    _quantize_biases(graph, plan, activations, weights)
+    for tensor, params in activations.items():
+        _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
+    if any(p.dtype == "int16" for p in activations.values()):
+        _raise_opset(quantized, INT16_QDQ_OPSET)
+    onnx.checker.check_model(quantized)
+    with atomic_path(Path(out_path)) as tmp:
+        onnx.save(quantized, str(tmp))
+    return weights
+
+
+def _onnx_grid(params: QuantParams, unsigned: bool) -> QuantParams:
+    return params.as_unsigned() if unsigned and params.dtype == "int8" and not params.narrow else params
+
+
+def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan) -> dict[str, QuantParams]:
+    initializers = {t.name: t for t in graph.initializer}
+    done: dict[str, QuantParams] = {}
+    for weight in plan.weights:
+        if weight.initializer in done:
+            continue
+        values = numpy_helper.to_array(initializers[weight.initializer])
+        params = weight_params(values, weight.axis)
+        _replace_with_dequantized(graph, weight.initializer, params.quantize(values), params)
+        done[weight.initializer] = params
+    return done
+
+
+def _quantize_biases(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
+                     weights: dict[str, QuantParams]) -> None:  # fmt: skip
+    initializers = {t.name: t for t in graph.initializer}
+    for bias in plan.biases:
+        source = activations.get(bias.activation)
+        if source is None or bias.initializer not in initializers:
+            continue  # the input stays float: so does the bias
+        values = numpy_helper.to_array(initializers[bias.initializer])
+        scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(values.shape, np.float32)
+        params = QuantParams(scale, np.zeros(values.shape, np.int64), "int32", axis=0)
+        q = np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        _replace_with_dequantized(graph, bias.initializer, q, params)
+
+
+def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams) -> None:
+    """The initializer ``name`` becomes ``name_quantized`` (integer) + DequantizeLinear producing ``name``."""
+    kept = [t for t in graph.initializer if t.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    scale, zero_point = _param_initializers(name, params, q.dtype)
+    graph.initializer.extend([numpy_helper.from_array(q, f"{name}_quantized"), scale, zero_point])
+    axis = {"axis": params.axis} if params.axis is not None and np.ndim(params.scale) else {}
+    node = helper.make_node("DequantizeLinear", [f"{name}_quantized", scale.name, zero_point.name], [name],
+                            name=f"{name}_DequantizeLinear", **axis)  # fmt: skip
+    graph.node.insert(0, node)
+
+
+def _param_initializers(name: str, params: QuantParams, dtype) -> tuple[onnx.TensorProto, onnx.TensorProto]:
+    scale = numpy_helper.from_array(np.asarray(params.scale, np.float32), f"{name}_scale")
+    zero_point = numpy_helper.from_array(np.asarray(params.zero_point).astype(dtype), f"{name}_zero_point")
+    return scale, zero_point
+
+
+def _insert_qdq(graph: onnx.GraphProto, tensor: str, params: QuantParams) -> None:
+    """T -> QuantizeLinear -> DequantizeLinear -> consumers. A node output is renamed T_float so consumers and
+    graph outputs keep reading T; a graph input keeps its name and its consumers read T_dequantized instead."""
+    scale, zero_point = _param_initializers(tensor, params, np.dtype(params.dtype))
+    graph.initializer.extend([scale, zero_point])
+    if any(i.name == tensor for i in graph.input):
+        source, target, position = tensor, f"{tensor}_dequantized", 0
+        _rename_inputs(graph, tensor, target)
+    else:
+        source, target = f"{tensor}_float", tensor
+        position = _rename_output(graph, tensor, source) + 1
+    quantize = helper.make_node("QuantizeLinear", [source, scale.name, zero_point.name], [f"{tensor}_quantized"],
+                                name=f"{tensor}_QuantizeLinear")  # fmt: skip
+    dequantize = helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale.name, zero_point.name],
+                                  [target], name=f"{tensor}_DequantizeLinear")  # fmt: skip
+    graph.node.insert(position, quantize)
+    graph.node.insert(position + 1, dequantize)
+
+
+def _rename_inputs(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+
+
+def _rename_output(graph: onnx.GraphProto, old: str, new: str) -> int:
+    """Rename the producer's output; returns the producer's position."""
+    for index, node in enumerate(graph.node):
+        if old in node.output:
+            node.output[:] = [new if name == old else name for name in node.output]
+            return index
+    raise ValueError(f"no node produces {old!r}")
+
+
+def _raise_opset(model: onnx.ModelProto, version: int) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < version:
+            opset.version = version
