@@ -21,8 +21,14 @@ from edgepack.artifacts import atomic_path
 INT16_QDQ_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
 
 
-def write_qdq_model(model: onnx.ModelProto, out_path: Path, plan: QuantPlan,
-                    activations: dict[str, QuantParams], *, unsigned_activations: bool = True) -> dict[str, QuantParams]:  # fmt: skip
+def write_qdq_model(
+    model: onnx.ModelProto,
+    out_path: Path,
+    plan: QuantPlan,
+    activations: dict[str, QuantParams],
+    *,
+    unsigned_activations: bool = True,
+) -> dict[str, QuantParams]:
     """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``)."""
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
