@@ -1,0 +1,103 @@
+"""ONNX PTQ: the plan's structure, the QDQ file's parameters read back, accuracy measured in onnxruntime."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration.ptq import QuantScheme, calibrate
+from calibration.sources import ArrayDataset, load_digits_dataset
+from converters.qdq import write_qdq_model
+from converters.runtime import OnnxSession
+from converters.verify import predict
+from edgepack.errors import DataError
+from tests import models
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory, trained_weights) -> onnx.ModelProto:
+    """The digits-trained conv net, exported the legacy way (BatchNorm folded into the convs)."""
+    model = models.conv_net()
+    model.load_state_dict(torch.load(trained_weights("conv_net"), weights_only=True))
+    path = tmp_path_factory.mktemp("ptq") / "conv_net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"])  # fmt: skip
+    return onnx.load(str(path))
+
+
+def test_plan_follows_tflite_fusions():
+    #  x -> Conv -> Relu -> MaxPool -> Flatten -> Gemm -> Softmax -> y
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "g"], ["z"], transB=1, name="gemm"),
+             helper.make_node("Softmax", ["z"], ["y"], name="softmax")]  # fmt: skip
+    weights = {"w": rng.standard_normal((4, 1, 3, 3)), "b": np.zeros(4), "g": rng.standard_normal((3, 4))}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])  # fmt: skip
+    from calibration.plan import plan_quantization
+
+    plan = plan_quantization(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert plan.activations == ["x", "r", "z"]  # 'c' is fused into the conv+relu; pool/flatten reuse r's grid
+    assert plan.shared == {"p": "r", "f": "r"} and plan.fixed == {"y": "Softmax"}
+    assert [(w.initializer, w.axis) for w in plan.weights] == [("w", 0), ("g", 0)]  # transB: output axis 0
+    assert [(b.initializer, b.activation) for b in plan.biases] == [("b", "x")]
+
+
+def qdq_parameters(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tensor -> (scale, zero point) as stored in the file's QuantizeLinear / DequantizeLinear nodes."""
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            tensor = node.name.rsplit("_", 1)[0]
+            found[tensor] = (initializers[node.input[1]], initializers[node.input[2]])
+    return found
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16x8"])
+def test_qdq_file_holds_edgepack_parameters_and_keeps_accuracy(digits_onnx, tmp_path, precision):
+    train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
+    calibration = calibrate(digits_onnx, train, QuantScheme(precision=precision), batch_size=1)
+    path = tmp_path / f"{precision}.onnx"
+    weights = write_qdq_model(digits_onnx, path, calibration.plan, calibration.activations)
+    written = onnx.load(str(path))
+    stored = qdq_parameters(written)
+    for tensor, params in calibration.activations.items():
+        scale, zero_point = stored[tensor]
+        expected = params.as_unsigned() if precision == "int8" else params  # u8 activations: the same grid
+        assert scale == params.scale and zero_point == expected.zero_point and zero_point.dtype == expected.dtype
+    for name, params in weights.items():
+        scale, zero_point = stored[name]
+        assert np.array_equal(scale, params.scale) and not zero_point.any() and zero_point.dtype == np.int8
+    assert max(o.version for o in written.opset_import if o.domain == "") == (21 if precision == "int16x8" else 17)
+    float_top1 = np.mean(predict(OnnxSession_from(digits_onnx, tmp_path), test, 1)["logits"].argmax(1) == test.labels)
+    quant_top1 = np.mean(predict(OnnxSession(path), test, 1)["logits"].argmax(1) == test.labels)
+    assert float_top1 > 0.85 and abs(quant_top1 - float_top1) <= 0.01
+
+
+def OnnxSession_from(model: onnx.ModelProto, folder) -> OnnxSession:
+    onnx.save(model, str(folder / "float.onnx"))
+    return OnnxSession(folder / "float.onnx")
+
+
+def test_bad_calibration_data_is_named(digits_onnx):
+    scheme = QuantScheme()
+    with pytest.raises(DataError, match="needs calibration data"):
+        calibrate(digits_onnx, None, scheme, batch_size=1)
+    few = ArrayDataset({"image": np.zeros((3, 1, 8, 8), np.float32)})
+    with pytest.raises(DataError, match="3 calibration samples found; at least 8"):
+        calibrate(digits_onnx, few, scheme, batch_size=1)
+    nan = ArrayDataset({"image": np.full((16, 1, 8, 8), np.nan, np.float32)})
+    with pytest.raises(DataError, match="calibration input 'image' contains NaN"):
+        calibrate(digits_onnx, nan, scheme, batch_size=1)
