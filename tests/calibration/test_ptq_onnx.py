@@ -42,9 +42,10 @@ def test_plan_follows_tflite_fusions():
              helper.make_node("Gemm", ["f", "g"], ["z"], transB=1, name="gemm"),
              helper.make_node("Softmax", ["z"], ["y"], name="softmax")]  # fmt: skip
     weights = {"w": rng.standard_normal((4, 1, 3, 3)), "b": np.zeros(4), "g": rng.standard_normal((3, 4))}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])  # fmt: skip
+    initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph(nodes, "g", [x], [y], initializers)
     from calibration.plan import plan_quantization
 
     plan = plan_quantization(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
