@@ -6,5 +6,6 @@ from edgepack.stages.registry import STAGES, StageEntry, get_stage, register_sta
 # Built-in stages register on import; keep this list in pipeline order.
 from edgepack.stages import export as _export  # noqa: E402,F401  isort: skip
 from edgepack.stages import convert as _convert  # noqa: E402,F401  isort: skip
+from edgepack.stages import quantize as _quantize  # noqa: E402,F401  isort: skip
 
 __all__ = ["STAGES", "StageConfig", "StageEntry", "get_stage", "register_stage"]
