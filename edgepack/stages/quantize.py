@@ -57,8 +57,10 @@ def calibration_dataset(config: QuantizeConfig, ctx):
     elif ctx.recipe.data is not None and ctx.recipe.data.source == "digits":
         dataset, description = load_digits_dataset(inputs[0].name, split="train"), "digits (train split)"
     else:
-        raise DataError("the quantize stage needs 'calibration_data' (a .npz with one array per input), separate "
-                        "from the evaluation data so that accuracy is measured on samples calibration never saw")  # fmt: skip
+        raise DataError(
+            "the quantize stage needs 'calibration_data' (a .npz with one array per input), separate from the "
+            "evaluation data so that accuracy is measured on samples calibration never saw"
+        )
     check_dataset(dataset, {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}, description)
     return dataset, description
 
