@@ -54,9 +54,7 @@ def run_tflite_converter(lowered, onnx_path: Path) -> bytes:
     try:
         return converter.convert()
     except Exception as e:
-        raise StageError(
-            "convert", f"the TFLite converter failed on the lowering of {str(onnx_path)!r}: {e}"
-        ) from e
+        raise StageError("convert", f"the TFLite converter failed on the lowering of {str(onnx_path)!r}: {e}") from e
 
 
 def dump_specs(specs: list[TensorSpec]) -> list[dict]:

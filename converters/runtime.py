@@ -6,11 +6,12 @@ maps keys TF had to sanitize back to ONNX names). Importing this module never im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from converters.tflite_metadata import read_io_metadata
+from converters.tflite_metadata import read_io_metadata, tflite_precision
 from edgepack.artifacts import Quantization, TensorSpec
 from edgepack.errors import ModelFileError
 
@@ -45,9 +46,7 @@ def load_tflite_interpreter(model_path, num_threads: int | None = None, *, defau
 def package_version(runtime: str) -> str:
     from importlib import metadata
 
-    distribution = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(
-        runtime, runtime
-    )
+    distribution = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(runtime, runtime)
     for name in (distribution, "tensorflow-cpu"):
         try:
             return metadata.version(name)
@@ -114,12 +113,8 @@ class TFLiteSession:
             self.interpreter.allocate_tensors()
             inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
             outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-        known = {
-            spec["tensor_name"] or spec["name"]: spec
-            for spec in record.get("inputs", []) + record.get("outputs", [])
-        }
-        self.inputs = [tflite_spec(key, detail, known.get(key)) for key, detail in inputs.items()]
-        self.outputs = [tflite_spec(key, detail, known.get(key)) for key, detail in outputs.items()]
+        self.inputs = specs_in_model_order(inputs, record.get("inputs", []))
+        self.outputs = specs_in_model_order(outputs, record.get("outputs", []))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keyed = {spec.tensor_name or spec.name: feeds[spec.name] for spec in self.inputs}
@@ -130,9 +125,14 @@ class TFLiteSession:
         for detail in self.interpreter.get_input_details():
             self.interpreter.set_tensor(detail["index"], keyed[detail["name"]])
         self.interpreter.invoke()
-        return {
-            d["name"]: self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()
-        }
+        return {d["name"]: self.interpreter.get_tensor(d["index"]) for d in self.interpreter.get_output_details()}
+
+
+def specs_in_model_order(details: dict[str, dict], recorded: list[dict]) -> list[TensorSpec]:
+    """TensorSpecs for LiteRT's tensors (which it lists by sorted signature key) in the ONNX model's order."""
+    known = {spec["tensor_name"] or spec["name"]: (index, spec) for index, spec in enumerate(recorded)}
+    ordered = sorted(details, key=lambda key: known.get(key, (len(known), None))[0])
+    return [tflite_spec(key, details[key], known.get(key, (0, None))[1]) for key in ordered]
 
 
 def tflite_spec(key: str, detail: dict, recorded: dict | None) -> TensorSpec:
@@ -154,8 +154,33 @@ def tflite_quantization(params: dict) -> Quantization | None:
     if scales is None or len(scales) == 0:
         return None
     axis = params.get("quantized_dimension", 0) if len(scales) > 1 else None
-    return Quantization(
-        scale=[float(s) for s in scales], zero_point=[int(z) for z in params["zero_points"]], axis=axis
+    return Quantization(scale=[float(s) for s in scales], zero_point=[int(z) for z in params["zero_points"]], axis=axis)
+
+
+@dataclass
+class TFLiteDescription:
+    """A .tflite file as a model source: what to feed and fetch, what it is made of, its precision."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_counts: dict[str, int]
+    precision: str  # fp32, fp16, dynamic_int8, int8 or int16x8
+    written_by_edgepack: bool  # It carries edgepack's metadata (ONNX names and layouts).
+
+
+def describe_tflite(path) -> TFLiteDescription:
+    """Inspect any .tflite file (edgepack's or another tool's) without TensorFlow, so it can be benched as is."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"TFLite file {str(path)!r} does not exist")
+    session = TFLiteSession(path)
+    data = path.read_bytes()
+    return TFLiteDescription(
+        inputs=session.inputs,
+        outputs=session.outputs,
+        op_counts=dict(sorted(count_tflite_ops(path).items())),
+        precision=tflite_precision(data),
+        written_by_edgepack=read_io_metadata(data) is not None,
     )
 
 

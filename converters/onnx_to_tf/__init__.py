@@ -4,7 +4,16 @@ Importing this package imports TensorFlow (seconds, hundreds of MB);
 ``converters.onnx_to_tflite`` does so only when a conversion runs.
 """
 
-from converters.onnx_to_tf import ops_conv, ops_elementwise, ops_pad_resize, ops_pool, ops_shape  # noqa: F401
+from converters.onnx_to_tf import (  # noqa: F401  (importing registers the lowerings)
+    ops_conv,
+    ops_elementwise,
+    ops_logic,
+    ops_norm,
+    ops_pad_resize,
+    ops_pool,
+    ops_recurrent,
+    ops_shape,
+)
 from converters.onnx_to_tf.graph import LoweredGraph, lower_to_tf
 from converters.onnx_to_tf.prepare import PreparedModel, prepare_model
 from converters.onnx_to_tf.registry import LOWERINGS

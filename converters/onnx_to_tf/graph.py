@@ -20,6 +20,15 @@ from converters.onnx_to_tf.registry import LOWERINGS, Node, Value
 from edgepack.artifacts import TensorSpec
 from edgepack.errors import UnsupportedOperatorError
 
+# Ops that work on NCHW/NCW spatial data, and elementwise ops that keep whatever layout they get.
+SPATIAL_OPS = {
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
+    "InstanceNormalization", "Resize", "DepthToSpace", "SpaceToDepth",
+}  # fmt: skip
+PASS_THROUGH_OPS = {
+    "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Cast", "Identity", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish",
+    "HardSigmoid", "Concat", "Pad", "Abs", "Neg", "Sqrt", "Exp", "Max", "Min", "Pow", "Dropout",
+}  # fmt: skip
 _VALID_KEY = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
 
 
@@ -36,18 +45,16 @@ class LoweredGraph:
 def lower_to_tf(prepared: PreparedModel) -> LoweredGraph:
     check_all_supported(prepared.graph)
     keys = signature_keys(prepared)
-    inputs = [
-        input_spec(prepared, info, keys[info.name])
-        for info in real_inputs(prepared.graph, prepared.constants)
-    ]
+    inputs = [input_spec(prepared, info, keys[info.name]) for info in real_inputs(prepared.graph, prepared.constants)]
     outputs: list[TensorSpec] = []
 
     def run_graph(*tensors):
         env = {name: Value(c) for name, c in prepared.constants.items()}
         for spec, tensor in zip(inputs, tensors, strict=True):
             env[spec.name] = Value(tensor, layout.normalize_perm(spec.perm_from_onnx))
+        dense_only = outputs_feeding_only_dense_layers(prepared)
         for node in prepared.graph.node:
-            lower_node(node, env, prepared.opset)
+            lower_node(node, env, prepared.opset, dense_only)
         outputs[:] = [output_spec(env[out.name], out.name, keys[out.name]) for out in prepared.graph.output]
         return {keys[out.name]: output_tensor(env[out.name]) for out in prepared.graph.output}
 
@@ -66,7 +73,7 @@ def check_all_supported(graph: onnx.GraphProto) -> None:
             raise UnsupportedOperatorError(op_type, node.name or node.output[0], supported=LOWERINGS)
 
 
-def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int) -> None:
+def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int, dense_only: set[str] = frozenset()) -> None:
     view = Node(
         op_type=node.op_type,
         name=node.name or node.output[0],
@@ -74,12 +81,40 @@ def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int) -> None:
         attrs={a.name: decode_attribute(a) for a in node.attribute},
         output_names=list(node.output),
         opset=opset,
+        extra={"feeds_only_dense_layers": node.output[0] in dense_only},
     )
     results = LOWERINGS[node.op_type](view)
     results = [results] if isinstance(results, Value) else list(results)
     for name, value in zip(node.output, results, strict=False):
         if name:
             env[name] = value
+
+
+def outputs_feeding_only_dense_layers(prepared: PreparedModel) -> set[str]:
+    """Tensors read only as the data input of Gemm (transA=0) or MatMul with constant 2-D weights."""
+    graph_outputs = {out.name for out in prepared.graph.output}
+    return {
+        name
+        for name, nodes in readers_of(prepared.graph).items()
+        if name not in graph_outputs and all(is_dense_data_input(n, name, prepared.constants) for n in nodes)
+    }
+
+
+def readers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def is_dense_data_input(node: onnx.NodeProto, name: str, constants: dict[str, np.ndarray]) -> bool:
+    if node.op_type not in ("Gemm", "MatMul") or list(node.input[:1]) != [name] or node.input[1] not in constants:
+        return False
+    if node.op_type == "MatMul":
+        return constants[node.input[1]].ndim == 2
+    return not any(a.name == "transA" and a.i for a in node.attribute)
 
 
 def decode_attribute(attribute: onnx.AttributeProto):
@@ -106,7 +141,7 @@ def signature_keys(prepared: PreparedModel) -> dict[str, str]:
 
 def input_spec(prepared: PreparedModel, info: onnx.ValueInfoProto, key: str) -> TensorSpec:
     shape = prepared.input_shapes[info.name]
-    perm = layout.channels_last_perm(4) if len(shape) == 4 else None
+    perm = input_perm(prepared.graph, info.name, len(shape))
     return TensorSpec(
         name=info.name,
         shape=shape if perm is None else [shape[p] for p in perm],
@@ -115,6 +150,34 @@ def input_spec(prepared: PreparedModel, info: onnx.ValueInfoProto, key: str) -> 
         perm_from_onnx=list(perm) if perm else None,
         tensor_name=None if key == info.name else key,
     )
+
+
+def input_perm(graph: onnx.GraphProto, name: str, rank: int) -> tuple[int, ...] | None:
+    """Channels-last for inputs that are NCHW/NCW images or signals, so no transpose follows the input.
+
+    Rank-4 inputs are images unless they reach a Transpose and no spatial op (a model written for NHWC input,
+    e.g. by tf2onnx, transposes to NCHW itself); rank-3 inputs are signals only when they reach a convolution
+    or pool.
+    """
+    reaches = consumers_reached(graph, name)
+    if rank == 4 and (reaches & SPATIAL_OPS or "Transpose" not in reaches):
+        return layout.channels_last_perm(4)
+    if rank == 3 and reaches & SPATIAL_OPS:
+        return layout.channels_last_perm(3)
+    return None
+
+
+def consumers_reached(graph: onnx.GraphProto, name: str) -> set[str]:
+    """Op types reachable from ``name`` through layout-agnostic ops (which are included)."""
+    consumers = readers_of(graph)
+    reached, frontier, seen = set(), [name], {name}
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            reached.add(node.op_type)
+            if node.op_type in PASS_THROUGH_OPS:
+                frontier += [out for out in node.output if out not in seen]
+                seen.update(node.output)
+    return reached
 
 
 def output_layout(value: Value) -> tuple[int, ...] | None:

@@ -14,9 +14,14 @@ _LINEAR_MODES = {
     "align_corners": {"align_corners": True},
     "asymmetric": {},
 }
+# TF's half-pixel nearest picks floor((x + 0.5) * in / out): ONNX's half_pixel rounding ties up, and
+# tf_half_pixel_for_nn (tf2onnx's) flooring.
 _NEAREST_MODES = {
     ("asymmetric", "floor"): {},
     ("align_corners", "round_prefer_ceil"): {"align_corners": True},
+    ("half_pixel", "round_prefer_ceil"): {"half_pixel_centers": True},
+    ("pytorch_half_pixel", "round_prefer_ceil"): {"half_pixel_centers": True},
+    ("tf_half_pixel_for_nn", "floor"): {"half_pixel_centers": True},
 }
 
 
@@ -81,9 +86,7 @@ def lower_resize(node: Node) -> Value:
         raise node.unsupported("antialias=1 not supported; supported: antialias=0")
     if mode == "linear" and coordinates in _LINEAR_MODES:
         out = tf.compat.v1.image.resize_bilinear(data, size, **_LINEAR_MODES[coordinates])
-    elif (
-        mode == "nearest" and (coordinates, node.attr("nearest_mode", "round_prefer_floor")) in _NEAREST_MODES
-    ):
+    elif mode == "nearest" and (coordinates, node.attr("nearest_mode", "round_prefer_floor")) in _NEAREST_MODES:
         flags = _NEAREST_MODES[(coordinates, node.attr("nearest_mode", "round_prefer_floor"))]
         out = tf.compat.v1.image.resize_nearest_neighbor(data, size, **flags)
     else:
@@ -95,9 +98,8 @@ def resize_support_message(node: Node, mode: str, coordinates: str) -> str:
     if mode not in ("nearest", "linear"):
         return f"Resize mode {mode!r} not supported; supported: nearest, linear"
     if mode == "linear":
-        return (
-            f"linear Resize with coordinate_transformation_mode {coordinates!r} not supported; supported: "
-            + (", ".join(_LINEAR_MODES))
+        return f"linear Resize with coordinate_transformation_mode {coordinates!r} not supported; supported: " + (
+            ", ".join(_LINEAR_MODES)
         )
     pairs = ", ".join(f"{c}+{n}" for c, n in _NEAREST_MODES)
     nearest = node.attr("nearest_mode", "round_prefer_floor")

@@ -127,7 +127,5 @@ def lower_softmax(node: Node) -> Value:
     x = node.inputs[0]
     axis = node.attr("axis", -1 if node.opset >= 13 else 1) % x.rank
     if node.opset < 13 and axis != x.rank - 1:
-        raise node.unsupported(
-            f"opset {node.opset} Softmax flattens from axis {axis}; supported: the last axis"
-        )
+        raise node.unsupported(f"opset {node.opset} Softmax flattens from axis {axis}; supported: the last axis")
     return Value(tf.nn.softmax(x.data, axis=layout.runtime_axis(axis, x.rank, x.perm)), x.perm)

@@ -46,7 +46,10 @@ def lower_reshape(node: Node) -> Value:
     shape = [int(d) for d in node.constant_input(1, "shape")]
     if not node.attr("allowzero", 0):  # 0 copies the input's size on that axis.
         shape = [x.onnx_shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return Value(tf.reshape(layout.onnx_order(x), shape))
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        shape = [int(np.prod(x.onnx_shape)) // known if d == -1 else d for d in shape]
+    return flattened_for_dense(node, x, shape) or layout.reshaped(x, shape)
 
 
 @register("Flatten")
@@ -54,19 +57,25 @@ def lower_flatten(node: Node) -> Value:
     x = node.inputs[0]
     axis = node.attr("axis", 1) % max(x.rank, 1)
     shape = [int(np.prod(x.onnx_shape[:axis])), int(np.prod(x.onnx_shape[axis:]))]
-    return Value(tf.reshape(layout.onnx_order(x), shape))
+    return flattened_for_dense(node, x, shape) or layout.reshaped(x, shape)
+
+
+def flattened_for_dense(node: Node, x: Value, shape: list[int]) -> Value | None:
+    """A batch-keeping flatten that only dense layers read, flattened in stored order with ``feature_order``
+    recorded (the dense layers permute their weights instead); None when the plain reshape is as good."""
+    if not node.extra.get("feeds_only_dense_layers") or x.perm is None or x.perm[0] != 0:
+        return None
+    if len(shape) != 2 or shape[0] != x.onnx_shape[0] or not layout.reshape_needs_transpose(x, shape):
+        return None
+    order = np.arange(shape[1]).reshape(x.onnx_shape[1:]).transpose([p - 1 for p in x.perm[1:]]).reshape(-1)
+    return Value(tf.reshape(x.data, shape), feature_order=order)
 
 
 @register("Transpose")
 def lower_transpose(node: Node) -> Value:
     """Free: the data stays put and only the recorded permutation changes."""
     x = node.inputs[0]
-    order = node.attr("perm", list(range(x.rank))[::-1])
-    if x.is_constant:
-        return Value(np.transpose(x.data, order))
-    stored = range(x.rank) if x.perm is None else x.perm
-    inverse = np.argsort(order)
-    return Value(x.data, layout.normalize_perm(tuple(int(inverse[p]) for p in stored)))
+    return layout.transposed(x, node.attr("perm", list(range(x.rank))[::-1]))
 
 
 @register("Squeeze")
@@ -88,7 +97,7 @@ def lower_unsqueeze(node: Node) -> Value:
     shape = list(x.onnx_shape)
     for axis in sorted(int(a) % rank for a in np.asarray(axes).reshape(-1)):
         shape.insert(axis, 1)
-    return Value(tf.reshape(layout.onnx_order(x), shape))
+    return layout.reshaped(x, shape)
 
 
 def common_perm(values: list[Value]) -> tuple[int, ...] | None:
@@ -136,10 +145,7 @@ def slice_ranges(node: Node, rank: int) -> list[tuple[int, int, int, int]]:
         axes, steps = node.constant_input(3, "axes"), node.constant_input(4, "steps")
     axes = range(len(starts)) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
-    return [
-        (int(a) % rank, int(s), int(e), int(st))
-        for a, s, e, st in zip(axes, starts, ends, steps, strict=True)
-    ]
+    return [(int(a) % rank, int(s), int(e), int(st)) for a, s, e, st in zip(axes, starts, ends, steps, strict=True)]
 
 
 def onnx_slice(start: int, end: int, step: int, size: int) -> slice:
@@ -154,11 +160,31 @@ def onnx_slice(start: int, end: int, step: int, size: int) -> slice:
 
 @register("Gather")
 def lower_gather(node: Node) -> Value:
-    x = node.inputs[0]
-    indices = node.constant_input(1, "indices")
+    x, indices = node.inputs[:2]
     axis = node.attr("axis", 0) % x.rank
-    indices = np.where(indices < 0, indices + x.onnx_shape[axis], indices)
+    if not indices.is_constant:  # Embedding lookups: ids are non-negative, so no wrap-around ops are added.
+        data = x.data if x.is_constant else layout.onnx_order(x)
+        return Value(tf.gather(data, layout.onnx_order(indices), axis=axis))
+    indices = np.where(indices.data < 0, indices.data + x.onnx_shape[axis], indices.data)
     if indices.ndim == 0:  # A scalar index drops the axis; the layout of the rest is unchanged.
         out = tf.gather(x.data, int(indices), axis=layout.runtime_axis(axis, x.rank, x.perm))
         return Value(out, layout.perm_after_dropping(x.perm, [axis]))
     return Value(tf.gather(layout.onnx_order(x), indices.astype(np.int32), axis=axis))
+
+
+@register("Expand")
+def lower_expand(node: Node) -> Value:
+    x = node.inputs[0]
+    shape = list(np.broadcast_shapes(tuple(x.onnx_shape), tuple(int(d) for d in node.constant_input(1, "shape"))))
+    perm = x.perm if x.rank == len(shape) else None
+    data = layout.broadcast_tensor(x, len(shape), perm)
+    stored = shape if perm is None else [shape[p] for p in perm]
+    return Value(tf.broadcast_to(data, stored), perm)
+
+
+@register("Tile")
+def lower_tile(node: Node) -> Value:
+    x = node.inputs[0]
+    repeats = [int(r) for r in node.constant_input(1, "repeats")]
+    stored = repeats if x.perm is None else [repeats[p] for p in x.perm]
+    return Value(tf.tile(x.data, stored), x.perm)

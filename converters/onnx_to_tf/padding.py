@@ -53,6 +53,33 @@ def onnx_pads(node: Node, sizes: list[int], window: Window) -> tuple[list[int], 
     return pads[:spatial], pads[spatial:]
 
 
+def transposed_pads(node: Node, sizes: list[int], window: Window) -> tuple[list[int], list[int], list[int]]:
+    """ConvTranspose's begin and end crop of the full output, and its output_padding (added at the end)."""
+    spatial = len(sizes)
+    extra = list(node.attr("output_padding", [0] * spatial))
+    auto_pad, output_shape = node.attr("auto_pad", "NOTSET"), node.attr("output_shape")
+    if output_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = list(node.attr("pads", [0] * (2 * spatial)))
+        return pads[:spatial], pads[spatial:], extra
+    strides = window.strides
+    wanted = list(output_shape)[-spatial:] if output_shape else [n * strides[i] for i, n in enumerate(sizes)]
+    total = [(n - 1) * strides[i] + window.span(i) + extra[i] - wanted[i] for i, n in enumerate(sizes)]
+    # As onnxruntime: SAME_UPPER crops the odd pixel at the end; SAME_LOWER and a bare output_shape at the start.
+    small = [t // 2 for t in total]
+    large = [t - t // 2 for t in total]
+    return (small, large, extra) if auto_pad == "SAME_UPPER" else (large, small, extra)
+
+
+def transposed_same_matches(sizes: list[int], out: list[int], window: Window, begin: list[int]) -> bool:
+    """Whether TF's SAME transposed conv to size ``out`` crops exactly ``begin`` at the start (the rest at the end)."""
+    for axis, size in enumerate(sizes):
+        stride = window.strides[axis]
+        crop = (size - 1) * stride + window.span(axis) - out[axis]  # TF's SAME crops half of this at the start.
+        if math.ceil(out[axis] / stride) != size or crop < 0 or crop // 2 != begin[axis]:
+            return False
+    return True
+
+
 def tf_padding_mode(sizes: list[int], window: Window, begin: list[int], end: list[int]) -> str | None:
     """'VALID' or 'SAME' when TF's own padding matches; None when an explicit pad is needed."""
     if not any(begin) and not any(end):

@@ -1,4 +1,5 @@
-"""Preparation before lowering: static input shapes, shape inference and constant folding.
+"""Preparation before lowering: static input shapes, shape inference, constant folding (with If nodes whose
+condition folds inlined) and pattern fusion.
 
 After this pass every shape, axis, pad and scale a lowering needs is a numpy constant, so the lowerings never
 see the Shape -> Gather -> Concat -> Reshape chains exporters emit for dynamic batch sizes.
@@ -14,11 +15,18 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from converters.onnx_to_tf.control_flow import inline_constant_ifs, reject_computed_ifs
+from converters.onnx_to_tf.fuse import fuse_gelu
 from edgepack.errors import ModelFileError
 
-# Ops whose result is not a pure function of their inputs: never folded.
-_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial"}
+# Ops whose result is not a pure function of their inputs, and ops whose subgraphs may read values from the
+# enclosing graph (an If with a constant condition is inlined instead): never folded.
+_NOT_FOLDABLE = {
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "If", "Loop", "Scan",
+}  # fmt: skip
 _MAX_FOLD_ROUNDS = 5
+# Constants up to this many elements stay in the protobuf shape inference reads; larger ones become stubs.
+_INLINE_ELEMENTS = 4096
 
 
 @dataclass
@@ -33,28 +41,61 @@ class PreparedModel:
 
 def prepare_model(onnx_path: Path, input_shapes: dict[str, list[int]] | None = None) -> PreparedModel:
     model = load_onnx_model(onnx_path)
-    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    constants = load_initializers(model, Path(onnx_path))
     shapes = fix_input_shapes(model, constants, input_shapes or {}, onnx_path)
     opset = default_opset(model)
     for _ in range(_MAX_FOLD_ROUNDS):
         model = infer_shapes(model, onnx_path)
-        if not fold_constants(model.graph, constants, opset):
+        folded = fold_constants(model.graph, constants, opset)
+        if not inline_constant_ifs(model.graph, constants) and not folded:
             break
+    reject_computed_ifs(model.graph)
+    fuse_gelu(model.graph, constants)
     return PreparedModel(model.graph, constants, opset, shapes)
 
 
 def load_onnx_model(onnx_path: Path) -> onnx.ModelProto:
+    """The model without its weights' data: the checker reads the file by path, so external data (and models
+    past protobuf's 2 GB limit) are checked without ever being serialized into one message."""
     path = Path(onnx_path)
     if not path.is_file():
         raise ModelFileError(f"ONNX file {str(path)!r} does not exist; pass the path of a .onnx model")
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ModelFileError(f"{str(path)!r} is not a valid ONNX model ({type(e).__name__}: {e})") from e
     if not model.graph.output:
         raise ModelFileError(f"{str(path)!r} is not a valid ONNX model: its graph has no outputs")
     return model
+
+
+def load_initializers(model: onnx.ModelProto, onnx_path: Path) -> dict[str, np.ndarray]:
+    """Every initializer as numpy (external data read from beside the model); large ones left in the graph as
+    data-less stubs, which is all shape inference needs."""
+    try:
+        constants = {t.name: numpy_helper.to_array(t, str(onnx_path.parent)) for t in model.graph.initializer}
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"cannot read the weights of {str(onnx_path)!r}: {e}") from e
+    replace_initializers(model.graph, constants)
+    return constants
+
+
+def graph_tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
+    """The tensor itself when small (shape inference may read shapes, axes, scales), else a stub: dims and type
+    only, marked external so no reader looks for data in the message."""
+    value = np.asarray(value)
+    if value.size <= _INLINE_ELEMENTS:
+        return numpy_helper.from_array(value, name)
+    stub = onnx.TensorProto(name=name, dims=value.shape, data_location=onnx.TensorProto.EXTERNAL)
+    stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    stub.external_data.add(key="location", value="edgepack-weights-held-in-memory")
+    return stub
+
+
+def replace_initializers(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> None:
+    del graph.initializer[:]
+    graph.initializer.extend(graph_tensor(name, value) for name, value in constants.items())
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -74,9 +115,7 @@ def fix_input_shapes(
     unknown = sorted(set(overrides) - {inp.name for inp in inputs})
     if unknown:
         names = ", ".join(inp.name for inp in inputs)
-        raise ModelFileError(
-            f"--input-shape names {unknown} are not inputs of {str(onnx_path)!r}; inputs: {names}"
-        )
+        raise ModelFileError(f"--input-shape names {unknown} are not inputs of {str(onnx_path)!r}; inputs: {names}")
     shapes = {}
     for inp in inputs:
         shapes[inp.name] = static_shape(inp, overrides.get(inp.name), onnx_path)
@@ -141,10 +180,7 @@ def fold_constants(graph: onnx.GraphProto, constants: dict[str, np.ndarray], ops
     if folded:
         del graph.node[:]
         graph.node.extend(kept)
-        del graph.initializer[:]
-        graph.initializer.extend(
-            numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()
-        )
+        replace_initializers(graph, constants)
     return folded
 
 
@@ -155,8 +191,18 @@ def fold_node(node: onnx.NodeProto, constants: dict, shapes: dict, opset: int) -
         return [shape_of(node, shapes[node.input[0]])]
     if not all(name == "" or name in constants for name in node.input):
         return None
-    feeds = {name: constants[name] for name in node.input if name}
-    return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
+    return evaluate_node(node, {name: constants[name] for name in node.input if name}, opset)
+
+
+def evaluate_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    """Run one node in onnx's reference evaluator at the model's opset (a bare NodeProto would run at the
+    newest opset, where e.g. Unsqueeze takes its axes as an input, not an attribute)."""
+    empty = onnx.helper.make_empty_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [node], "fold", [empty(name) for name in node.input if name], [empty(name) for name in node.output if name]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(model).run(None, feeds))
 
 
 def shape_of(node: onnx.NodeProto, shape: list[int]) -> np.ndarray:

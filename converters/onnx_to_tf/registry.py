@@ -25,6 +25,10 @@ class Value:
 
     data: Any
     perm: tuple[int, ...] | None = None
+    # Set only on a flattened [N, K] tensor whose consumers are all dense layers (Gemm/MatMul with constant
+    # weights): the ONNX feature index of each stored feature. Those layers permute their weight rows to match,
+    # so flattening channels-last features needs no transpose.
+    feature_order: np.ndarray | None = None
 
     @property
     def is_constant(self) -> bool:
@@ -69,9 +73,7 @@ class Node:
         if value is None:
             return None
         if not value.is_constant:
-            raise self.unsupported(
-                f"input {index} ({what}) must be a constant after folding, but it is computed"
-            )
+            raise self.unsupported(f"input {index} ({what}) must be a constant after folding, but it is computed")
         return value.data
 
 

@@ -30,12 +30,15 @@ def make_model(
     outputs: list[str],
     constants: dict[str, np.ndarray] | None = None,
     opset: int = 17,
+    input_types: dict[str, int] | None = None,
 ) -> onnx.ModelProto:
-    """A float32 model: ``inputs`` fed at run time, ``constants`` as initializers, output shapes inferred."""
+    """A model: ``inputs`` fed at run time (float32 unless ``input_types`` says otherwise), ``constants`` as
+    initializers, output shapes inferred."""
+    types = input_types or {}
     graph = helper.make_graph(
         nodes,
         "test",
-        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), s) for n, s in inputs.items()],
         [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in (constants or {}).items()],
     )
@@ -60,31 +63,54 @@ class Comparison:
     max_error: float
     tolerance: float
     reference: dict[str, np.ndarray]
+    actual: dict[str, np.ndarray]  # LiteRT's outputs, back in the ONNX layout
 
 
-def random_feeds(session: OnnxSession, seed: int = 0, positive: bool = False) -> dict[str, np.ndarray]:
+def random_feeds(
+    session: OnnxSession, seed: int = 0, positive: bool = False, shapes: dict[str, list[int]] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded inputs: normal floats (or positive ones), integers in {0, 1} for integer inputs (masks, ids)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in session.inputs:
-        data = rng.standard_normal([max(d, 1) for d in spec.shape]).astype(np.float32)
+        shape = (shapes or {}).get(spec.name) or [max(d, 1) for d in spec.shape]
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+            continue
+        data = rng.standard_normal(shape).astype(np.float32)
         feeds[spec.name] = np.abs(data) + 0.1 if positive else data
     return feeds
 
 
-def convert_and_compare(onnx_path: Path, tflite_path: Path, positive: bool = False, input_shapes=None) -> Comparison:
-    """Convert, run both files on the same seeded inputs, and return the worst error against the tolerance."""
-    conversion = convert_onnx_to_tflite(onnx_path, tflite_path, input_shapes=input_shapes)
-    reference_session, tflite = OnnxSession(onnx_path), TFLiteSession(tflite_path)
-    feeds = random_feeds(reference_session, positive=positive)
-    reference = reference_session.run(feeds)
-    tflite_feeds = {spec.name: to_runtime_layout(feeds[spec.name], spec) for spec in tflite.inputs}
-    results = tflite.run(tflite_feeds)
+def worst_error(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(max abs error, tolerance) of the output worst off relative to RELATIVE_TOLERANCE x its value range."""
     worst = (0.0, 1.0)
-    for spec in tflite.outputs:
-        expected, actual = reference[spec.name], from_runtime_layout(results[spec.name], spec)
-        assert actual.shape == expected.shape, f"{spec.name}: {actual.shape} != {expected.shape}"
-        value_range = float(np.ptp(expected)) if expected.size > 1 else float(np.abs(expected).max())
+    for name, reference in expected.items():
+        reference = reference.astype(np.float64)  # Also bool and integer outputs.
+        assert actual[name].shape == reference.shape, f"{name}: {actual[name].shape} != {reference.shape}"
+        value_range = float(np.ptp(reference)) if reference.size > 1 else float(np.abs(reference).max())
         tolerance = RELATIVE_TOLERANCE * max(value_range, 1e-3)
-        error = float(np.abs(actual.astype(np.float64) - expected).max())
+        error = float(np.abs(actual[name].astype(np.float64) - reference).max())
         worst = max(worst, (error, tolerance), key=lambda pair: pair[0] / pair[1])
-    return Comparison(conversion, worst[0], worst[1], reference)
+    return worst
+
+
+def run_tflite(tflite_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """LiteRT's outputs for ONNX-layout ``feeds``, returned in the ONNX layout."""
+    tflite = TFLiteSession(tflite_path)
+    results = tflite.run({spec.name: to_runtime_layout(feeds[spec.name], spec) for spec in tflite.inputs})
+    return {spec.name: from_runtime_layout(results[spec.name], spec) for spec in tflite.outputs}
+
+
+def convert_and_compare(
+    onnx_path: Path, tflite_path: Path, positive: bool = False, input_shapes=None, feeds=None
+) -> Comparison:
+    """Convert, run both files on the same inputs (seeded random unless given), return the worst error."""
+    conversion = convert_onnx_to_tflite(onnx_path, tflite_path, input_shapes=input_shapes)
+    reference_session = OnnxSession(onnx_path)
+    if feeds is None:
+        feeds = random_feeds(reference_session, positive=positive, shapes=input_shapes)
+    reference = reference_session.run(feeds)
+    actual = run_tflite(tflite_path, feeds)
+    error, tolerance = worst_error(reference, actual)
+    return Comparison(conversion, error, tolerance, reference, actual)

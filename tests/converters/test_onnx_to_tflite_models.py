@@ -89,6 +89,18 @@ class FeatureMap(nn.Module):
         return torch.relu(self.conv(x))
 
 
+class FlattenedFeatures(nn.Module):
+    """A classifier that flattens a 4x4 feature map (NCHW order) straight into a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
 def export(module: nn.Module, path: Path, examples, names, dynamo: bool = False) -> Path:
     torch.manual_seed(0)
     module.eval()
@@ -145,6 +157,15 @@ def test_residual_net_with_dynamic_batch_folds_shape_arithmetic(models):
     assert result.max_error <= result.tolerance
     assert result.conversion.op_counts.get("TRANSPOSE", 0) == 0, result.conversion.op_counts
     assert result.conversion.inputs[0].shape == [1, 32, 32, 3]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_flatten_into_linear_permutes_weights_instead_of_transposing(tmp_path, dynamo):
+    # NHWC features flattened in NCHW order would need a TRANSPOSE; reordering the weight rows does not.
+    path = export(FlattenedFeatures(), tmp_path / "flat.onnx", (torch.randn(1, 3, 8, 8),), ["image"], dynamo=dynamo)
+    result = convert_and_compare(path, tmp_path / "flat.tflite")
+    assert result.max_error <= result.tolerance
+    assert result.conversion.op_counts["TRANSPOSE"] == 0 and result.conversion.op_counts["FULLY_CONNECTED"] == 1
 
 
 def test_two_inputs_keep_their_names(models):

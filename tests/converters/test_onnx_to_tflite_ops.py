@@ -1,11 +1,10 @@
 """Every registered ONNX op: a one-node (or few-node) graph, converted, run in LiteRT, compared with onnxruntime.
 
-Parametrized over the registry itself, so registering an op without a case here fails the suite.
+Parametrized over the registry itself, so registering an op without a case here (or in op_cases_recurrent_logic.py)
+fails the suite.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -13,58 +12,9 @@ import pytest
 from onnx import helper
 
 from converters.onnx_to_tf.registry import LOWERINGS
-from tests.converters.conftest import convert_and_compare, make_model
-
-IMAGE = [1, 3, 8, 8]
-INT_MAX = np.iinfo(np.int64).max
-_rng = np.random.default_rng(1)
-
-
-def weights(*shape: int) -> np.ndarray:
-    return _rng.standard_normal(shape).astype(np.float32)
-
-
-def ints(*values: int) -> np.ndarray:
-    return np.array(values, dtype=np.int64)
-
-
-@dataclass
-class Case:
-    model: onnx.ModelProto
-    expect: tuple[str, ...] = ()  # TFLite builtin ops that must be in the file.
-    positive: bool = False  # Feed positive inputs (Sqrt, Pow with a fractional exponent).
-    label: str = field(default="")
-
-
-def one(op, inputs=("x",), constants=None, shape=IMAGE, expect=(), opset=17, outputs=1, positive=False, **attrs):
-    """A graph of a single ``op`` node; inputs not in ``constants`` are fed, all with ``shape``."""
-    constants = constants or {}
-    out_names = [f"y{i}" for i in range(outputs)]
-    node = helper.make_node(op, list(inputs), out_names, name=f"{op.lower()}_node", **attrs)
-    fed = {name: shape for name in inputs if name and name not in constants}
-    label = f"{op}:{','.join(f'{k}={v}' for k, v in attrs.items())}"
-    return Case(make_model([node], fed, out_names, constants, opset), tuple(expect), positive, label)
-
-
-def unary(op, expect, **kw):
-    return [one(op, expect=(expect,) if expect else (), **kw)]
-
-
-def binary(op, expect):
-    # x (NHWC inside) op a per-channel constant, and x op another fed tensor of the same shape.
-    return [
-        one(op, ("x", "c"), {"c": weights(3, 1, 1)}, expect=(expect,) if expect else ()),
-        one(op, ("x", "z"), expect=(expect,) if expect else ()),
-    ]
-
-
-def resize_2x(expect=(), **attrs):
-    return one("Resize", ("x", "", "s"), {"s": np.array([1, 1, 2, 2], np.float32)}, expect=expect, **attrs)
-
-
-def chain(nodes, constants=None, shape=IMAGE, expect=(), opset=17):
-    return Case(make_model(nodes, {"x": shape}, ["y0"], constants, opset), tuple(expect))
-
+from tests.converters.conftest import convert_and_compare
+from tests.converters.op_cases import INT_MAX, Case, binary, chain, ints, one, resize_2x, unary, weights
+from tests.converters.op_cases_recurrent_logic import MORE_CASES
 
 CASES: dict[str, list[Case]] = {
     "Conv": [
@@ -75,6 +25,18 @@ CASES: dict[str, list[Case]] = {
         one("Conv", ("x", "w"), {"w": weights(4, 3, 3, 3)}, auto_pad="SAME_UPPER", strides=[2, 2]),
         one("Conv", ("x", "w"), {"w": weights(4, 3, 3, 3)}, pads=[2] * 4, dilations=[2, 2]),
         one("Conv", ("x", "w"), {"w": weights(4, 3, 3)}, shape=[1, 3, 16], expect=("CONV_2D",), pads=[1, 1]),
+        one(
+            "Conv",
+            ("x", "w"),
+            {"w": weights(3, 1, 5)},
+            shape=[1, 3, 17],
+            group=3,
+            strides=[2],
+            pads=[2, 2],
+            expect=("DEPTHWISE_CONV_2D",),
+        ),  # fmt: skip
+        one("Conv", ("x", "w"), {"w": weights(3, 1, 3, 3)}, shape=[1, 3, 9, 9], group=3, strides=[1, 2], pads=[1] * 4),
+        one("Conv", ("x", "w"), {"w": weights(6, 1, 3, 3)}, group=3, strides=[2, 1], auto_pad="SAME_UPPER"),
     ],
     "Gemm": [
         one(
@@ -92,6 +54,8 @@ CASES: dict[str, list[Case]] = {
     "MatMul": [
         one("MatMul", ("x", "w"), {"w": weights(6, 5)}, shape=[2, 4, 6], expect=("FULLY_CONNECTED",)),
         one("MatMul", ("x", "z"), shape=[2, 4, 4], expect=("BATCH_MATMUL",)),
+        one("MatMul", ("x", "w"), {"w": weights(6)}, shape=[2, 4, 6]),
+        one("MatMul", ("w", "x"), {"w": weights(4)}, shape=[2, 4, 6]),
     ],
     "BatchNormalization": [
         one(
@@ -203,6 +167,24 @@ CASES: dict[str, list[Case]] = {
         ),
         one("Resize", ("x", "", "", "z"), {"z": ints(1, 3, 12, 20)}, expect=("RESIZE_BILINEAR",), mode="linear"),
         resize_2x(mode="linear", coordinate_transformation_mode="align_corners"),
+        resize_2x(mode="nearest", coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil"),
+        one(
+            "Resize",
+            ("x", "", "", "z"),
+            {"z": ints(1, 3, 12, 20)},
+            mode="nearest",
+            coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_ceil",
+        ),  # fmt: skip
+        one(
+            "Resize",
+            ("x", "roi", "s", "z"),
+            {"roi": np.zeros(0, np.float32), "s": np.zeros(0, np.float32), "z": ints(1, 3, 5, 13)},
+            mode="nearest",
+            opset=11,
+            coordinate_transformation_mode="tf_half_pixel_for_nn",
+            nearest_mode="floor",
+        ),  # fmt: skip
         resize_2x(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
     ],
     "Identity": [chain([helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["y0"])])],
@@ -231,6 +213,10 @@ CASES: dict[str, list[Case]] = {
         one("Gather", ("x", "i"), {"i": ints(2, 0)}, axis=1, expect=("GATHER",)),
     ],
 }
+
+
+for _op_type, _cases in MORE_CASES.items():
+    CASES.setdefault(_op_type, []).extend(_cases)
 
 
 def test_every_registered_op_has_a_case():
