@@ -1,16 +1,30 @@
-"""Benchmark .tflite and .onnx artifacts on a target (the host today; ssh and adb targets later).
+"""Benchmark .tflite and .onnx artifacts on a target: this host, a device over ssh, an Android device over adb.
 
 Importing this package stays light: the runtimes (LiteRT, onnxruntime, tensorflow) are imported only by
-``runner.py``, inside the separate process that measures.
+``runner.py``, inside the separate process that measures, and paramiko only when an ssh target is used.
 """
 
+from device_bench.energy_proxy import energy_proxy
+from device_bench.options import BenchOptions
+from device_bench.records import RUNNER_FILES, RUNNER_PATH
 from device_bench.targets import (
-    RUNNER_PATH,
-    BenchOptions,
+    TARGET_FORMS,
     BenchTarget,
     HostTarget,
     bench,
+    bench_each_thread_count,
     parse_target,
 )
 
-__all__ = ["RUNNER_PATH", "BenchOptions", "BenchTarget", "HostTarget", "bench", "parse_target"]
+__all__ = [
+    "RUNNER_FILES",
+    "RUNNER_PATH",
+    "TARGET_FORMS",
+    "BenchOptions",
+    "BenchTarget",
+    "HostTarget",
+    "bench",
+    "bench_each_thread_count",
+    "energy_proxy",
+    "parse_target",
+]

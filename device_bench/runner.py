@@ -1,7 +1,7 @@
 """Benchmark one .tflite or .onnx model on this machine and print one JSON record on stdout.
 
-This file is copied as-is to the device (a Raspberry Pi, an Android phone), so it imports only the standard
-library, numpy and whichever interpreter is installed there; it never imports edgepack.
+This file and py beside it are copied as-is to the device (a Raspberry Pi, an Android phone), so
+they import only the standard library, numpy and whichever interpreter is installed there; never edgepack.
 
     python runner.py MODEL --runs 50 --warmup 5 --min-seconds 1 --threads 1 [--seed 0]
 
@@ -14,30 +14,39 @@ once before timing so each timed run measures only the runtime's own work. On fa
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # a bare device: main() reports it as one record, like a missing interpreter
+    np = None
 
+NUMPY_INSTALL_HINT = "pip install numpy"
 TFLITE_INSTALL_HINT = "pip install ai-edge-litert (or tflite-runtime, or tensorflow)"
 ONNX_INSTALL_HINT = "pip install onnxruntime"
 # onnxruntime names element types as strings; these are the ones a benchmark input can have.
 ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
 }
 
 
@@ -82,6 +91,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="least wall time of the timed runs")
     parser.add_argument("--threads", type=count_at_least(1), default=1, help="CPU threads for the runtime")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input data")
+    parser.add_argument("--sys-root", default="/sys", help="where sysfs is (tests point it at a fake tree)")
     return parser.parse_args(argv)
 
 
@@ -287,6 +297,190 @@ def machine_description() -> dict:
     }
 
 
+# --- What the device is doing while the runner measures: governor, temperature, throttling, energy.
+# Every reading is optional: where a file or tool is absent the figure is None and the energy says "no sensor"
+# with what was looked for; no figure is ever estimated. ``sys_root`` is where sysfs is, so tests can fake it.
+
+
+def read_sys(path: str) -> str | None:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:  # absent on this kernel or device, or not readable by this user
+        return None
+
+
+def read_number(path: str, scale: float = 1.0) -> float | None:
+    text = read_sys(path)
+    try:
+        return float(text) * scale
+    except (TypeError, ValueError):
+        return None
+
+
+def hottest_temperature_c(sys_root: str) -> float | None:
+    """The hottest thermal zone (the one that throttles first), in degrees Celsius; None where none is readable."""
+    zones = glob.glob(os.path.join(sys_root, "class/thermal/thermal_zone*/temp"))
+    readings = [value for value in (read_number(zone, 0.001) for zone in zones) if value is not None]
+    return round(max(readings), 1) if readings else None
+
+
+def vcgencmd(*arguments: str) -> str | None:
+    """Output of a Raspberry Pi's firmware tool, None where there is no such tool or it fails."""
+    tool = shutil.which("vcgencmd")
+    if tool is None:
+        return None
+    try:
+        done = subprocess.run([tool, *arguments], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+# Bits of `vcgencmd get_throttled` (Raspberry Pi documentation): now in the low bits, since boot from bit 16.
+THROTTLE_BITS = {0: "under_voltage", 1: "arm_frequency_capped", 2: "throttled", 3: "soft_temperature_limit"}
+
+
+def throttling() -> dict | None:
+    output = vcgencmd("get_throttled")  # "throttled=0x50000"
+    try:
+        value = int(output.strip().partition("=")[2], 16)
+    except (AttributeError, ValueError):
+        return None
+    flags = {name: bool(value >> bit & 1) for bit, name in THROTTLE_BITS.items()}
+    return (
+        {"raw": hex(value)}
+        | flags
+        | {f"{name}_occurred": bool(value >> bit + 16 & 1) for bit, name in THROTTLE_BITS.items()}
+    )
+
+
+def device_facts(sys_root: str, temperature_at_start: float | None) -> dict:
+    cpufreq = os.path.join(sys_root, "devices/system/cpu/cpu0/cpufreq")
+    return {
+        "governor": read_sys(os.path.join(cpufreq, "scaling_governor")),
+        "cpu_mhz": read_number(os.path.join(cpufreq, "scaling_cur_freq"), 0.001),
+        "temperature_c_start": temperature_at_start,
+        "temperature_c": hottest_temperature_c(sys_root),  # after the timed runs
+        "throttled": throttling(),
+    }
+
+
+def energy_delta_uj(before: int, after: int, max_range: int) -> int:
+    """A RAPL counter's increase; it wraps to zero past max_energy_range_uj."""
+    return after - before if after >= before else after + max_range - before
+
+
+def energy_result(method: str, scope: str, joules: float, seconds: float, runs: int) -> dict:
+    return {
+        "method": method,
+        "scope": scope,
+        "joules": round(joules, 6),
+        "uj_per_inference": round(joules * 1e6 / runs, 3),
+        "average_watts": round(joules / seconds, 4) if seconds > 0 else None,
+        "seconds": round(seconds, 4),
+    }
+
+
+class RaplMeter:
+    """Linux RAPL: cumulative energy counters of each CPU package, read before and after the timed runs."""
+
+    def __init__(self, domains: list[str]):
+        self.domains = domains
+        self.before = [int(read_sys(os.path.join(domain, "energy_uj"))) for domain in domains]
+
+    def stop(self, seconds: float, runs: int) -> dict:
+        total = 0
+        for domain, before in zip(self.domains, self.before, strict=True):
+            after, max_range = (
+                int(read_sys(os.path.join(domain, name))) for name in ("energy_uj", "max_energy_range_uj")
+            )
+            total += energy_delta_uj(before, after, max_range)
+        return energy_result("rapl", "CPU packages, every process on the machine", total / 1e6, seconds, runs)
+
+
+class SampledPowerMeter:
+    """A sensor of present power (watts), sampled on a thread during the timed runs; energy = mean x time."""
+
+    def __init__(self, method: str, scope: str, read_watts: Callable[[], float | None], interval: float = 0.1):
+        self.method, self.scope, self.read_watts = method, scope, read_watts
+        self.samples = [read_watts()]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, args=(interval,), daemon=True)
+        self.thread.start()
+
+    def sample(self, interval: float) -> None:
+        while not self.done.wait(interval):
+            self.samples.append(self.read_watts())
+
+    def stop(self, seconds: float, runs: int) -> dict:
+        self.done.set()
+        self.thread.join()
+        watts = [value for value in self.samples if value is not None]
+        if not watts:  # the sensor stopped answering: no figure rather than a guess
+            return {"method": "no sensor", "uj_per_inference": None, "looked_for": [f"{self.method} (no reading)"]}
+        result = energy_result(self.method, self.scope, sum(watts) / len(watts) * seconds, seconds, runs)
+        return result | {"samples": len(watts)}
+
+
+class NoSensor:
+    def __init__(self, looked_for: list[str]):
+        self.looked_for = looked_for
+
+    def stop(self, seconds: float, runs: int) -> dict:
+        return {"method": "no sensor", "uj_per_inference": None, "looked_for": self.looked_for}
+
+
+def rapl_packages(sys_root: str) -> list[str]:
+    """Package-level RAPL domains with a readable counter (their sub-domains are parts of them, not extra)."""
+    domains = sorted(glob.glob(os.path.join(sys_root, "class/powercap/intel-rapl:*")))
+    packages = [domain for domain in domains if (read_sys(os.path.join(domain, "name")) or "").startswith("package")]
+    return [domain for domain in packages if read_number(os.path.join(domain, "energy_uj")) is not None]
+
+
+def ina_power_reader(sys_root: str) -> Callable[[], float | None] | None:
+    """An INA219/INA226/INA260 power monitor's hwmon power1_input (microwatts), if one is present."""
+    for folder in sorted(glob.glob(os.path.join(sys_root, "class/hwmon/hwmon*"))):
+        power = os.path.join(folder, "power1_input")
+        if read_sys(os.path.join(folder, "name")) in ("ina219", "ina226", "ina260") and read_number(power) is not None:
+            return lambda: read_number(power, 1e-6)
+    return None
+
+
+# A rail's name may start with a digit (3V7_WL_SW_A); the unit letter ends the line.
+PMIC_READING = re.compile(r"^\s*(\S+_[AV]) (?:current|volt)\(\d+\)=([-\d.]+)[AV]\s*$", re.MULTILINE)
+
+
+def pmic_watts(text: str | None) -> float | None:
+    """Sum of volts x amps over the rails a Pi 5 PMIC reports.
+
+    `vcgencmd pmic_read_adc` prints one line per reading: "VDD_CORE_A current(7)=2.1A", "VDD_CORE_V volt(15)=0.87V".
+    """
+    readings = {match[0]: float(match[1]) for match in PMIC_READING.findall(text or "")}
+    rails = [name[:-2] for name in readings if name.endswith("_A") and name[:-2] + "_V" in readings]
+    return sum(readings[rail + "_A"] * readings[rail + "_V"] for rail in rails) if rails else None
+
+
+def start_energy_meter(sys_root: str):
+    """The best power sensor present: RAPL's counters, an INA on hwmon, a Pi 5's PMIC; else 'no sensor'."""
+    packages = rapl_packages(sys_root)
+    if packages:
+        return RaplMeter(packages)
+    ina = ina_power_reader(sys_root)
+    if ina is not None:
+        return SampledPowerMeter("hwmon ina", "the rail the INA power monitor is wired into", ina)
+    if pmic_watts(vcgencmd("pmic_read_adc")) is not None:
+        return SampledPowerMeter(
+            "pi5 pmic", "the rails of the Pi 5 PMIC (SoC, memory, I/O)", lambda: pmic_watts(vcgencmd("pmic_read_adc"))
+        )
+    looked_for = [
+        "intel-rapl*/energy_uj under " + sys_root + "/class/powercap",
+        "an ina219/ina226/ina260 hwmon power1_input",
+        "vcgencmd pmic_read_adc",
+    ]
+    return NoSensor(looked_for)
+
+
 @dataclass
 class Measurement:
     """What one benchmark measured, before it is flattened into the record."""
@@ -297,10 +491,15 @@ class Measurement:
     latencies: array
     elapsed_seconds: float
     rss_growth_mib: float | None
+    energy: dict
+    temperature_at_start: float | None
 
 
 def measure(args: argparse.Namespace) -> Measurement:
+    if np is None:
+        raise RunnerError(f"numpy is not installed; {NUMPY_INSTALL_HINT}")
     import_runtime, load = runtime_for(args.model)
+    temperature_at_start = hottest_temperature_c(args.sys_root)
     runtime = import_runtime()
     # The baseline is taken after the imports so that the growth is what the model itself costs.
     baseline_rss = current_rss_mib()
@@ -310,33 +509,42 @@ def measure(args: argparse.Namespace) -> Measurement:
     first_inference_ms = milliseconds_of(model.invoke)
     for _ in range(args.warmup):
         model.invoke()
+    meter = start_energy_meter(args.sys_root)
     latencies, elapsed_seconds = timed_runs(model.invoke, args.runs, args.min_seconds)
+    energy = {"measured": meter.stop(elapsed_seconds, len(latencies))}
     final_rss = current_rss_mib()
     growth = None if baseline_rss is None or final_rss is None else round(final_rss - baseline_rss, 3)
-    return Measurement(model, init_ms, first_inference_ms, latencies, elapsed_seconds, growth)
+    return Measurement(
+        model, init_ms, first_inference_ms, latencies, elapsed_seconds, growth, energy, temperature_at_start
+    )
 
 
 def record_of(args: argparse.Namespace, measured: Measurement) -> dict:
     model = measured.model
-    return {
-        "model": args.model,
-        "model_bytes": os.path.getsize(args.model),
-        "runtime": model.runtime,
-        "runtime_version": model.runtime_version,
-        "delegate": model.delegate,
-        "threads": args.threads,
-        "seed": args.seed,
-        "init_ms": round(measured.init_ms, 4),
-        "first_inference_ms": round(measured.first_inference_ms, 4),
-        "warmup": args.warmup,
-        "runs": len(measured.latencies),
-        "min_seconds": args.min_seconds,
-        "elapsed_seconds": round(measured.elapsed_seconds, 4),
-        "latency_ms": latency_summary(measured.latencies),
-        "peak_rss_mib": peak_rss_mib(),
-        "rss_growth_mib": measured.rss_growth_mib,
-        "inputs": model.inputs,
-    } | machine_description()
+    return (
+        {
+            "model": args.model,
+            "model_bytes": os.path.getsize(args.model),
+            "runtime": model.runtime,
+            "runtime_version": model.runtime_version,
+            "delegate": model.delegate,
+            "threads": args.threads,
+            "seed": args.seed,
+            "init_ms": round(measured.init_ms, 4),
+            "first_inference_ms": round(measured.first_inference_ms, 4),
+            "warmup": args.warmup,
+            "runs": len(measured.latencies),
+            "min_seconds": args.min_seconds,
+            "elapsed_seconds": round(measured.elapsed_seconds, 4),
+            "latency_ms": latency_summary(measured.latencies),
+            "peak_rss_mib": peak_rss_mib(),
+            "rss_growth_mib": measured.rss_growth_mib,
+            "inputs": model.inputs,
+            "energy": measured.energy,
+        }
+        | machine_description()
+        | device_facts(args.sys_root, measured.temperature_at_start)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from device_bench import RUNNER_PATH
+from tests.device_bench.helpers import run_shipped_runner
 
-# Run the runner with these packages made unimportable (a None entry in sys.modules makes `import` fail).
-BLOCKING_LAUNCHER = (
-    "import runpy, sys\n"
-    "blocked, sys.argv = sys.argv[1].split(','), sys.argv[2:]\n"
-    "sys.modules.update(dict.fromkeys(filter(None, blocked)))\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
 PROJECT_PACKAGES = ["edgepack", "device_bench", "converters", "calibration"]
-
-
-def run_shipped_runner(folder: Path, arguments: list[str], blocked: list[str]) -> tuple[dict, int, str]:
-    """Copy runner.py into ``folder`` and run it there in isolated mode (-I: no cwd, no PYTHONPATH)."""
-    runner = folder / "runner.py"
-    shutil.copy(RUNNER_PATH, runner)
-    launcher = ["-c", BLOCKING_LAUNCHER, ",".join(blocked), str(runner)]
-    command = [sys.executable, "-I", "-X", "importtime", *launcher, *arguments]
-    completed = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
-    return json.loads(completed.stdout.strip().splitlines()[-1]), completed.returncode, completed.stderr
 
 
 def imported_modules(importtime_log: str) -> set[str]:
@@ -60,6 +37,7 @@ def test_the_runner_runs_onnx_without_edgepack(tmp_path, onnx_model):
     [
         ("tflite_model", ["ai_edge_litert", "tflite_runtime", "tensorflow"], "pip install ai-edge-litert"),
         ("onnx_model", ["onnxruntime"], "pip install onnxruntime"),
+        ("onnx_model", ["numpy"], "numpy is not installed; pip install numpy"),
     ],
 )
 def test_without_an_interpreter_the_record_says_what_to_install(

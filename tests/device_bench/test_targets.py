@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from device_bench import BenchOptions, HostTarget, bench, parse_target
+from device_bench import BenchOptions, bench, bench_each_thread_count, parse_target
 from edgepack.errors import BenchError, UserError
 
 QUICK = BenchOptions(runs=20, warmup=2, min_seconds=0.1, threads=2)
@@ -35,6 +35,9 @@ def test_record_has_every_figure_and_they_agree(request, model_fixture, runtime,
     assert record["init_ms"] > 0 and record["first_inference_ms"] > 0
     assert record["peak_rss_mib"] > 0 and record["rss_growth_mib"] is not None
     assert record["cores"] >= 1 and record["cpu"] and record["python"]
+    assert record["energy"]["proxy"]["uj_per_inference"] > 0
+    assert record["energy"]["measured"]["method"] in ("rapl", "hwmon ina", "pi5 pmic", "no sensor")
+    assert {"governor", "cpu_mhz", "temperature_c", "temperature_c_start", "throttled"} <= set(record)
 
 
 def test_input_shapes_and_dtypes_are_reported(onnx_model):
@@ -77,18 +80,53 @@ def test_a_runner_past_its_timeout_is_a_bench_error(tflite_model):
         bench(tflite_model, options=BenchOptions(min_seconds=30, timeout_seconds=0.5))
 
 
-def test_host_is_parsed_to_the_host_target():
-    assert isinstance(parse_target("host"), HostTarget)
-    assert parse_target("host").name == "host"
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("host", "host"),
+        (" HOST ", "host"),
+        ("ssh://pi@raspberrypi.local", "ssh://pi@raspberrypi.local"),  # as written: what reports filter on
+        ("ssh://pi@192.168.1.7:2222", "ssh://pi@192.168.1.7:2222"),
+        ("adb://emulator-5554", "adb://emulator-5554"),
+        ("adb://192.168.1.9:5555", "adb://192.168.1.9:5555"),  # a device over adb's network transport
+    ],
+)
+def test_each_allowed_form_is_parsed_to_a_named_target(text, name):
+    assert parse_target(text).name == name
 
 
-@pytest.mark.parametrize("text", ["ssh://pi@raspberrypi.local:22", "adb://emulator-5554", "gpu", ""])
-def test_an_unknown_target_lists_the_allowed_forms(text):
+@pytest.mark.parametrize(
+    "text",
+    ["gpu", "", "ssh://raspberrypi.local", "ssh://pi@host:99999", "ssh://pi:secret@host", "ssh://pi@host/tmp",
+     "adb://", "adb://two words", "ftp://pi@host"],
+)  # fmt: skip
+def test_an_unknown_or_malformed_target_lists_the_allowed_forms(text):
     with pytest.raises(UserError) as caught:
         parse_target(text)
     message = str(caught.value)
     assert repr(text) in message
-    assert "'host'" in message and "ssh://user@host[:port]" in message and "adb://SERIAL" in message
+    assert "'host'" in message and "'ssh://user@host[:port]'" in message and "'adb://SERIAL'" in message
+
+
+def test_threads_take_a_count_a_list_or_a_comma_separated_string():
+    assert BenchOptions(threads=2).thread_counts == [2]
+    assert BenchOptions(threads=[1, 2, 4]).thread_counts == [1, 2, 4]
+    assert BenchOptions(threads="1, 2").thread_counts == [1, 2]
+    assert BenchOptions(threads=[1, 2]).with_threads(2).threads == 2
+
+
+@pytest.mark.parametrize("threads", [0, [1, 0], [2, 2], [], "1,two", "-1"])
+def test_bad_thread_counts_are_rejected(threads):
+    with pytest.raises(ValidationError, match="thread"):
+        BenchOptions(threads=threads)
+
+
+def test_one_record_per_thread_count(onnx_model):
+    records = bench_each_thread_count(onnx_model, "host", QUICK.model_copy(update={"threads": [1, 2]}))
+    assert [record["threads"] for record in records] == [1, 2]
+    assert all(record["energy"]["proxy"]["macs"] == {"fp32": 6912} for record in records)
+    with pytest.raises(UserError, match="bench_each_thread_count"):
+        bench(onnx_model, "host", QUICK.model_copy(update={"threads": [1, 2]}))
 
 
 @pytest.mark.parametrize(
