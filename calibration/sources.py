@@ -13,11 +13,14 @@ import numpy as np
 
 from edgepack.errors import DataError
 
+# In the manifest's terms (x = (raw * scale - mean) / std); each tensor's own layout is in the manifest too.
 DIGITS_PREPROCESSING = {
-    "source": "scikit-learn load_digits: 8x8 grayscale, integer pixel values 0..16",
+    "description": "scikit-learn load_digits: 8x8 grayscale images, integer pixel values 0..16",
+    "resize": [8, 8],
+    "color": "grayscale",
     "scale": 1 / 16,
-    "layout": "NCHW (torch/ONNX); NHWC for TFLite",
-    "color": "grayscale, 1 channel",
+    "mean": [0.0],
+    "std": [1.0],
 }
 
 

@@ -42,6 +42,8 @@ def pack(
 
     result = run_pack(recipe, out=out_dir, overrides=overrides or [], quiet=quiet)
     _print_summary(result.results, result.run_dir)
+    if result.results.get("gate"):
+        _finish_gate(result.results["gate"])
 
 
 @app.command()
@@ -65,25 +67,39 @@ def demo(
 @app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="A .onnx or .tflite file.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON record.")] = False,
-    target: Annotated[str, typer.Option(help="Where to run: host.")] = "host",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON record (a list if several).")] = False,
+    target: Annotated[str, typer.Option(help="Where to run: host, ssh://user@host[:port] or adb://SERIAL.")] = "host",
     runs: Annotated[int, typer.Option(help="Timed runs (at least).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
     min_seconds: Annotated[float, typer.Option(help="Keep timing until this much time has passed.")] = 1.0,
-    threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
+    threads: Annotated[str, typer.Option(help="Interpreter threads; a list like 1,2,4 gives a record each.")] = "1",
+    identity_file: Annotated[Path | None, typer.Option(help="ssh: the private key to log in with.")] = None,
+    known_hosts: Annotated[Path | None, typer.Option(help="ssh: known_hosts to check the host in.")] = None,
+    remote_python: Annotated[str, typer.Option(help="ssh/adb: the device's Python command.")] = "python3",
+    benchmark_model: Annotated[
+        Path | None, typer.Option(help="ssh/adb: TFLite's benchmark_model binary for the device, for .tflite files.")
+    ] = None,
 ):
-    """Benchmark a model file in a separate process (latency percentiles, memory)."""
-    from device_bench import BenchOptions
-    from device_bench import bench as run_bench
+    """Benchmark a model file in a separate process (latency percentiles, memory, energy)."""
+    from pydantic import ValidationError
 
-    options = BenchOptions(runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads)
-    record = run_bench(model, target=target, options=options)
+    from device_bench import BenchOptions, bench_each_thread_count
+    from edgepack.errors import UserError
+    from edgepack.recipe_errors import describe_validation_error
+
+    fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}
+    fields |= {"ssh_identity_file": identity_file, "ssh_known_hosts": known_hosts, "remote_python": remote_python}
+    try:
+        options = BenchOptions(**fields, benchmark_model=benchmark_model)
+    except ValidationError as e:
+        raise UserError(describe_validation_error(e, "edgepack bench", BenchOptions)) from e
+    records = bench_each_thread_count(model, target=target, options=options)
     if as_json:
-        out.print_json(json.dumps(record))
+        out.print_json(json.dumps(records[0] if len(records) == 1 else records))
         return
     from edgepack.cli_tables import bench_table
 
-    out.print(bench_table(record))
+    out.print(bench_table(records))
 
 
 @app.command()
@@ -126,12 +142,54 @@ def convert(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'edgepack pack'.")]):
-    """Rebuild report.md and manifest.json from the run's results.json."""
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="RUN_DIR to rebuild its reports, or RUN_A RUN_B to compare two runs.")
+    ],
+):
+    """Rebuild a run's reports and manifest from its results.json; with two runs, show what changed from A to B."""
+    if len(run_dirs) > 2:
+        raise typer.BadParameter("give one run folder (rebuild) or two (compare)", param_hint="RUN_DIRS")
+    if len(run_dirs) == 2:
+        from edgepack.cli_tables import comparison_table
+        from edgepack.compare import write_comparison
+
+        out.print(comparison_table(write_comparison(*run_dirs)))
+        out.print(f"Wrote {run_dirs[1] / 'comparison.md'} and comparison.json", soft_wrap=True)
+        return
     from edgepack.report import rebuild_reports
 
-    results = rebuild_reports(run_dir)
-    _print_summary(results, run_dir)
+    results = rebuild_reports(run_dirs[0])
+    _print_summary(results, run_dirs[0])
+
+
+@app.command()
+def gate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'edgepack pack'.")],
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="Largest top-1 drop from the source model, in percentage points.")
+    ] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Largest latency of every benchmark record.")] = None,
+    max_bytes: Annotated[str | None, typer.Option(help="Largest artifact file: 2MB, 512KiB or bytes.")] = None,
+    latency_statistic: Annotated[str | None, typer.Option(help="mean, p50 (default), p90, p99 or max.")] = None,
+    target: Annotated[str | None, typer.Option(help="Check only the benchmark records of this target.")] = None,
+    artifact: Annotated[list[str] | None, typer.Option(help="Check only this artifact (repeatable).")] = None,
+):
+    """Check a run against budgets (flags, or the recipe's gate block); exit 1 with one line per violated budget."""
+    from edgepack.gate import check_run
+
+    flags = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": max_latency_ms, "max_bytes": max_bytes}
+    flags |= {"latency_statistic": latency_statistic, "target": target, "artifacts": artifact or None}
+    _finish_gate(check_run(run_dir, flags))
+
+
+def _finish_gate(outcome: dict) -> None:
+    from edgepack.gate import outcome_lines
+
+    for line in outcome_lines(outcome):
+        print(line)  # plain print: one line each, never wrapped, for CI logs
+    if not outcome["passed"]:
+        raise typer.Exit(1)
 
 
 def _print_summary(results: dict, run_dir: Path) -> None:
@@ -140,7 +198,7 @@ def _print_summary(results: dict, run_dir: Path) -> None:
     out.print(summary_table(results))
     if results.get("all_cached"):
         out.print("Nothing changed since the last run: every step came from the cache.")
-    out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md)", soft_wrap=True)
+    out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md, report.html)", soft_wrap=True)
 
 
 def main() -> None:

@@ -18,26 +18,47 @@ def summary_table(results: dict) -> Table:
     return table
 
 
-def bench_table(record: dict) -> Table:
-    table = Table(title=f"{record['model']} on {record['target']}")
+def bench_table(records: list[dict]) -> Table:
+    """One column per record (a thread count), one row per figure; '-' where a target could not measure it."""
+    first = records[0]
+    table = Table(title=f"{first['model']} on {first['target']}")
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [
-        ("runtime", f"{record['runtime']} {record['runtime_version']} ({record['delegate']})"),
-        ("threads", str(record["threads"])),
-        ("runs / warm-up", f"{record['runs']} / {record['warmup']}"),
-        ("load ms", f"{record['init_ms']:.2f}"),
-        ("first inference ms", f"{record['first_inference_ms']:.3f}"),
-    ]
-    rows += [(f"{key} ms", f"{value:.4f}") for key, value in record["latency_ms"].items()]
-    rows += [
-        ("peak RSS MiB", f"{record['peak_rss_mib']}"),
-        ("model bytes", f"{record['model_bytes']:,}"),
-        ("cpu", f"{record['cpu']} x{record['cores']}"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
+    for record in records:
+        table.add_column(f"{record['threads']} thread(s)", justify="right")
+    for label, show in _BENCH_ROWS:
+        table.add_row(label, *(_bench_cell(show, record) for record in records))
     return table
+
+
+def _bench_cell(show, record: dict) -> str:
+    try:
+        return show(record)
+    except (KeyError, TypeError, ValueError):  # a figure the target does not give (None, or absent)
+        return "-"
+
+
+def _bench_measured_energy(record: dict) -> str:
+    measured = record["energy"]["measured"]
+    value = measured["uj_per_inference"]
+    return measured["method"] if value is None else f"{value:.4g} ({measured['method']})"
+
+
+_BENCH_ROWS = [
+    ("runtime", lambda r: f"{r['runtime']} {r['runtime_version']} ({r['delegate']})"),
+    ("runs / warm-up", lambda r: f"{r['runs']} / {r['warmup']}"),
+    ("load ms", lambda r: f"{r['init_ms']:.2f}"),
+    ("first inference ms", lambda r: f"{r['first_inference_ms']:.3f}"),
+    *(
+        (f"{key} ms", lambda r, key=key: f"{r['latency_ms'][key]:.4f}")
+        for key in ("mean", "std", "min", "p50", "p90", "p99", "max")
+    ),
+    ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
+    ("model bytes", lambda r: f"{r['model_bytes']:,}"),
+    ("cpu", lambda r: f"{r['cpu']} x{r['cores']}"),
+    ("governor / temperature C", lambda r: f"{r['governor'] or '-'} / {r['temperature_c'] or '-'}"),
+    ("energy proxy uJ", lambda r: f"{r['energy']['proxy']['uj_per_inference']:.4g}"),
+    ("energy measured uJ", _bench_measured_energy),
+]
 
 
 def inspect_tables(description: dict) -> list[Table]:
@@ -55,3 +76,16 @@ def inspect_tables(description: dict) -> list[Table]:
     for op, count in description["op_counts"].items():
         ops.add_row(op, str(count))
     return [tensors, ops]
+
+
+def comparison_table(comparison: dict) -> Table:
+    """`edgepack report RUN_A RUN_B`: the recipe keys that changed, then each artifact's figures A -> B."""
+    from edgepack.compare import COMPARISON_HEADER, comparison_rows
+
+    changed = ", ".join(c["key"] for c in comparison["recipe_changes"]) or "none"
+    table = Table(title=f"{comparison['before']} -> {comparison['after']}", caption=f"recipe keys changed: {changed}")
+    for column in COMPARISON_HEADER:
+        table.add_column(column)
+    for row in comparison_rows(comparison):
+        table.add_row(*row)
+    return table

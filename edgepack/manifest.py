@@ -1,15 +1,23 @@
 """manifest.json: what a phone or board app needs to ship and call each deployable artifact.
 
-Built from results.json only, like every report.
+Built from results.json only, like every report, and checked against the JSON Schema shipped beside this module
+(edgepack/schemas/manifest.schema.json) before it is written: an app can rely on every key the schema names.
+An app needs nothing of edgepack to use it: read the file, check its sha256, build the input from
+``preprocessing`` and the input tensor's ``layout`` (and ``quantization`` for an integer tensor), call the runtime
+with each tensor's ``runtime_key``.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from edgepack.artifacts import write_text_atomic
+from edgepack.errors import StageError
 
+MANIFEST_VERSION = 1
 # Oldest onnxruntime release that runs each opset (onnxruntime's published compatibility table).
 ORT_MIN_VERSION_BY_OPSET = {
     13: "1.7",
@@ -25,12 +33,16 @@ ORT_MIN_VERSION_BY_OPSET = {
     23: "1.22",
 }
 DEPLOYABLE = ("onnx", "tflite")
+RUNTIME_NAMES = {"onnx": "onnxruntime", "tflite": "litert"}
+# What an app assumes when the recipe says nothing: raw values are the model's input values.
+PREPROCESSING_DEFAULTS = {"description": None, "resize": None, "color": None, "scale": 1.0, "mean": [0.0], "std": [1.0]}
 
 
 def build_manifest(results: dict) -> dict:
     recipe = results["recipe"]
     data = recipe.get("data") or {}
     return {
+        "manifest_version": MANIFEST_VERSION,
         "edgepack_version": results["edgepack_version"],
         "model": recipe["name"],
         "task": recipe["task"],
@@ -44,15 +56,17 @@ def build_manifest(results: dict) -> dict:
 
 
 def _preprocessing(data: dict) -> dict:
+    """x = (raw * scale - mean) / std per channel, in the color order named, resized to ``resize`` first."""
+    given = data.get("preprocessing") or {}
     if data.get("source") == "digits":
         from calibration.sources import DIGITS_PREPROCESSING
 
-        return {**DIGITS_PREPROCESSING, **data.get("preprocessing", {})}
-    return data.get("preprocessing", {})
+        given = {**DIGITS_PREPROCESSING, **given}
+    return {**PREPROCESSING_DEFAULTS, **given}
 
 
 def _entry(artifact: dict) -> dict:
-    verification = artifact.get("verification") or {}
+    accuracy = artifact.get("accuracy") or {}
     return {
         "name": artifact["name"],
         "file": artifact["path"],
@@ -60,18 +74,49 @@ def _entry(artifact: dict) -> dict:
         "bytes": artifact["bytes"],
         "format": artifact["format"],
         "precision": artifact["precision"],
-        "runtime": _runtime(artifact, verification),
-        "inputs": artifact["inputs"],
-        "outputs": artifact["outputs"],
+        "runtime": _runtime(artifact),
+        "inputs": [_tensor(t) for t in artifact["inputs"]],
+        "outputs": [_tensor(t) for t in artifact["outputs"]],
+        "top1": accuracy.get("top1"),
     }
 
 
-def _runtime(artifact: dict, verification: dict) -> dict:
-    runtime = {"name": verification.get("runtime"), "verified_with": verification.get("runtime_version")}
+def _tensor(spec: dict) -> dict:
+    # The key a runtime is called with: the ONNX name, or the TFLite signature key where it had to differ.
+    return {**spec, "runtime_key": spec.get("tensor_name") or spec["name"]}
+
+
+def _runtime(artifact: dict) -> dict:
+    verification = artifact.get("verification") or {}
+    verified = verification.get("runtime") and f"{verification['runtime']} {verification['runtime_version']}"
+    return {"name": RUNTIME_NAMES[artifact["format"]], **_min_version(artifact), "verified_with": verified or None}
+
+
+def _min_version(artifact: dict) -> dict:
+    details = artifact.get("details") or {}
     if artifact["format"] == "onnx":
-        runtime["min_version"] = ORT_MIN_VERSION_BY_OPSET.get(artifact["details"].get("opset"))
-    return runtime
+        opset = details.get("opset")
+        return {"min_version": ORT_MIN_VERSION_BY_OPSET.get(opset), "min_version_of": f"onnxruntime, opset {opset}"}
+    return {"min_version": details.get("min_runtime_version"), "min_version_of": "TFLite runtime (the converter's)"}
+
+
+@cache
+def manifest_schema() -> dict:
+    return json.loads(resources.files("edgepack").joinpath("schemas/manifest.schema.json").read_text())
+
+
+def validate_manifest(manifest: dict) -> None:
+    """Raise StageError naming the first key that breaks the shipped schema."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(manifest, manifest_schema(), cls=jsonschema.Draft202012Validator)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise StageError("manifest", f"manifest.json breaks its schema at {where}: {e.message}") from e
 
 
 def write_manifest(run_dir: Path, results: dict) -> None:
-    write_text_atomic(Path(run_dir) / "manifest.json", json.dumps(build_manifest(results), indent=2))
+    manifest = build_manifest(results)
+    validate_manifest(manifest)
+    write_text_atomic(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=2))

@@ -66,13 +66,17 @@ def evaluate_artifact(ctx, artifact: Artifact) -> dict | None:
     data = ctx.eval_data
     if data is None or data.labels is None or ctx.recipe.task != Task.CLASSIFICATION:
         return None
-    outputs = artifact_outputs(ctx, artifact, data)
+    top1_accuracy = top1(artifact_outputs(ctx, artifact, data), data.labels)
+    return {"top1": top1_accuracy, "samples": len(data), "runtime": runtime_name(ctx, artifact)}
+
+
+def top1(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    """Top-1 accuracy of the first output (the class scores) against integer labels."""
     logits = next(iter(outputs.values()))
-    correct = logits.reshape(len(logits), -1).argmax(1) == data.labels
-    return {"top1": float(correct.mean()), "samples": len(data), "runtime": _runtime_name(ctx, artifact)}
+    return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == labels))
 
 
-def _runtime_name(ctx, artifact: Artifact) -> str:
+def runtime_name(ctx, artifact: Artifact) -> str:
     if artifact.format == Format.TORCH:
         import torch
 

@@ -184,6 +184,23 @@ def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
             entry = {"accuracy": measure.evaluate_artifact(ctx, artifact)}
             ctx.cache.save("evaluate", key, entry)
     ctx.records[artifact.name]["accuracy"] = entry["accuracy"]
+    _measure_robustness(ctx, artifact)
+
+
+def _measure_robustness(ctx: RunContext, artifact: Artifact) -> None:
+    from edgepack import robustness
+
+    config = ctx.recipe.robustness
+    if config is None or not robustness.applies_to(ctx.eval_data, ctx.recipe.task == "classification"):
+        return
+    code = sha256_file(Path(robustness.__file__))  # the perturbations are what is measured: part of the key
+    key = cache_key("robustness", artifact.sha256, _data_key(ctx), config.model_dump(), ctx.recipe.seed, code)
+    entry = ctx.cache.load("robustness", key)
+    with ctx.steps.step(f"robustness {artifact.name}", f"robustness of {artifact.name}", cached=entry is not None):
+        if entry is None:
+            entry = robustness.measure_robustness(ctx, artifact, config)
+            ctx.cache.save("robustness", key, entry)
+    ctx.records[artifact.name]["robustness"] = entry
 
 
 def _data_key(ctx: RunContext) -> str:
@@ -200,20 +217,23 @@ def _bench_all(ctx: RunContext) -> None:
         ctx.records[artifact.name]["bench"] = []
         if options is None or artifact.format not in (Format.ONNX, Format.TFLITE):
             continue
-        for target in ctx.recipe.targets:
-            key = cache_key("bench", artifact.sha256, target, options.model_dump(), _runner_sha256())
+        # One record per (target, thread count); with only one, the step keeps its plain name.
+        runs = [(target, options.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
+        for target, one in runs:
+            key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256())
             record = ctx.cache.load("bench", key)
-            with ctx.steps.step(
-                f"bench {artifact.name}", f"benchmarking {artifact.name} on {target}", cached=record is not None
-            ):
+            step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
+            about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
+            with ctx.steps.step(step, about, cached=record is not None):
                 if record is None:
-                    record = bench(ctx.artifact_path(artifact), target=target, options=options)
+                    record = bench(ctx.artifact_path(artifact), target=target, options=one)
                     ctx.cache.save("bench", key, record)
             ctx.records[artifact.name]["bench"].append(record)
 
 
 def _runner_sha256() -> str:
-    """A changed runner changes what a benchmark measures, so it is part of the bench cache key."""
+    """What a benchmark measures and records is device_bench's code (runner, probes, energy proxy): a change to it
+    is part of the bench cache key."""
     import device_bench
 
-    return sha256_file(Path(device_bench.__file__).parent / "runner.py")
+    return cache_key(*(sha256_file(path) for path in sorted(Path(device_bench.__file__).parent.glob("*.py"))))

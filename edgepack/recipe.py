@@ -20,9 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-from device_bench import BenchOptions
-from edgepack.errors import RecipeError
+from device_bench import BenchOptions, parse_target
+from edgepack.errors import RecipeError, UserError
+from edgepack.gate import GateConfig
 from edgepack.recipe_errors import describe_validation_error
+from edgepack.robustness import RobustnessConfig
 from edgepack.stages import STAGES, StageConfig, get_stage
 
 
@@ -136,8 +138,30 @@ class Recipe(Strict):
     )
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="How artifacts are checked.")
     bench: BenchOptions | None = Field(default_factory=BenchOptions, description="Host benchmark; null skips it.")
-    targets: list[str] = Field(["host"], description="Where to benchmark: 'host' (ssh/adb arrive later).")
+    targets: list[str] = Field(
+        ["host"], description="Where to benchmark: 'host', 'ssh://user@host[:port]', 'adb://SERIAL'; one record each."
+    )
     seed: int = Field(0, description="Seed for every random choice (sample selection, random inputs).")
+    robustness: RobustnessConfig | None = Field(
+        default_factory=RobustnessConfig,
+        description="Top-1 under input noise and brightness/contrast shifts (classification with labelled data); "
+        "null skips it.",
+    )
+    gate: GateConfig | None = Field(
+        None, description="Budgets checked at the end of pack; 'edgepack pack' exits 1 when one is violated."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        if not targets or len(set(targets)) != len(targets):
+            raise ValueError("'targets' must name at least one target, each once, e.g. [host, ssh://pi@raspberrypi]")
+        for target in targets:
+            try:
+                parse_target(target)
+            except UserError as e:  # pydantic turns a ValueError into the recipe error naming the key
+                raise ValueError(str(e)) from e
+        return targets
 
     @field_validator("stages", mode="before")
     @classmethod

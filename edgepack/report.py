@@ -1,7 +1,9 @@
-"""Reports built from results.json only: report.md and the one-screen summary table. Never recomputes a figure."""
+"""Reports built from results.json only: report.md, report.html, report.json and the one-screen summary table.
+Never recomputes a figure."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from edgepack.artifacts import write_text_atomic
@@ -32,6 +34,8 @@ def _verified(verification: dict | None) -> str:
     if verification is None:
         return "(reference)"
     worst = max(o["max_abs_error"] for o in verification["outputs"])
+    if all(o["tolerance"] is None for o in verification["outputs"]):
+        return f"{worst:.1e} (int)"  # integer artifacts: measured and reported, no float tolerance applies
     return f"{worst:.1e} {'ok' if verification['passed'] else 'FAILED'}"
 
 
@@ -41,13 +45,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    recipe = results["recipe"]
+    from edgepack import report_markdown as sections
+    from edgepack.report_data import build_report_data
+
+    recipe, data = results["recipe"], build_report_data(results)
     parts = [
         f"# edgepack report: {recipe['name']}",
         f"Created {results['created']} by edgepack {results['edgepack_version']}.",
+        *sections.gate_section(data),
         "## Artifacts",
         markdown_table(SUMMARY_COLUMNS, summary_rows(results)),
         "Accuracy is top-1 on the evaluation data, measured in each artifact's own runtime.",
+        *sections.cost_section(data),
+        *sections.robustness_section(data),
+        *sections.layer_sections(data),
         "## Verification against the reference",
         markdown_table(
             ["artifact", "output", "max abs err", "mean abs err", "cosine", "tolerance", "top-1 agree"],
@@ -91,6 +102,11 @@ def _verification_rows(results: dict) -> list[list[str]]:
 
 
 def _bench_rows(results: dict) -> list[list[str]]:
+    """One row per (artifact, target, threads); '-' for a figure a target does not give (benchmark_model's p90)."""
+
+    def figure(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     rows = []
     for artifact in results["artifacts"]:
         for b in artifact.get("bench") or []:
@@ -101,8 +117,8 @@ def _bench_rows(results: dict) -> list[list[str]]:
                     f"{b['runtime']} {b['runtime_version']}",
                     str(b["threads"]),
                     str(b["runs"]),
-                    *(f"{b['latency_ms'][k]:.3f}" for k in ("mean", "p50", "p90", "p99", "max")),
-                    f"{b['peak_rss_mib'] or 0:.1f}",
+                    *(figure(b["latency_ms"][k], ".3f") for k in ("mean", "p50", "p90", "p99", "max")),
+                    figure(b["peak_rss_mib"], ".1f"),
                 ]
             )
     return rows
@@ -116,7 +132,14 @@ def _provenance_rows(results: dict) -> list[list[str]]:
 
 
 def write_reports(run_dir: Path, results: dict) -> None:
+    """report.md (a PR comment), report.html (to forward) and report.json (for tools), from the same report data."""
+    from edgepack.report_data import build_report_data
+    from edgepack.report_html import render_html
+
+    data = build_report_data(results)
     write_text_atomic(Path(run_dir) / "report.md", render_markdown(results))
+    write_text_atomic(Path(run_dir) / "report.html", render_html(results, data))
+    write_text_atomic(Path(run_dir) / "report.json", json.dumps(data, indent=2))
 
 
 def rebuild_reports(run_dir: Path) -> dict:

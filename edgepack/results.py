@@ -42,7 +42,7 @@ def environment() -> dict:
 def build_results(ctx) -> dict:
     recipe = ctx.recipe
     artifacts = [{**a.model_dump(mode="json"), **ctx.records.get(a.name, {})} for a in ctx.artifacts]
-    return {
+    results = {
         "edgepack_version": edgepack.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_dir": str(ctx.run_dir),
@@ -53,6 +53,11 @@ def build_results(ctx) -> dict:
         "all_cached": ctx.steps.all_cached(),
         "artifacts": artifacts,
     }
+    if recipe.gate is not None:
+        from edgepack.gate import evaluate_gate
+
+        results["gate"] = evaluate_gate(results, recipe.gate)
+    return results
 
 
 def write_run_outputs(ctx) -> dict:

@@ -30,6 +30,7 @@ def run_convert(config: ConvertConfig, ctx) -> list[Artifact]:
 
 def _to_tflite(ctx, source: Artifact) -> Artifact:
     from converters.onnx_to_tflite import convert_onnx_to_tflite
+    from converters.tflite_metadata import read_min_runtime_version
 
     out = ctx.artifact_path(source).with_suffix(".tflite")
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}  # fixes dynamic dims of foreign ONNX files
@@ -49,5 +50,6 @@ def _to_tflite(ctx, source: Artifact) -> Artifact:
         details={
             "conversion_seconds": round(conversion.seconds, 3),
             "transposes": conversion.op_counts.get("TRANSPOSE", 0),
+            "min_runtime_version": read_min_runtime_version(out.read_bytes()),
         },
     )

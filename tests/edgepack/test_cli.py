@@ -121,7 +121,7 @@ def test_report_rebuilds_from_results_json(packed, tmp_path):
     assert edgepack("report", str(tmp_path)).returncode == 1
 
 
-@pytest.mark.parametrize("command", ["pack", "bench", "inspect", "convert", "report", "demo"])
+@pytest.mark.parametrize("command", ["pack", "bench", "inspect", "convert", "report", "gate", "demo"])
 def test_every_command_has_help(command):
     done = edgepack(command, "--help")
     assert done.returncode == 0 and "Usage" in done.stdout

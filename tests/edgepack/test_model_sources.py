@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,8 +32,9 @@ def write_source(kind: str, model: torch.nn.Module, folder) -> str:
         path = folder / "conv_net.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            dynamic_batch = {"image": {0: "batch"}, "logits": {0: "batch"}}
             torch.onnx.export(model, example, str(path), dynamo=False, opset_version=13, input_names=["image"],
-                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+                              output_names=["logits"], dynamic_axes=dynamic_batch)  # fmt: skip
     return str(path)
 
 
@@ -57,11 +59,11 @@ def test_each_source_format_packs_to_verified_onnx_and_tflite(kind, tmp_path, tr
 
 def test_onnx_source_is_copied_never_modified(tmp_path, trained_weights):
     source = write_source("onnx", trained_conv_net(trained_weights("conv_net")), tmp_path)
-    before = open(source, "rb").read()
+    before = Path(source).read_bytes()
     recipe = parse_recipe({"name": "copy", "bench": None, "model": {
         "path": source, "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}]}})  # fmt: skip
     result = edgepack.pack(recipe, out=tmp_path / "run", quiet=True)
-    assert open(source, "rb").read() == before
+    assert Path(source).read_bytes() == before
     assert result.artifacts[0]["path"] == "artifacts/copy.source.onnx"
 
 

@@ -78,7 +78,11 @@ def test_conv_net_structure_in_onnx_and_tflite(runs):
     assert ops.get("TRANSPOSE", 0) == 0 == tflite_a["details"]["transposes"]  # NHWC inside, no layout shuffling
     image = tflite_a["inputs"][0]
     assert (image["name"], image["shape"], image["layout"], image["perm_from_onnx"]) == (
-        "image", [1, 8, 8, 1], "NHWC", [0, 2, 3, 1])
+        "image",
+        [1, 8, 8, 1],
+        "NHWC",
+        [0, 2, 3, 1],
+    )
     assert tflite_a["outputs"][0]["name"] == "logits" and tflite_a["outputs"][0]["shape"] == [1, 10]
 
 

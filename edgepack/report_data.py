@@ -1,0 +1,121 @@
+"""What every report shows, derived from results.json once: report.html, report.md and report.json all read this.
+
+Nothing here measures: figures are picked, combined (drop, compression ratio, Pareto front) and labelled.
+"""
+
+from __future__ import annotations
+
+LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
+
+
+def build_report_data(results: dict) -> dict:
+    artifacts = results["artifacts"]
+    primary = primary_bench_key(artifacts)
+    cards = [_card(a, artifacts, primary) for a in artifacts]
+    _mark_pareto(cards)
+    return {
+        "model": results["recipe"]["name"],
+        "created": results["created"],
+        "edgepack_version": results["edgepack_version"],
+        "reference": artifacts[0]["name"],
+        "primary_bench": None if primary is None else {"target": primary[0], "threads": primary[1]},
+        "artifacts": cards,
+        "robustness": robustness_table(artifacts),
+        "layer_sqnr": {a["name"]: a["layer_sqnr"] for a in artifacts if a.get("layer_sqnr")},
+        "sparsity": {a["name"]: a["sparsity"] for a in artifacts if a.get("sparsity")},
+        "sensitivity": results.get("sensitivity"),
+        "gate": results.get("gate"),
+    }
+
+
+def primary_bench_key(artifacts: list[dict]) -> tuple[str, int] | None:
+    """The (target, threads) every artifact is compared on in one plot: the first benchmark record of the run."""
+    for artifact in artifacts:
+        for record in artifact.get("bench") or []:
+            return record["target"], record["threads"]
+    return None
+
+
+def _card(artifact: dict, artifacts: list[dict], primary: tuple[str, int] | None) -> dict:
+    accuracy, reference = artifact.get("accuracy"), artifacts[0].get("accuracy")
+    baseline = float_baseline(artifact, artifacts)
+    card = {key: artifact[key] for key in ("name", "format", "precision", "path", "sha256", "bytes", "parent")}
+    return card | {
+        "baseline": baseline["name"],
+        "compression": baseline["bytes"] / artifact["bytes"] if artifact["bytes"] else None,
+        "top1": accuracy["top1"] if accuracy else None,
+        "accuracy_drop_pp": (reference["top1"] - accuracy["top1"]) * 100 if accuracy and reference else None,
+        "accuracy_runtime": accuracy["runtime"] if accuracy else None,
+        "max_abs_error": _worst_error(artifact.get("verification")),
+        "latency": [latency_entry(r) for r in artifact.get("bench") or []],
+        "primary_latency": _primary_latency(artifact, primary),
+        "pareto": False,
+    }
+
+
+def float_baseline(artifact: dict, artifacts: list[dict]) -> dict:
+    """What the size is compared with: the float artifact of the same format (quantization's own saving), else the
+    source model."""
+    same_format = [a for a in artifacts if a["format"] == artifact["format"] and a["precision"] == "fp32"]
+    return same_format[0] if same_format else artifacts[0]
+
+
+def _worst_error(verification: dict | None) -> float | None:
+    if not verification or not verification.get("outputs"):
+        return None
+    return max(o["max_abs_error"] for o in verification["outputs"])
+
+
+def latency_entry(record: dict) -> dict:
+    energy = record.get("energy") or {}
+    proxy, measured = energy.get("proxy") or {}, energy.get("measured") or {}
+    return {
+        "target": record["target"],
+        "threads": record["threads"],
+        "runtime": f"{record['runtime']} {record['runtime_version']}",
+        **{key: record["latency_ms"].get(key) for key in LATENCY_KEYS},
+        "peak_rss_mib": record.get("peak_rss_mib"),
+        "energy_proxy_uj": proxy.get("uj_per_inference"),
+        "energy_measured_uj": measured.get("uj_per_inference"),
+        "energy_measured_method": measured.get("method"),
+    }
+
+
+def _primary_latency(artifact: dict, primary: tuple[str, int] | None) -> dict | None:
+    for record in artifact.get("bench") or []:
+        if (record["target"], record["threads"]) == primary:
+            return latency_entry(record)
+    return None
+
+
+def _mark_pareto(cards: list[dict]) -> None:
+    """Pareto front of accuracy (higher is better) against p50 latency (lower is better) on the primary target."""
+    points = [c for c in cards if c["top1"] is not None and (c["primary_latency"] or {}).get("p50") is not None]
+    for card in points:
+        card["pareto"] = not any(_dominates(other, card) for other in points if other is not card)
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    a_lat, b_lat = a["primary_latency"]["p50"], b["primary_latency"]["p50"]
+    return a["top1"] >= b["top1"] and a_lat <= b_lat and (a["top1"] > b["top1"] or a_lat < b_lat)
+
+
+def robustness_table(artifacts: list[dict]) -> dict | None:
+    """{"conditions": [{label, kind, value}], "rows": [{artifact, clean, top1: [...], worst_drop_pp}]}; None without
+    data. Each row's top1 list follows the conditions' order."""
+    measured = [a for a in artifacts if a.get("robustness")]
+    if not measured:
+        return None
+    first = measured[0]["robustness"]
+    conditions = [{key: c[key] for key in ("label", "kind", "value")} for c in first["conditions"]]
+    labels = [c["label"] for c in conditions]
+    rows = [_robustness_row(a["name"], a["robustness"], labels) for a in measured]
+    return {"conditions": conditions, "samples": first["samples"], "rows": rows}
+
+
+def _robustness_row(name: str, record: dict, labels: list[str]) -> dict:
+    by_label = {c["label"]: c["top1"] for c in record["conditions"]}
+    values = [by_label.get(label) for label in labels]
+    present = [v for v in values if v is not None]
+    worst = (record["clean_top1"] - min(present)) * 100 if present else None
+    return {"artifact": name, "clean": record["clean_top1"], "top1": values, "worst_drop_pp": worst}

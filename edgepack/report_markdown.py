@@ -1,0 +1,71 @@
+"""The sections of report.md built from the report data (edgepack/report_data.py): the gate first, so a PR comment
+opens with pass or fail, then size/accuracy/cost, robustness and the per-layer figures where a run has them."""
+
+from __future__ import annotations
+
+from edgepack.report_html import FILTERS, energy_text
+
+TOP_LAYERS = 5  # a PR comment names the worst few layers; the HTML report plots them all
+
+
+def gate_section(data: dict) -> list[str]:
+    gate = data["gate"]
+    if not gate:
+        return []
+    from edgepack.gate import budget_text
+
+    if gate["passed"]:
+        return [f"**Gate passed**: {', '.join(gate['checked'])} within {budget_text(gate['budgets'])}."]
+    lines = "\n".join(f"- {v['message']}" for v in gate["violations"])
+    return [f"**Gate failed** ({budget_text(gate['budgets'])}):\n\n{lines}"]
+
+
+def cost_section(data: dict) -> list[str]:
+    from edgepack.report import markdown_table
+
+    header = ["artifact", "size", "vs float", "top-1", "drop", "target", "p50 ms", "p90 ms", "energy uJ", "Pareto"]
+    rows = [row for card in data["artifacts"] for row in _cost_rows(card, data["reference"])]
+    return ["## Size, accuracy and cost", markdown_table(header, rows)]
+
+
+def _cost_rows(card: dict, reference: str) -> list[list[str]]:
+    f = FILTERS
+    vs = "-" if card["name"] == card["baseline"] else f"{f['ratio'](card['compression'])} vs {card['baseline']}"
+    drop = "(reference)" if card["name"] == reference else f["pp"](card["accuracy_drop_pp"])
+    head = [card["name"], f"{card['bytes']:,}", vs, f["pct"](card["top1"]), drop]
+    pareto = "yes" if card["pareto"] else ""
+    if not card["latency"]:
+        return [[*head, "-", "-", "-", "-", pareto]]
+    return [
+        [*head, f"{e['target']} x{e['threads']}", f["ms"](e["p50"]), f["ms"](e["p90"]), energy_text(e), pareto]
+        for e in card["latency"]
+    ]
+
+
+def robustness_section(data: dict) -> list[str]:
+    table = data["robustness"]
+    if not table:
+        return []
+    from edgepack.report import markdown_table
+
+    pct, pp = FILTERS["pct"], FILTERS["pp"]
+    header = ["artifact", "clean", *(c["label"] for c in table["conditions"]), "worst drop"]
+    rows = [[r["artifact"], pct(r["clean"]), *map(pct, r["top1"]), pp(r["worst_drop_pp"])] for r in table["rows"]]
+    note = f"Top-1 on {table['samples']} samples under input perturbations, each artifact in its own runtime."
+    return ["## Robustness", note, markdown_table(header, rows)]
+
+
+def layer_sections(data: dict) -> list[str]:
+    parts = []
+    for name, rows in data["layer_sqnr"].items():
+        worst = sorted(rows, key=lambda r: r["sqnr_db"])[:TOP_LAYERS]
+        parts.append(f"**{name}** lowest SQNR: " + ", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in worst))
+    sensitivity = data["sensitivity"]
+    if sensitivity and sensitivity.get("layers"):
+        worst = sorted(sensitivity["layers"], key=lambda r: r["value"], reverse=sensitivity["higher_is_worse"])
+        shown = ", ".join(f"{r['layer']} {r['value']:.3g} {sensitivity['unit']}" for r in worst[:TOP_LAYERS])
+        parts.append(f"**Most sensitive layers** ({sensitivity['metric']}): {shown}")
+    for name, rows in data["sparsity"].items():
+        mean = sum(r["fraction"] for r in rows) / len(rows)
+        parts.append(f"**{name}** sparsity: mean {mean:.1%} over {len(rows)} layers")
+    return ["## Per-layer figures", *parts] if parts else []

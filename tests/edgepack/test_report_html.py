@@ -1,0 +1,116 @@
+"""report.html, report.md and report.json from the same data: from a results.json holding every optional key, from
+one holding none of them, and from a real run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from edgepack.report import write_reports
+from edgepack.report_data import build_report_data
+from edgepack.results_format import OPTIONAL_ARTIFACT_KEYS, OPTIONAL_RUN_KEYS
+
+ALL_PLOTS = ["accuracy-vs-size", "accuracy-vs-latency", "latency-distribution", "sqnr-onnx-int8", "sqnr-tflite-int8",
+             "sensitivity", "sparsity-tflite-int8", "robustness"]  # fmt: skip
+
+
+def plot_images(html: str) -> dict[str, str]:
+    """figure id -> the embedded image's data URI."""
+    return dict(re.findall(r'<figure id="([^"]+)">\s*<img src="([^"]+)"', html))
+
+
+def svg_root(uri: str) -> ET.Element:
+    prefix = "data:image/svg+xml;base64,"
+    assert uri.startswith(prefix)
+    return ET.fromstring(base64.b64decode(uri[len(prefix) :]))
+
+
+def without_optional_keys(results: dict) -> dict:
+    for key in OPTIONAL_RUN_KEYS:
+        results.pop(key, None)
+    for artifact in results["artifacts"]:
+        for key in OPTIONAL_ARTIFACT_KEYS:
+            artifact.pop(key, None)
+    return results
+
+
+@pytest.fixture
+def full_report(full_results, tmp_path):
+    write_reports(tmp_path, full_results)
+    return tmp_path
+
+
+def test_every_plot_is_an_embedded_svg_and_the_page_needs_no_network(full_report):
+    html = (full_report / "report.html").read_text()
+    images = plot_images(html)
+    assert list(images) == ALL_PLOTS
+    for uri in images.values():
+        root = svg_root(uri)
+        assert root.tag.endswith("svg") and float(root.get("width").removesuffix("pt")) > 100
+    assert html.count("<img") == len(ALL_PLOTS)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html) and "<script" not in html and "<link" not in html
+
+
+def test_cards_show_size_accuracy_latency_energy_and_the_gate(full_report):
+    html = (full_report / "report.html").read_text()
+    assert "2.25x smaller vs tflite-fp32" in html and "2.39x smaller vs onnx-fp32" in html  # 7612/3384, 14643/6120
+    assert "-1.11 pp vs torch-fp32" in html and "-0.56 pp vs torch-fp32" in html
+    assert "adb://emulator-5554 ×1" in html and ">0.84<" in html  # measured energy where a sensor gave it
+    assert "~1.08 (proxy)" in html
+    assert "tflite-int8: top-1 drop 1.11 pp (97.22% -&gt; 96.11%) exceeds the budget 1 pp" in html
+    assert "artifacts/digits_cnn.int8.tflite" in html and "b" * 64 in html  # files and hashes at the end
+    assert html.index("Recipe</h2>") > html.index("Robustness</h2>")
+
+
+def test_report_data_marks_the_pareto_front_and_compares_with_the_float_of_the_same_format(full_results):
+    data = build_report_data(full_results)
+    cards = {c["name"]: c for c in data["artifacts"]}
+    assert {name for name, c in cards.items() if c["pareto"]} == {"tflite-fp32", "tflite-int8"}
+    assert cards["tflite-int8"]["baseline"] == "tflite-fp32"
+    assert cards["tflite-int8"]["compression"] == pytest.approx(7612 / 3384)
+    assert cards["onnx-int8"]["accuracy_drop_pp"] == pytest.approx((0.9722222 - 0.9666667) * 100, abs=1e-4)
+    assert data["primary_bench"] == {"target": "host", "threads": 1}
+    robustness = {r["artifact"]: r for r in data["robustness"]["rows"]}
+    assert robustness["tflite-int8"]["worst_drop_pp"] == pytest.approx(45.0)
+
+
+def test_markdown_and_json_come_from_the_same_data(full_results, full_report):
+    markdown = (full_report / "report.md").read_text()
+    assert markdown.index("**Gate failed**") < markdown.index("## Artifacts")  # a PR comment opens with the verdict
+    assert "- tflite-int8: top-1 drop 1.11 pp" in markdown
+    assert "| tflite-int8 | 3,384 | 2.25x smaller vs tflite-fp32 | 96.11% | -1.11 pp | host x2 |" in markdown
+    assert "| onnx-int8 | 96.67% | 96.11% | 91.67% | 55.67% |" in markdown
+    assert "**tflite-int8** lowest SQNR: fully_connected 17.8 dB, conv2d_1 22.4 dB" in markdown
+    assert "**Most sensitive layers** (top-1 drop with only this layer in int8): node_linear 1.11 pp" in markdown
+    on_disk = json.loads((full_report / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(build_report_data(full_results)))
+
+
+def test_sections_without_data_are_left_out(full_results, tmp_path):
+    write_reports(tmp_path, without_optional_keys(full_results))
+    html, markdown = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
+    assert list(plot_images(html)) == ["accuracy-vs-size", "accuracy-vs-latency", "latency-distribution"]
+    assert "CI gate" not in html and "Robustness</h2>" not in html and "Per-layer" not in markdown
+    assert "Gate" not in markdown and "## Robustness" not in markdown
+
+
+def test_the_same_results_give_the_same_bytes(full_results, tmp_path):
+    write_reports(tmp_path / "a", full_results)
+    write_reports(tmp_path / "b", full_results)
+    for name in ("report.html", "report.md", "report.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_real_run_writes_the_html_report_with_its_robustness(digits_run):
+    html = (digits_run.run_dir / "report.html").read_text()
+    images = plot_images(html)
+    assert list(images) == ["accuracy-vs-size", "accuracy-vs-latency", "latency-distribution", "robustness"]
+    for uri in images.values():
+        svg_root(uri)
+    assert "noise 10 dB" in html and "conv_net" in html
+    for artifact in digits_run.artifacts:
+        assert artifact["sha256"] in html
