@@ -39,12 +39,33 @@ def predict(session, dataset: ArrayDataset, batch_size: int) -> dict[str, np.nda
         count = len(next(iter(batch.values())))
         outputs = session.run(_runtime_feeds(session.inputs, pad_batch(batch, batch_size)))
         for spec in session.outputs:
-            results[spec.name].append(from_runtime_layout(outputs[spec.name], spec)[:count])
+            results[spec.name].append(from_runtime(outputs[spec.name], spec)[:count])
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
 def _runtime_feeds(specs: list[TensorSpec], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {spec.name: to_runtime_layout(batch[spec.name], spec).astype(spec.dtype, copy=False) for spec in specs}
+    return {spec.name: to_runtime(batch[spec.name], spec) for spec in specs}
+
+
+def to_runtime(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Real-valued data (ONNX layout) -> what the runtime takes: its layout, and quantized for an integer input."""
+    array = to_runtime_layout(array, spec)
+    if _quantized_io(spec) and np.issubdtype(array.dtype, np.floating):
+        q, info = spec.quantization, np.iinfo(spec.dtype)
+        return np.clip(np.round(array / q.scale[0]) + q.zero_point[0], info.min, info.max).astype(spec.dtype)
+    return array.astype(spec.dtype, copy=False)
+
+
+def from_runtime(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """What the runtime gave -> real values in the ONNX layout (an integer output is dequantized)."""
+    if _quantized_io(spec):
+        q = spec.quantization
+        array = ((array.astype(np.float32) - q.zero_point[0]) * q.scale[0]).astype(np.float32)
+    return from_runtime_layout(array, spec)
+
+
+def _quantized_io(spec: TensorSpec) -> bool:
+    return spec.quantization is not None and np.issubdtype(np.dtype(spec.dtype), np.integer)
 
 
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

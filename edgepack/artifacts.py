@@ -27,6 +27,8 @@ class Format(StrEnum):
 
 class Precision(StrEnum):
     FP32 = "fp32"
+    FP16 = "fp16"  # float16 weights (a .tflite made by another tool)
+    DYNAMIC_INT8 = "dynamic_int8"  # int8 weights, float activations (another tool's dynamic-range .tflite)
     INT8 = "int8"
     INT16X8 = "int16x8"
 

@@ -59,6 +59,9 @@ def _source_format(model: Path, to: str) -> ModelFormat:
         raise ModelFileError(
             f"{model}: cannot convert a {model.suffix or 'suffix-less'} file; accepted: {', '.join(SUFFIX_FORMATS)}"
         )
+    if model_format == ModelFormat.TFLITE:
+        raise UserError(f"{model} is already TFLite: edgepack benches and reports it as it is ('edgepack bench', "
+                        "'edgepack inspect', or a recipe with model.path), it does not convert it back")  # fmt: skip
     if model_format == ModelFormat.ONNX and to == "onnx":
         raise UserError(f"{model} is already ONNX; use --to tflite")
     return model_format

@@ -23,7 +23,7 @@ class LoadedModel:
     sha256: str
     module: torch.nn.Module | None = None  # eager, scripted, or the module of a torch.export program
     exported_program: object | None = None  # torch.export.ExportedProgram for .pt2 sources
-    onnx_path: Path | None = None
+    file_path: Path | None = None  # the ONNX or TFLite source file (torch sources live in memory)
     input_hashes: dict[str, str] = field(default_factory=dict)  # file -> sha256, recorded in the run
 
 
@@ -33,6 +33,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         ModelFormat.TORCHSCRIPT: _load_torchscript,
         ModelFormat.TORCH_EXPORT: _load_torch_export,
         ModelFormat.ONNX: _load_onnx,
+        ModelFormat.TFLITE: _load_tflite,
     }
     if config.path is not None and not config.path.is_file():
         raise ModelFileError(f"model file {config.path} does not exist (model.path in the recipe)")
@@ -126,7 +127,15 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a valid ONNX model: {e}") from e
     digest = sha256_file(config.path)
-    return LoadedModel(ModelFormat.ONNX, digest, onnx_path=config.path, input_hashes={str(config.path): digest})
+    return LoadedModel(ModelFormat.ONNX, digest, file_path=config.path, input_hashes={str(config.path): digest})
+
+
+def _load_tflite(config: ModelConfig) -> LoadedModel:
+    from converters.runtime import describe_tflite
+
+    describe_tflite(config.path)  # a file LiteRT cannot load fails here, naming it
+    digest = sha256_file(config.path)
+    return LoadedModel(ModelFormat.TFLITE, digest, file_path=config.path, input_hashes={str(config.path): digest})
 
 
 def module_sha256(module: torch.nn.Module) -> str:

@@ -112,26 +112,38 @@ def _start(recipe: Recipe, run_dir: Path, steps: Steps) -> RunContext:
 
 
 def _root_artifact(ctx: RunContext) -> Artifact:
-    """The source model: in memory for torch sources; for an ONNX source, a copy in the run (never the user's file)."""
+    """The source model: in memory for torch sources; for a file source, a copy in the run (never the user's file)."""
     loaded, recipe = ctx.loaded, ctx.recipe
-    inputs = [TensorSpec(name=i.name, shape=i.shape, dtype=i.dtype) for i in recipe.model.inputs]
-    if loaded.format != ModelFormat.ONNX:
-        return Artifact(
-            name="torch-fp32",
-            format=Format.TORCH,
-            path="",
-            sha256=loaded.sha256,
-            bytes=_parameter_bytes(loaded),
-            stage="load",
-            inputs=inputs,
-            details={"source_format": str(loaded.format)},
-        )
-    copy = ctx.run_dir / "artifacts" / f"{recipe.name}.source.onnx"
+    if loaded.format not in (ModelFormat.ONNX, ModelFormat.TFLITE):
+        inputs = [TensorSpec(name=i.name, shape=i.shape, dtype=i.dtype) for i in recipe.model.inputs]
+        return Artifact(name="torch-fp32", format=Format.TORCH, path="", sha256=loaded.sha256,
+                        bytes=_parameter_bytes(loaded), stage="load", inputs=inputs,
+                        details={"source_format": str(loaded.format)})  # fmt: skip
+    suffix = loaded.file_path.suffix
+    copy = ctx.run_dir / "artifacts" / f"{recipe.name}.source{suffix}"
     copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(loaded.onnx_path, copy)
+    shutil.copyfile(loaded.file_path, copy)
+    return _onnx_root(ctx, copy) if loaded.format == ModelFormat.ONNX else _tflite_root(ctx, copy)
+
+
+def _onnx_root(ctx: RunContext, copy: Path) -> Artifact:
     from converters.onnx_info import onnx_artifact
 
     return onnx_artifact(ctx.run_dir, copy, name="onnx-fp32", stage="load", parent=None)
+
+
+def _tflite_root(ctx: RunContext, copy: Path) -> Artifact:
+    """Another tool's (or an earlier run's) .tflite: described from the file, then measured like any artifact."""
+    from converters.runtime import describe_tflite
+
+    described = describe_tflite(copy)
+    return Artifact(
+        name=f"tflite-{described.precision}", format=Format.TFLITE, precision=described.precision,
+        path=str(copy.relative_to(ctx.run_dir)), sha256=sha256_file(copy), bytes=copy.stat().st_size,
+        stage="load", inputs=described.inputs, outputs=described.outputs, op_counts=described.op_counts,
+        details={"source_format": "tflite", "written_by_edgepack": described.written_by_edgepack,
+                 "transposes": described.op_counts.get("TRANSPOSE", 0)},
+    )  # fmt: skip
 
 
 def _parameter_bytes(loaded: LoadedModel) -> int:

@@ -37,6 +37,7 @@ class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     TORCH_EXPORT = "torch_export"
     ONNX = "onnx"
+    TFLITE = "tflite"  # described, benched and reported as it is; never re-converted or re-quantized
 
 
 SUFFIX_FORMATS = {
@@ -45,6 +46,7 @@ SUFFIX_FORMATS = {
     ".ts": ModelFormat.TORCHSCRIPT,
     ".pt": ModelFormat.TORCHSCRIPT,
     ".pth": ModelFormat.TORCHSCRIPT,
+    ".tflite": ModelFormat.TFLITE,
 }
 
 
@@ -66,9 +68,16 @@ class ModelConfig(Strict):
         None, description="'package.module:callable' returning a torch.nn.Module; weights load into it."
     )
     weights: Path | None = Field(None, description="state_dict file for the factory's module (loaded weights-only).")
-    path: Path | None = Field(None, description="A TorchScript (.pt/.ts), torch.export (.pt2) or ONNX (.onnx) file.")
+    path: Path | None = Field(
+        None,
+        description="A TorchScript (.pt/.ts), torch.export (.pt2), ONNX (.onnx) or TFLite (.tflite) file; a "
+        ".tflite is benched and reported as it is (no stages).",
+    )
     format: ModelFormat | None = Field(None, description="Format of 'path'; inferred from its suffix when omitted.")
-    inputs: list[InputSpec] = Field(description="The model's inputs, in call order.")
+    inputs: list[InputSpec] = Field(
+        description="The model's inputs, in call order, in the torch/ONNX layout; for a .tflite from another tool, "
+        "in that file's own layout (it carries no record of an ONNX one)."
+    )
     output_names: list[str] = Field(["output"], description="Names given to the exported model's outputs.")
 
     @model_validator(mode="after")
@@ -162,6 +171,18 @@ class Recipe(Strict):
             except UserError as e:  # pydantic turns a ValueError into the recipe error naming the key
                 raise ValueError(str(e)) from e
         return targets
+
+    @model_validator(mode="after")
+    def _tflite_source_runs_no_stages(self) -> Recipe:
+        if self.model.format != ModelFormat.TFLITE:
+            return self
+        if "stages" in self.model_fields_set and self.stages:
+            raise ValueError(
+                f"model.path {self.model.path} is a .tflite file: it is verified, measured and benched as it is, "
+                "never re-converted or re-quantized; remove 'stages' (or start from the torch or ONNX model)"
+            )
+        self.stages = []
+        return self
 
     @field_validator("stages", mode="before")
     @classmethod

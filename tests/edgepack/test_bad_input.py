@@ -21,7 +21,7 @@ def test_missing_model_file_is_named(tmp_path):
         run(recipe, tmp_path)
 
 
-@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".ts"])
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".ts", ".tflite"])
 def test_a_text_file_posing_as_a_model_is_named(tmp_path, suffix):
     fake = tmp_path / f"notes{suffix}"
     fake.write_text("not a model")
