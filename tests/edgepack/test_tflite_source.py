@@ -65,8 +65,8 @@ def test_edgepack_tflite_as_source_is_fed_in_onnx_layout(tmp_path, trained_weigh
     first = edgepack.pack(parse_recipe(image_recipe("conv_net", trained_weights("conv_net"))), out=tmp_path / "a",
                           quiet=True)  # fmt: skip
     tflite = first.run_dir / first.artifacts[2]["path"]
-    recipe = parse_recipe({"name": "again", "bench": None, "data": {"source": "digits"},
-                           "model": {"path": str(tflite), "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}]}})  # fmt: skip
+    model = {"path": str(tflite), "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}]}
+    recipe = parse_recipe({"name": "again", "bench": None, "data": {"source": "digits"}, "model": model})
     [root] = edgepack.pack(recipe, out=tmp_path / "b", quiet=True).results["artifacts"]
     assert root["details"]["written_by_edgepack"] is True and root["inputs"][0]["perm_from_onnx"] == [0, 2, 3, 1]
     assert root["accuracy"]["top1"] == first.artifacts[2]["accuracy"]["top1"]
