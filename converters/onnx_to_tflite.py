@@ -12,8 +12,23 @@ from pathlib import Path
 
 from converters.runtime import count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
+from converters.tflite_patch import widen_16x8_biases
 from edgepack.artifacts import TensorSpec, write_bytes_atomic
 from edgepack.errors import StageError
+
+
+@dataclass
+class FakeQuantization:
+    """Integer conversion from edgepack's own ranges: tensor name -> (min, max) of its integer grid.
+
+    The ranges must be the representable ranges of edgepack's parameters (``QuantParams.representable_range``),
+    from which TensorFlow recomputes exactly edgepack's scale and zero point. Weights are left to the converter,
+    whose per-channel symmetric int8 (max|w| / 127) is edgepack's own rule for weights.
+    """
+
+    ranges: dict[str, tuple[float, float]]
+    bits: int = 8  # 8: full int8; 16: 16-bit activations with int8 weights (16x8)
+    integer_io: bool = False  # int8/int16 model inputs and outputs instead of float ones
 
 
 @dataclass
@@ -27,7 +42,10 @@ class TFLiteConversion:
 
 
 def convert_onnx_to_tflite(
-    onnx_path: Path, out_path: Path, input_shapes: dict[str, list[int]] | None = None
+    onnx_path: Path,
+    out_path: Path,
+    input_shapes: dict[str, list[int]] | None = None,
+    quantization: FakeQuantization | None = None,
 ) -> TFLiteConversion:
     """Lower ``onnx_path`` to TensorFlow, convert to a float32 .tflite at ``out_path`` (written atomically).
 
@@ -37,8 +55,13 @@ def convert_onnx_to_tflite(
     from converters.onnx_to_tf import lower_to_tf, prepare_model  # Imports TensorFlow: only when converting.
 
     start = time.perf_counter()
-    lowered = lower_to_tf(prepare_model(Path(onnx_path), input_shapes))
-    tflite_bytes = run_tflite_converter(lowered, Path(onnx_path))
+    fake_quant = None
+    if quantization is not None:
+        fake_quant = {name: (lo, hi, quantization.bits) for name, (lo, hi) in quantization.ranges.items()}
+    lowered = lower_to_tf(prepare_model(Path(onnx_path), input_shapes), fake_quant)
+    tflite_bytes = run_tflite_converter(lowered, Path(onnx_path), quantization)
+    if quantization is not None and quantization.bits == 16:
+        tflite_bytes = widen_16x8_biases(tflite_bytes)
     record = {"inputs": dump_specs(lowered.inputs), "outputs": dump_specs(lowered.outputs)}
     write_bytes_atomic(Path(out_path), with_io_metadata(tflite_bytes, record))
     seconds = time.perf_counter() - start
@@ -46,15 +69,31 @@ def convert_onnx_to_tflite(
     return TFLiteConversion(lowered.inputs, lowered.outputs, counts, seconds)
 
 
-def run_tflite_converter(lowered, onnx_path: Path) -> bytes:
+def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantization | None = None) -> bytes:
     import tensorflow as tf
 
     # Concrete functions (not Keras: Keras 3 models give NaN through this path) keep the signature keys.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([lowered.function], lowered.module)
+    if quantization is not None:
+        configure_integer_conversion(converter, quantization)
     try:
         return converter.convert()
     except Exception as e:
         raise StageError("convert", f"the TFLite converter failed on the lowering of {str(onnx_path)!r}: {e}") from e
+
+
+def configure_integer_conversion(converter, quantization: FakeQuantization) -> None:
+    """The fake-quant nodes carry every activation range, so no representative dataset is needed (or wanted: it
+    would let the converter calibrate its own ranges)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization.bits == 16:
+        ops_16x8 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        converter.target_spec.supported_ops = [ops_16x8]
+    if quantization.integer_io:
+        io_type = tf.int16 if quantization.bits == 16 else tf.int8
+        converter.inference_input_type = converter.inference_output_type = io_type
 
 
 def dump_specs(specs: list[TensorSpec]) -> list[dict]:

@@ -42,8 +42,11 @@ class LoweredGraph:
     outputs: list[TensorSpec]
 
 
-def lower_to_tf(prepared: PreparedModel) -> LoweredGraph:
+def lower_to_tf(prepared: PreparedModel, fake_quant: dict[str, tuple[float, float, int]] | None = None) -> LoweredGraph:
+    """``fake_quant``: tensor name -> (min, max, bits). Each such tensor passes through TF's fake-quant with that
+    range, which the TFLite converter turns into exactly that scale and zero point (the integer path)."""
     check_all_supported(prepared.graph)
+    fake_quant = fake_quant or {}
     keys = signature_keys(prepared)
     inputs = [input_spec(prepared, info, keys[info.name]) for info in real_inputs(prepared.graph, prepared.constants)]
     outputs: list[TensorSpec] = []
@@ -52,9 +55,12 @@ def lower_to_tf(prepared: PreparedModel) -> LoweredGraph:
         env = {name: Value(c) for name, c in prepared.constants.items()}
         for spec, tensor in zip(inputs, tensors, strict=True):
             env[spec.name] = Value(tensor, layout.normalize_perm(spec.perm_from_onnx))
+            apply_fake_quant(env, spec.name, fake_quant)
         dense_only = outputs_feeding_only_dense_layers(prepared)
         for node in prepared.graph.node:
             lower_node(node, env, prepared.opset, dense_only)
+            for name in node.output:
+                apply_fake_quant(env, name, fake_quant)
         outputs[:] = [output_spec(env[out.name], out.name, keys[out.name]) for out in prepared.graph.output]
         return {keys[out.name]: output_tensor(env[out.name]) for out in prepared.graph.output}
 
@@ -63,6 +69,16 @@ def lower_to_tf(prepared: PreparedModel) -> LoweredGraph:
     module.run_graph = tf.function(run_graph, input_signature=signature, autograph=False)
     function = module.run_graph.get_concrete_function()
     return LoweredGraph(function, module, inputs, outputs)
+
+
+def apply_fake_quant(env: dict[str, Value], name: str, fake_quant: dict[str, tuple[float, float, int]]) -> None:
+    """Per-tensor fake-quant keeps the stored layout: the range is the same whichever axis order holds the data."""
+    if name not in fake_quant or env[name].is_constant:
+        return
+    low, high, bits = fake_quant[name]
+    value = env[name]
+    quantized = tf.quantization.fake_quant_with_min_max_vars(value.data, low, high, num_bits=bits, narrow_range=False)
+    env[name] = Value(quantized, value.perm)
 
 
 def check_all_supported(graph: onnx.GraphProto) -> None:

@@ -1,4 +1,7 @@
-"""quantize: the float ONNX artifact -> integer artifacts from ONE calibration (ONNX QDQ; TFLite once lowered).
+"""quantize: the float ONNX artifact -> integer ONNX (QDQ) and TFLite artifacts from ONE calibration.
+
+The same parameters go into both files: the QDQ writer stores them, the TFLite lowering hands them to fake-quant
+nodes. The stage then runs both files and records how far their outputs are apart, in output quantization steps.
 
 Calibration data is never the evaluation data: the digits example calibrates on its train split; any other
 source names its calibration file, so the accuracy reported is on samples the ranges never saw.
@@ -14,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from calibration.ptq import Calibration, QuantScheme
-from edgepack.artifacts import Artifact, Format, Precision
+from edgepack.artifacts import Artifact, Format, Precision, sha256_file
 from edgepack.errors import DataError
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
@@ -25,6 +28,10 @@ class QuantizeConfig(StageConfig, QuantScheme):
     calibration_data: Path | None = Field(
         None, description=".npz (one array per input) to calibrate on; default for 'digits' data: its train split."
     )
+    formats: list[Literal["onnx", "tflite"]] = Field(["onnx", "tflite"], description="Which integer files to write.")
+    integer_io: bool = Field(
+        False, description="TFLite inputs/outputs as integers (the app quantizes with the manifest's scale and zero "
+        "point); default float I/O with quantize/dequantize inside the model.")  # fmt: skip
     unsigned_onnx_activations: bool = Field(
         True, description="ONNX int8 activations as uint8 (same grid, zero point + 128): onnxruntime's fast x86 "
                           "kernels are u8s8; set false for s8s8.")  # fmt: skip
@@ -44,7 +51,13 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
     calibration = calibrate(onnx.load(str(ctx.artifact_path(source))), dataset, config, batch_size(ctx.recipe),
                             description)  # fmt: skip
     seconds = time.perf_counter() - started
-    return [_write_onnx(config, ctx, source, calibration, seconds)]
+    written = [_write_onnx(config, ctx, source, calibration, seconds)]
+    if "tflite" in config.formats:
+        written.append(_write_tflite(config, ctx, source, calibration, written[0]))
+    if "onnx" not in config.formats:
+        ctx.artifact_path(written[0]).unlink()  # written only for the agreement figure of the TFLite file
+        written = written[1:]
+    return written
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):
@@ -80,6 +93,46 @@ def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, calibration: Cali
                              precision=precision)  # fmt: skip
     artifact.details.update(quantization_details(calibration, weights, seconds))
     return artifact
+
+
+def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, onnx_twin: Artifact):
+    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+
+    precision = Precision(config.precision)
+    out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.tflite")
+    ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
+    bits = 16 if precision == Precision.INT16X8 else 8
+    shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
+    conversion = convert_onnx_to_tflite(ctx.artifact_path(source), out, input_shapes=shapes,
+                                        quantization=FakeQuantization(ranges, bits, config.integer_io))  # fmt: skip
+    artifact = Artifact(
+        name=f"tflite-{precision}", format=Format.TFLITE, precision=precision,
+        path=str(out.relative_to(ctx.run_dir)), sha256=sha256_file(out), bytes=out.stat().st_size,
+        parent=source.name, stage="quantize", inputs=conversion.inputs, outputs=conversion.outputs,
+        op_counts=conversion.op_counts,
+        details={"conversion_seconds": round(conversion.seconds, 3), "transposes": conversion.op_counts["TRANSPOSE"],
+                 "same_calibration_as": onnx_twin.name,
+                 "agreement_with_onnx": output_agreement(ctx, onnx_twin, out, calibration)},
+    )  # fmt: skip
+    return artifact
+
+
+def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: Calibration) -> dict:
+    """How far the TFLite outputs are from the ONNX ones, in units of each output's quantization step."""
+    from converters.runtime import open_session
+    from converters.verify import predict
+    from edgepack.measure import batch_size
+
+    size = batch_size(ctx.recipe)
+    onnx_out = predict(open_session(ctx.artifact_path(onnx_twin)), ctx.verify_data, size)
+    tflite_out = predict(open_session(tflite_path), ctx.verify_data, size)
+    figures = {}
+    for name, values in onnx_out.items():
+        step = float(np.max(calibration.activations[name].scale)) if name in calibration.activations else None
+        steps = np.abs(values - tflite_out[name]) / step if step else np.full(values.shape, np.nan)
+        figures[name] = {"output_step": step, "within_one_step": float(np.mean(steps <= 1.0 + 1e-3)),
+                         "max_steps": float(np.max(steps)), "samples": len(ctx.verify_data)}  # fmt: skip
+    return figures
 
 
 def quantization_details(calibration: Calibration, weights: dict, seconds: float) -> dict:
