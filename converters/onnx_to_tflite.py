@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.runtime import count_tflite_ops
+from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
 from converters.tflite_patch import widen_16x8_biases
 from edgepack.artifacts import TensorSpec, write_bytes_atomic
@@ -66,7 +66,9 @@ def convert_onnx_to_tflite(
     write_bytes_atomic(Path(out_path), with_io_metadata(tflite_bytes, record))
     seconds = time.perf_counter() - start
     counts = {"TRANSPOSE": 0, **count_tflite_ops(out_path)}
-    return TFLiteConversion(lowered.inputs, lowered.outputs, counts, seconds)
+    # Read the interface back from the file: integer I/O changes dtypes and adds scales the lowering never saw.
+    written = TFLiteSession(out_path)
+    return TFLiteConversion(written.inputs, written.outputs, counts, seconds)
 
 
 def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantization | None = None) -> bytes:
@@ -79,7 +81,13 @@ def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantizatio
     try:
         return converter.convert()
     except Exception as e:
-        raise StageError("convert", f"the TFLite converter failed on the lowering of {str(onnx_path)!r}: {e}") from e
+        raise StageError("convert", f"the TFLite converter failed on {str(onnx_path)!r}: {converter_error(e)}") from e
+
+
+def converter_error(error: Exception) -> str:
+    """The converter's 'error: ...' lines, without the pages of MLIR source locations around them."""
+    lines = [line.split("error: ", 1)[1] for line in str(error).splitlines() if "error: " in line]
+    return "; ".join(dict.fromkeys(lines)) or str(error).splitlines()[0]
 
 
 def configure_integer_conversion(converter, quantization: FakeQuantization) -> None:

@@ -20,6 +20,13 @@ def conv_net() -> nn.Module:
     )  # fmt: skip
 
 
+def digits_example() -> nn.Module:
+    """The bundled example's CNN (conv, depthwise + pointwise with ReLU6, max pool): 16x8-convertible."""
+    from edgepack.examples.digits import build_model
+
+    return build_model()
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
