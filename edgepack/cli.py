@@ -129,14 +129,23 @@ def convert(
         list[str] | None,
         typer.Option("--input-shape", help="name=1x3x224x224; needed for torch files, overrides dynamic ONNX dims."),
     ] = None,
+    precision: Annotated[str, typer.Option(help="fp32, int8 or int16x8 (16-bit activations, 8-bit weights).")] = "fp32",
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration data for int8/int16x8: a .npz, one array per input.")
+    ] = None,
 ):
     """Convert one file directly, verified against the source in both runtimes, without a recipe."""
     from edgepack.convert_file import convert_file
 
-    result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [])
+    result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision, calib=calib)
+    check = (
+        f"<= tolerance {result['tolerance']:.2e}"
+        if result["tolerance"] is not None
+        else f"(integer: measured, no float tolerance; cosine {result['cosine_similarity']:.5f})"
+    )
     out.print(
-        f"wrote {result['path']} ({result['bytes']:,} bytes), verified: max abs error "
-        f"{result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e} on {result['samples']} samples",
+        f"wrote {result['path']} ({result['bytes']:,} bytes, {result['precision']}), verified against the source: "
+        f"max abs error {result['max_abs_error']:.2e} {check} on {result['samples']} samples",
         soft_wrap=True,
     )
 

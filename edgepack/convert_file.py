@@ -29,11 +29,19 @@ def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str]) -> dict:
+PRECISIONS = ("fp32", "int8", "int16x8")
+
+
+def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], precision: str = "fp32",
+                 calib: Path | None = None) -> dict:  # fmt: skip
+    """Convert (and with ``precision`` int8/int16x8, quantize from ``calib``) one file; verified like a packed one."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
-    model_format = _source_format(Path(model), to)
+    _check_precision(precision, calib)
+    model_format = _source_format(Path(model), to, precision)
     recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes))
+    if precision != "fp32":
+        recipe = _quantizing(recipe, to, precision, Path(calib).resolve())
     from edgepack.pipeline import pack
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
@@ -45,13 +53,36 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str]) ->
     return {
         "path": str(out),
         "bytes": artifact["bytes"],
+        "precision": artifact["precision"],
         "max_abs_error": worst["max_abs_error"],
         "tolerance": worst["tolerance"],
+        "cosine_similarity": worst["cosine_similarity"],
         "samples": artifact["verification"]["samples"],
     }
 
 
-def _source_format(model: Path, to: str) -> ModelFormat:
+def _check_precision(precision: str, calib: Path | None) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and calib is None:
+        raise UserError(f"--precision {precision} needs calibration data: --calib DATA.npz (one array per input)")
+    if calib is not None and precision == "fp32":
+        raise UserError("--calib is only used with --precision int8 or int16x8")
+
+
+def _quantizing(recipe: Recipe, to: str, precision: str, calib: Path) -> Recipe:
+    """Replace a float 'convert' by a quantize stage writing only the requested format from ``calib``.
+
+    The calibration file also gives the verification samples: random inputs lie outside the ranges an integer
+    file was calibrated for, so their error would measure clipping, not the file. Only agreement with the source
+    is claimed (task 'other': no accuracy on samples calibration saw)."""
+    stages = [s.model_dump() for s in recipe.stages if s.stage == "export"]
+    stages.append({"stage": "quantize", "precision": precision, "calibration_data": str(calib), "formats": [to]})
+    data = {"source": "npz", "path": str(calib)}
+    return Recipe.model_validate(recipe.model_dump() | {"stages": stages, "data": data})
+
+
+def _source_format(model: Path, to: str, precision: str = "fp32") -> ModelFormat:
     if not model.is_file():
         raise ModelFileError(f"model file {model} does not exist")
     model_format = SUFFIX_FORMATS.get(model.suffix.lower())
@@ -62,7 +93,7 @@ def _source_format(model: Path, to: str) -> ModelFormat:
     if model_format == ModelFormat.TFLITE:
         raise UserError(f"{model} is already TFLite: edgepack benches and reports it as it is ('edgepack bench', "
                         "'edgepack inspect', or a recipe with model.path), it does not convert it back")  # fmt: skip
-    if model_format == ModelFormat.ONNX and to == "onnx":
+    if model_format == ModelFormat.ONNX and to == "onnx" and precision == "fp32":
         raise UserError(f"{model} is already ONNX; use --to tflite")
     return model_format
 

@@ -94,7 +94,30 @@ def test_convert_onnx_to_tflite_is_verified(packed, tmp_path):
     out = tmp_path / "direct.tflite"
     done = edgepack("convert", str(run_dir / "artifacts" / "mlp.fp32.onnx"), "--to", "tflite", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert out.is_file() and "verified: max abs error" in done.stdout
+    assert (
+        out.is_file()
+        and "fp32), verified against the source: max abs error" in done.stdout
+        and "<= tolerance" in done.stdout
+    )
+
+
+@pytest.mark.parametrize(("to", "precision"), [("tflite", "int8"), ("onnx", "int16x8")])
+def test_convert_quantizes_from_a_calibration_file(packed, tmp_path, to, precision):
+    import numpy as np
+
+    from calibration.sources import digits_split
+
+    np.savez(tmp_path / "calib.npz", image=digits_split("train")[0][:64])
+    out = tmp_path / f"mlp.{precision}.{to}"
+    source = str(packed[1] / "artifacts" / "mlp.fp32.onnx")
+    done = edgepack("convert", source, "--to", to, "--precision", precision, "--calib", str(tmp_path / "calib.npz"),
+                    "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and f"bytes, {precision}), verified against the source" in done.stdout
+    cosine = float(done.stdout.split("cosine ")[1].split(")")[0])
+    assert cosine > 0.99  # on in-distribution samples of the calibration file
+    missing = edgepack("convert", source, "--to", to, "--precision", precision, "--out", str(out))
+    assert missing.returncode == 1 and "needs calibration data: --calib" in missing.stderr
 
 
 def test_convert_torch_file_needs_input_shapes(tmp_path):
