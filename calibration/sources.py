@@ -1,6 +1,6 @@
 """Data sources behind one narrow contract: batches of ``{input_name: ndarray}`` in the ONNX layout, known length.
 
-Evaluation uses the same sources with labels. The PTQ issue adds image folders and callables here.
+Evaluation uses the same sources with labels; image folders and callables load in source_loaders.py.
 """
 
 from __future__ import annotations

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.sources import ArrayDataset, check_dataset, load_digits_dataset, load_npz_dataset
-from edgepack.errors import DataError
-from edgepack.recipe import DataSourceKind, Recipe
+from calibration.source_loaders import load_dataset
+from calibration.sources import ArrayDataset
+from edgepack.recipe import Recipe
 
 
 def load_eval_data(recipe: Recipe) -> ArrayDataset | None:
-    data = recipe.data
-    if data is None:
+    if recipe.data is None:
         return None
-    names = [i.name for i in recipe.model.inputs]
-    if data.source == DataSourceKind.DIGITS:
-        if len(names) != 1:
-            raise DataError(f"the digits data feeds one image input; the model has inputs {names}")
-        dataset = load_digits_dataset(names[0], split="test")
-        source = "digits (test split)"
-    else:
-        dataset = load_npz_dataset(data.path, names)
-        source = str(data.path)
-    check_dataset(
-        dataset, {i.name: i.shape for i in recipe.model.inputs}, {i.name: i.dtype for i in recipe.model.inputs}, source
-    )
-    if data.max_samples is not None and data.max_samples < len(dataset):
-        dataset = dataset.take(np.arange(data.max_samples))
+    inputs = recipe.model.inputs
+    dataset, _ = load_dataset(recipe.data, {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs})
     return dataset
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from calibration.data_config import DataConfig, DataSourceKind, Preprocessing  # noqa: F401  (re-exported)
 from device_bench import BenchOptions, parse_target
 from edgepack.errors import RecipeError, UserError
 from edgepack.gate import GateConfig
@@ -95,28 +96,6 @@ class ModelConfig(Strict):
                 )
         if self.factory is not None:
             self.format = ModelFormat.TORCH
-        return self
-
-
-class DataSourceKind(StrEnum):
-    DIGITS = "digits"
-    NPZ = "npz"
-
-
-class DataConfig(Strict):
-    source: DataSourceKind = Field(description="'digits' (scikit-learn's, bundled) or 'npz' (arrays in a file).")
-    path: Path | None = Field(
-        None, description="For 'npz': a .npz with one array per input name and optional 'labels'."
-    )
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many evaluation samples.")
-    preprocessing: dict[str, Any] = Field(
-        {}, description="How raw inputs become model inputs (resize, scale, mean/std, layout); copied to the manifest."
-    )
-
-    @model_validator(mode="after")
-    def _path_for_npz(self) -> DataConfig:
-        if self.source == DataSourceKind.NPZ and self.path is None:
-            raise ValueError("data source 'npz' needs 'path' to the .npz file")
         return self
 
 
@@ -227,7 +206,18 @@ def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
         update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path)}
     )
     data = recipe.data.model_copy(update={"path": resolve(recipe.data.path)}) if recipe.data else None
-    return recipe.model_copy(update={"model": model, "data": data})
+    stages = [_resolve_stage_paths(stage, resolve) for stage in recipe.stages]
+    return recipe.model_copy(update={"model": model, "data": data, "stages": stages})
+
+
+def _resolve_stage_paths(stage: StageConfig, resolve) -> StageConfig:
+    """A stage's own data (the quantize stage's calibration_data) is relative to the recipe too."""
+    source = getattr(stage, "calibration_data", None)
+    if isinstance(source, Path):
+        return stage.model_copy(update={"calibration_data": resolve(source)})
+    if isinstance(source, DataConfig) and source.path is not None:
+        return stage.model_copy(update={"calibration_data": source.model_copy(update={"path": resolve(source.path)})})
+    return stage
 
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:

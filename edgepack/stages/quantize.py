@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
 from edgepack.artifacts import Artifact, Format, Precision, sha256_file
 from edgepack.errors import DataError
@@ -25,8 +26,10 @@ from edgepack.stages.registry import register_stage
 
 class QuantizeConfig(StageConfig, QuantScheme):
     stage: Literal["quantize"] = "quantize"
-    calibration_data: Path | None = Field(
-        None, description=".npz (one array per input) to calibrate on; default for 'digits' data: its train split."
+    calibration_data: DataConfig | Path | None = Field(
+        None,
+        description="What to calibrate on: a .npz path (one array per input), or a data source block "
+        "({source: images, path: ..., preprocessing: ...}); default for 'digits' data: its train split.",
     )
     formats: list[Literal["onnx", "tflite"]] = Field(["onnx", "tflite"], description="Which integer files to write.")
     integer_io: bool = Field(
@@ -63,21 +66,21 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):
-    from calibration.sources import check_dataset, load_digits_dataset, load_npz_dataset
+    from calibration.source_loaders import load_dataset
 
     inputs = ctx.recipe.model.inputs
-    if config.calibration_data is not None:
-        dataset = load_npz_dataset(config.calibration_data, [i.name for i in inputs])
-        description = str(config.calibration_data)
-    elif ctx.recipe.data is not None and ctx.recipe.data.source == "digits":
-        dataset, description = load_digits_dataset(inputs[0].name, split="train"), "digits (train split)"
-    else:
+    shapes, dtypes = {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}
+    source = config.calibration_data
+    if isinstance(source, Path):
+        source = DataConfig(source="npz", path=source)
+    if source is None and ctx.recipe.data is not None and ctx.recipe.data.source == "digits":
+        source = ctx.recipe.data
+    if source is None:
         raise DataError(
-            "the quantize stage needs 'calibration_data' (a .npz with one array per input), separate from the "
+            "the quantize stage needs 'calibration_data' (a .npz path or a data source block), separate from the "
             "evaluation data so that accuracy is measured on samples calibration never saw"
         )
-    check_dataset(dataset, {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}, description)
-    return dataset, description
+    return load_dataset(source, shapes, dtypes, split="train")  # digits: the train split; other sources ignore it
 
 
 def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, seconds: float) -> Artifact:
@@ -132,7 +135,7 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
         parent=source.name, stage="quantize", inputs=conversion.inputs, outputs=conversion.outputs,
         op_counts=conversion.op_counts,
         details={"conversion_seconds": round(conversion.seconds, 3), "transposes": conversion.op_counts["TRANSPOSE"],
-                 "same_calibration_as": onnx_twin.name,
+                 "same_calibration_as": onnx_twin.name, "activations": onnx_twin.details["activations"],
                  "agreement_with_onnx": output_agreement(ctx, onnx_twin, out, calibration)},
     )  # fmt: skip
     return artifact
@@ -154,6 +157,28 @@ def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: C
         figures[name] = {"output_step": step, "within_one_step": float(np.mean(steps <= 1.0 + 1e-3)),
                          "max_steps": float(np.max(steps)), "samples": len(ctx.verify_data)}  # fmt: skip
     return figures
+
+
+def measures_layer_sqnr(artifact: Artifact) -> bool:
+    return artifact.stage == "quantize" and artifact.precision in (Precision.INT8, Precision.INT16X8)
+
+
+def layer_sqnr(ctx, artifact: Artifact) -> list:
+    """SQNR of every quantized activation of an integer artifact this stage wrote against its float ONNX parent, on
+    the verification samples, in the artifact's own runtime (calibration/localise.py)."""
+    import onnx
+
+    from calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
+    from edgepack.measure import batch_size
+
+    parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
+    float_model, size = onnx.load(str(ctx.artifact_path(parent))), batch_size(ctx.recipe)
+    activations = artifact.details["activations"]
+    if artifact.format == Format.ONNX:
+        quantized = onnx.load(str(ctx.artifact_path(artifact)))
+        return onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
+    grids = {t: (p["scale"][0], p["zero_point"][0]) for t, p in activations.items()}
+    return tflite_layer_sqnr(float_model, ctx.artifact_path(artifact), grids, artifact.inputs, ctx.verify_data, size)
 
 
 def quantization_details(calibration: Calibration, weights: dict, seconds: float) -> dict:
