@@ -41,8 +41,8 @@ def test_image_folder_applies_the_declared_preprocessing_and_labels_by_subfolder
 
 def test_bgr_order_and_mean_std(tmp_path):
     Image.fromarray(np.full((2, 2, 3), [200, 100, 0], np.uint8), mode="RGB").save(tmp_path / "red.png")
-    config = DataConfig(source="images", path=tmp_path,
-                        preprocessing={"scale": 1 / 100, "color": "bgr", "mean": [1, 1, 1], "std": [2, 2, 2]})  # fmt: skip
+    preprocessing = {"scale": 1 / 100, "color": "bgr", "mean": [1, 1, 1], "std": [2, 2, 2]}
+    config = DataConfig(source="images", path=tmp_path, preprocessing=preprocessing)
     dataset, _ = load_dataset(config, {"x": [1, 3, 2, 2]}, {"x": "float32"})
     assert dataset.labels is None  # top-level images: no classes
     assert dataset.inputs["x"][0, :, 0, 0].tolist() == pytest.approx([(0 - 1) / 2, (1 - 1) / 2, (2 - 1) / 2])
