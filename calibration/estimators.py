@@ -64,8 +64,9 @@ class MovingAverageMinMaxEstimator:
 
 
 class HistogramEstimator:
-    def __init__(self, symmetric: bool = False):
+    def __init__(self, symmetric: bool = False, levels: int = 256):
         self.symmetric = symmetric
+        self.levels = levels  # of the integer grid that ships: 256 for 8-bit, 65536 for 16-bit
         self.histogram = StreamingHistogram()
 
     def observe(self, values: np.ndarray) -> None:
@@ -89,13 +90,14 @@ class HistogramEstimator:
 
     def _symmetric_bound(self) -> float:
         counts, width = self.histogram.folded()
-        return self._bound(counts, width)
+        return self._bound(counts, width, self.levels // 2)  # each sign gets half the grid
 
     def _non_negative_bound(self) -> float:
         half = self.histogram.bins // 2
-        return self._bound(self.histogram.counts[half:], self.histogram.half_range / half)
+        return self._bound(self.histogram.counts[half:], self.histogram.half_range / half, self.levels)
 
-    def _bound(self, counts: np.ndarray, width: float) -> float:
+    def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
+        """The clipping bound over |x| (or x >= 0) histogram ``counts``, for a grid of ``levels`` steps there."""
         raise NotImplementedError
 
 
@@ -106,7 +108,7 @@ class PercentileEstimator(HistogramEstimator):
         super().__init__(symmetric)
         self.percentile = percentile
 
-    def _bound(self, counts: np.ndarray, width: float) -> float:
+    def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
         cumulative = np.cumsum(counts)
         index = int(np.searchsorted(cumulative, cumulative[-1] * self.percentile / 100.0))
         return (index + 1) * width
@@ -114,20 +116,26 @@ class PercentileEstimator(HistogramEstimator):
 
 class EntropyEstimator(HistogramEstimator):
     """TensorRT's calibration (Migacz, GTC 2017): the clipping threshold whose quantized distribution has the
-    least KL divergence from the observed one. Candidates are every ``stride`` bins from ``levels`` bins up."""
+    least KL divergence from the observed one, quantized to the grid that ships: 128 levels per side for a signed
+    int8 tensor (as TensorRT), all 256 for a non-negative one. Candidates are every ``stride`` bins upward."""
 
-    def __init__(self, levels: int = 128, symmetric: bool = False, max_candidates: int = 512):
-        super().__init__(symmetric)
-        self.levels = levels
+    def __init__(self, levels: int = 256, symmetric: bool = False, max_candidates: int = 512):
+        super().__init__(symmetric, levels)
         self.max_candidates = max_candidates
 
-    def _bound(self, counts: np.ndarray, width: float) -> float:
+    def observe(self, values: np.ndarray) -> None:
+        # After a ReLU most values are exactly 0; that spike, spread over a merged level, makes every wide threshold
+        # look costly and the search clips far too much (NVIDIA's pytorch-quantization skips zeros the same way).
+        values = np.asarray(values)
+        self.histogram.observe(values[values != 0])
+
+    def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
         last = int(np.flatnonzero(counts)[-1]) + 1
-        if last <= self.levels:
+        if last <= levels:  # no finer than the histogram: nothing to gain from clipping (16-bit grids)
             return last * width
-        stride = max(1, (last - self.levels) // self.max_candidates)
-        candidates = range(self.levels, last + 1, stride)
-        divergences = [kl_after_clipping(counts[:last], i, self.levels) for i in candidates]
+        stride = max(1, (last - levels) // self.max_candidates)
+        candidates = range(levels, last + 1, stride)
+        divergences = [kl_after_clipping(counts[:last], i, levels) for i in candidates]
         return (candidates[int(np.argmin(divergences))] + 0.5) * width
 
 
@@ -156,15 +164,13 @@ class MSEEstimator(HistogramEstimator):
     error (step^2 / 12) for values inside, distance to the bound for values clipped."""
 
     def __init__(self, levels: int = 256, symmetric: bool = False, candidates: int = 200):
-        super().__init__(symmetric)
-        self.levels = levels
+        super().__init__(symmetric, levels)
         self.candidates = candidates
 
-    def _bound(self, counts: np.ndarray, width: float) -> float:
+    def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
         centers = (np.arange(counts.size) + 0.5) * width
         bounds = np.linspace(1.0 / self.candidates, 1.0, self.candidates) * counts.size * width
-        # Symmetric ranges spend half the levels on each sign; a non-negative range gets them all.
-        steps = bounds / ((self.levels - 1) / (2 if self.symmetric or self._signed() else 1))
+        steps = bounds / max(levels - 1, 1)
         clipped = np.maximum(centers[None, :] - bounds[:, None], 0.0) ** 2
         rounding = np.where(centers[None, :] <= bounds[:, None], steps[:, None] ** 2 / 12, 0.0)
         errors = ((clipped + rounding) * counts[None, :]).sum(axis=1)
@@ -182,5 +188,5 @@ def make_estimator(method: Method | str, *, symmetric: bool = False, percentile:
     if method == Method.PERCENTILE:
         return PercentileEstimator(percentile, symmetric)
     if method == Method.ENTROPY:
-        return EntropyEstimator(levels=min(128, levels // 2), symmetric=symmetric)
+        return EntropyEstimator(levels=levels, symmetric=symmetric)
     return MSEEstimator(levels=levels, symmetric=symmetric)

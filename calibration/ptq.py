@@ -55,7 +55,7 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     from converters.verify import pad_batch
 
     dataset = check_calibration_data(dataset, source)
-    dataset = dataset.take(np.arange(min(scheme.samples, len(dataset))))
+    dataset = dataset.head(scheme.samples)
     plan = plan_quantization(model, skip=set(scheme.skip_nodes))
     levels = 65536 if scheme.activation_dtype == "int16" else 256
     symmetric = scheme.symmetric_activations or scheme.activation_dtype == "int16"

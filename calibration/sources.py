@@ -38,6 +38,11 @@ class ArrayDataset:
         for start in range(0, len(self), batch_size):
             yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
 
+    def head(self, count: int) -> ArrayDataset:
+        """The first ``count`` samples as views (no copy: calibration memory must not grow with the sample count)."""
+        labels = None if self.labels is None else self.labels[:count]
+        return ArrayDataset({name: a[:count] for name, a in self.inputs.items()}, labels)
+
     def take(self, indices: np.ndarray) -> ArrayDataset:
         labels = None if self.labels is None else self.labels[indices]
         return ArrayDataset({name: a[indices] for name, a in self.inputs.items()}, labels)

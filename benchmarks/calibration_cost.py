@@ -1,0 +1,150 @@
+"""What calibration costs over plain inference, and whether its memory stays flat as the sample count grows.
+
+    .venv/bin/python benchmarks/calibration_cost.py [--samples 256 1024] [--size 96]
+
+MobileNetV2 (width 1.0, random weights with BatchNorm statistics from random inputs) at 1x3xSIZExSIZE, exported to
+ONNX once. For each N, each of three jobs runs in its own process over the same N random-normal samples, batch 1:
+plain onnxruntime inference (default session options, as calibration's own session), then
+``calibration.ptq.calibrate`` with minmax and with percentile. Printed: wall seconds, the ratio to plain inference
+(target <= 1.5x), and peak RSS growth during the job (ru_maxrss after minus before, with the samples already in
+memory), so memory that grows with N shows as a growth that differs between N values. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+INPUT = "image"
+JOBS = ["inference", "minmax", "percentile"]
+RATIO_TARGET = 1.5
+
+
+def export_mobilenet_v2(path: Path, size: int) -> Path:
+    import torch
+
+    from tests.converters.arch_vision import MobileNetV2
+    from tests.converters.torch_check import calibrate_batchnorm, export
+
+    module = calibrate_batchnorm(MobileNetV2(), [4, 3, size, size])
+    example = (torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+    return export(module, path, example, [INPUT], ["logits"])
+
+
+def samples(count: int, size: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal([count, 3, size, size], dtype=np.float32)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> None:
+    """Lower the high-water mark to the current RSS (Linux >= 4.0), so imports' transient peaks do not hide the
+    job's; where that is not allowed, growth is measured from the earlier peak (and may read 0)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def plain_inference(model_path: Path, data: np.ndarray) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for index in range(len(data)):
+        session.run(None, {INPUT: data[index : index + 1]})
+
+
+def calibration_run(model_path: Path, data: np.ndarray, method: str) -> None:
+    import onnx
+
+    from calibration.ptq import QuantScheme, calibrate
+    from calibration.sources import ArrayDataset
+
+    scheme = QuantScheme(method=method, samples=len(data))
+    calibrate(onnx.load(str(model_path)), ArrayDataset({INPUT: data}), scheme, batch_size=1)
+
+
+def run_job(job: str, model_path: Path, count: int, size: int) -> dict:
+    """In this process: the job's wall seconds and its peak RSS growth, with the samples already loaded."""
+    import onnx  # noqa: F401  (imported before the baseline, so the growth is the job's, not the import's)
+    import onnxruntime  # noqa: F401
+
+    data = samples(count, size)
+    reset_peak_rss()
+    before = peak_rss_mib()
+    started = time.perf_counter()
+    if job == "inference":
+        plain_inference(model_path, data)
+    else:
+        calibration_run(model_path, data, job)
+    return {"seconds": time.perf_counter() - started, "rss_growth_mib": peak_rss_mib() - before,
+            "data_mib": data.nbytes / 2**20}  # fmt: skip
+
+
+def in_subprocess(job: str, model_path: Path, count: int, size: int) -> dict:
+    """Each job (the export too) in a fresh process: a child's ru_maxrss starts at its parent's peak (exec keeps
+    it), so this parent must stay small for the children's growth figures to mean anything."""
+    command = [sys.executable, __file__, "--job", job, "--model", str(model_path), "--samples", str(count),
+               "--size", str(size)]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def print_results(results: dict[tuple[str, int], dict], counts: list[int]) -> None:
+    print("| samples | job | seconds | / inference | peak RSS growth MiB | samples MiB |")
+    for count in counts:
+        plain = results[("inference", count)]["seconds"]
+        for job in JOBS:
+            figures = results[(job, count)]
+            print(f"| {count} | {job} | {figures['seconds']:.2f} | {figures['seconds'] / plain:.2f}x | "
+                  f"{figures['rss_growth_mib']:.1f} | {figures['data_mib']:.1f} |")  # fmt: skip
+
+
+def print_targets(results: dict[tuple[str, int], dict], counts: list[int]) -> None:
+    print("Targets:")
+    for count in counts:
+        plain = results[("inference", count)]["seconds"]
+        for job in JOBS[1:]:
+            ratio = results[(job, count)]["seconds"] / plain
+            word = "PASS" if ratio <= RATIO_TARGET else "FAIL"
+            print(f"  {word}  {job}, N={count}: {ratio:.2f}x plain inference (target <= {RATIO_TARGET}x)")
+    for job in JOBS[1:]:
+        growth = [results[(job, count)]["rss_growth_mib"] for count in counts]
+        print(f"  {job}: peak RSS growth {' -> '.join(f'{g:.1f}' for g in growth)} MiB for N = "
+              f"{' -> '.join(str(c) for c in counts)} (flat memory: about the same growth)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--size", type=int, default=96, help="input height and width")
+    parser.add_argument("--job", choices=[*JOBS, "export"], help=argparse.SUPPRESS)  # one job, in a child process
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.job == "export":
+        print(json.dumps({"path": str(export_mobilenet_v2(args.model, args.size))}))
+        return
+    if args.job:
+        print(json.dumps(run_job(args.job, args.model, args.samples[0], args.size)))
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = Path(in_subprocess("export", Path(folder) / "mobilenet_v2.onnx", 1, args.size)["path"])
+        results = {(job, n): in_subprocess(job, model_path, n, args.size) for n in args.samples for job in JOBS}
+    print(f"MobileNetV2 (width 1.0) at 1x3x{args.size}x{args.size}, batch 1, random-normal samples")
+    print_results(results, args.samples)
+    print_targets(results, args.samples)
+
+
+if __name__ == "__main__":
+    main()
