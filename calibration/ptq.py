@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
