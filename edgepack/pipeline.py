@@ -184,6 +184,7 @@ def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
             ctx.cache.save("verify", key, cached)
     ctx.records[artifact.name] = {"verification": cached}
     _evaluate(ctx, artifact)
+    _localise_quantization_error(ctx, artifact)
 
 
 def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
@@ -213,6 +214,24 @@ def _measure_robustness(ctx: RunContext, artifact: Artifact) -> None:
             entry = robustness.measure_robustness(ctx, artifact, config)
             ctx.cache.save("robustness", key, entry)
     ctx.records[artifact.name]["robustness"] = entry
+
+
+def _localise_quantization_error(ctx: RunContext, artifact: Artifact) -> None:
+    """Per-layer SQNR of an integer artifact, a record of its own: results.json's ``artifacts[].layer_sqnr``."""
+    from calibration import localise
+    from edgepack.stages import quantize
+
+    if not quantize.measures_layer_sqnr(artifact):
+        return
+    parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
+    code = sha256_file(Path(localise.__file__))
+    key = cache_key("layer_sqnr", artifact.sha256, parent.sha256, ctx.recipe.verify.model_dump(), _data_key(ctx), code)
+    entry = ctx.cache.load("layer_sqnr", key)
+    with ctx.steps.step(f"layer sqnr {artifact.name}", f"per-layer SQNR of {artifact.name}", cached=entry is not None):
+        if entry is None:
+            entry = {"layer_sqnr": quantize.layer_sqnr(ctx, artifact)}
+            ctx.cache.save("layer_sqnr", key, entry)
+    ctx.records[artifact.name]["layer_sqnr"] = entry["layer_sqnr"]
 
 
 def _data_key(ctx: RunContext) -> str:
