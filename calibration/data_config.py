@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
+    """Config is data: unknown keys are refused, enums serialise as their values (the recipe uses it too)."""
+
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
 

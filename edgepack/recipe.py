@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -20,17 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from calibration.data_config import DataConfig, DataSourceKind, Preprocessing  # noqa: F401  (re-exported)
+from calibration.data_config import DataConfig, DataSourceKind, Preprocessing, Strict  # noqa: F401  (re-exported)
 from device_bench import BenchOptions, parse_target
 from edgepack.errors import RecipeError, UserError
 from edgepack.gate import GateConfig
 from edgepack.recipe_errors import describe_validation_error
 from edgepack.robustness import RobustnessConfig
 from edgepack.stages import STAGES, StageConfig, get_stage
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
 
 class ModelFormat(StrEnum):
