@@ -6,8 +6,7 @@ Trains the digits CNN (a few seconds, offline), packs it with the bundled recipe
 bench.threads=[1, 2], and prints one row per (artifact, threads) from results.json. Figures only; nothing is
 asserted, since a shared machine's noise moves them from run to run.
 
-int8 rows are missing on purpose: no stage writes an int8 artifact yet (that is the post-training quantization
-issue). When it lands, its artifacts appear here with no change to this script, with their energy proxy.
+The bundled recipe's quantize stage adds the int8 ONNX and TFLite rows, with their energy proxy.
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ def main() -> None:
         f"digits CNN (torch test accuracy {accuracy:.2%}) on {record['cpu']} x{record['cores']}, {record['platform']}"
     )
     print_table(results)
-    print("int8 rows: none yet; no stage writes an int8 artifact until the post-training quantization issue lands.")
 
 
 if __name__ == "__main__":
