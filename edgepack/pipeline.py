@@ -5,6 +5,7 @@ Every step's result is cached by content hash in the run folder, so a second ide
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -43,6 +44,13 @@ class RunContext:
     @cached_property
     def reference(self) -> dict[str, np.ndarray]:
         return measure.artifact_outputs(self, self.artifacts[0], self.verify_data)
+
+    @cached_property
+    def data_key(self) -> str:
+        """The evaluation data's config and file hash: part of every measured step's key, hashed once per run."""
+        data = self.recipe.data
+        file_hash = sha256_file(data.path) if data and data.path and data.path.is_file() else None
+        return cache_key(data.model_dump(mode="json") if data else None, file_hash)
 
     def artifact_path(self, artifact: Artifact) -> Path:
         return self.run_dir / artifact.path
@@ -163,39 +171,39 @@ def _run_stage(ctx: RunContext, config) -> None:
         ctx.artifacts.append(artifact)
 
 
+def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, compute) -> dict:
+    """A measured step: its result from the cache when the key matches, else computed, saved and returned."""
+    entry = ctx.cache.load(kind, key)
+    with ctx.steps.step(step, about, cached=entry is not None):
+        if entry is None:
+            entry = compute()
+            ctx.cache.save(kind, key, entry)
+    return entry
+
+
 def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
     """Verify against the reference before the artifact counts as done; a failed one is removed."""
-    key = cache_key(
-        "verify",
-        artifact.sha256,
-        ctx.artifacts[0].sha256,
-        ctx.recipe.verify.model_dump(),
-        ctx.recipe.model_dump(mode="json", include={"task", "seed"}),
-        _data_key(ctx),
-    )
-    cached = ctx.cache.load("verify", key)
-    with ctx.steps.step(f"verify {artifact.name}", f"verifying {artifact.name}", cached=cached is not None):
-        if cached is None:
-            try:
-                cached = measure.verify_artifact(ctx, artifact).model_dump()
-            except Exception:
-                ctx.artifact_path(artifact).unlink(missing_ok=True)
-                raise
-            ctx.cache.save("verify", key, cached)
-    ctx.records[artifact.name] = {"verification": cached}
+    run_facts = ctx.recipe.model_dump(mode="json", include={"task", "seed"})
+    key = cache_key("verify", artifact.sha256, ctx.artifacts[0].sha256, ctx.recipe.verify.model_dump(), run_facts,
+                    ctx.data_key)  # fmt: skip
+
+    def verify() -> dict:
+        try:
+            return measure.verify_artifact(ctx, artifact).model_dump()
+        except Exception:
+            ctx.artifact_path(artifact).unlink(missing_ok=True)
+            raise
+
+    verification = _cached_record(ctx, "verify", key, f"verify {artifact.name}", f"verifying {artifact.name}", verify)
+    ctx.records[artifact.name] = {"verification": verification}
     _evaluate(ctx, artifact)
     _localise_quantization_error(ctx, artifact)
 
 
 def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
-    key = cache_key("evaluate", artifact.sha256, _data_key(ctx), ctx.recipe.task)
-    entry = ctx.cache.load("evaluate", key)
-    with ctx.steps.step(
-        f"accuracy {artifact.name}", f"measuring accuracy of {artifact.name}", cached=entry is not None
-    ):
-        if entry is None:
-            entry = {"accuracy": measure.evaluate_artifact(ctx, artifact)}
-            ctx.cache.save("evaluate", key, entry)
+    key = cache_key("evaluate", artifact.sha256, ctx.data_key, ctx.recipe.task)
+    entry = _cached_record(ctx, "evaluate", key, f"accuracy {artifact.name}", f"measuring accuracy of {artifact.name}",
+                           lambda: {"accuracy": measure.evaluate_artifact(ctx, artifact)})  # fmt: skip
     ctx.records[artifact.name]["accuracy"] = entry["accuracy"]
     _measure_robustness(ctx, artifact)
 
@@ -207,13 +215,10 @@ def _measure_robustness(ctx: RunContext, artifact: Artifact) -> None:
     if config is None or not robustness.applies_to(ctx.eval_data, ctx.recipe.task == "classification"):
         return
     code = sha256_file(Path(robustness.__file__))  # the perturbations are what is measured: part of the key
-    key = cache_key("robustness", artifact.sha256, _data_key(ctx), config.model_dump(), ctx.recipe.seed, code)
-    entry = ctx.cache.load("robustness", key)
-    with ctx.steps.step(f"robustness {artifact.name}", f"robustness of {artifact.name}", cached=entry is not None):
-        if entry is None:
-            entry = robustness.measure_robustness(ctx, artifact, config)
-            ctx.cache.save("robustness", key, entry)
-    ctx.records[artifact.name]["robustness"] = entry
+    key = cache_key("robustness", artifact.sha256, ctx.data_key, config.model_dump(), ctx.recipe.seed, code)
+    ctx.records[artifact.name]["robustness"] = _cached_record(
+        ctx, "robustness", key, f"robustness {artifact.name}", f"robustness of {artifact.name}",
+        lambda: robustness.measure_robustness(ctx, artifact, config))  # fmt: skip
 
 
 def _localise_quantization_error(ctx: RunContext, artifact: Artifact) -> None:
@@ -225,19 +230,10 @@ def _localise_quantization_error(ctx: RunContext, artifact: Artifact) -> None:
         return
     parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
     code = sha256_file(Path(localise.__file__))
-    key = cache_key("layer_sqnr", artifact.sha256, parent.sha256, ctx.recipe.verify.model_dump(), _data_key(ctx), code)
-    entry = ctx.cache.load("layer_sqnr", key)
-    with ctx.steps.step(f"layer sqnr {artifact.name}", f"per-layer SQNR of {artifact.name}", cached=entry is not None):
-        if entry is None:
-            entry = {"layer_sqnr": quantize.layer_sqnr(ctx, artifact)}
-            ctx.cache.save("layer_sqnr", key, entry)
+    key = cache_key("layer_sqnr", artifact.sha256, parent.sha256, ctx.recipe.verify.model_dump(), ctx.data_key, code)
+    entry = _cached_record(ctx, "layer_sqnr", key, f"layer sqnr {artifact.name}", f"per-layer SQNR of {artifact.name}",
+                           lambda: {"layer_sqnr": quantize.layer_sqnr(ctx, artifact)})  # fmt: skip
     ctx.records[artifact.name]["layer_sqnr"] = entry["layer_sqnr"]
-
-
-def _data_key(ctx: RunContext) -> str:
-    data = ctx.recipe.data
-    file_hash = sha256_file(data.path) if data and data.path else None
-    return cache_key(data.model_dump(mode="json") if data else None, file_hash)
 
 
 def _bench_all(ctx: RunContext) -> None:
@@ -252,16 +248,14 @@ def _bench_all(ctx: RunContext) -> None:
         runs = [(target, options.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
         for target, one in runs:
             key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256())
-            record = ctx.cache.load("bench", key)
             step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
             about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
-            with ctx.steps.step(step, about, cached=record is not None):
-                if record is None:
-                    record = bench(ctx.artifact_path(artifact), target=target, options=one)
-                    ctx.cache.save("bench", key, record)
+            path = ctx.artifact_path(artifact)
+            record = _cached_record(ctx, "bench", key, step, about, lambda: bench(path, target=target, options=one))  # noqa: B023
             ctx.records[artifact.name]["bench"].append(record)
 
 
+@functools.cache
 def _runner_sha256() -> str:
     """What a benchmark measures and records is device_bench's code (runner, probes, energy proxy): a change to it
     is part of the bench cache key."""

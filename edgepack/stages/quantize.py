@@ -18,7 +18,7 @@ from pydantic import Field
 
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
-from edgepack.artifacts import Artifact, Format, Precision, sha256_file
+from edgepack.artifacts import Artifact, Format, Precision
 from edgepack.errors import DataError
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
@@ -53,10 +53,10 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
         _check_int16_kernels(ctx.artifact_path(source))  # before anything is written
     dataset, description = calibration_dataset(config, ctx)
     started = time.perf_counter()
-    calibration = calibrate(onnx.load(str(ctx.artifact_path(source))), dataset, config, batch_size(ctx.recipe),
-                            description)  # fmt: skip
+    model = onnx.load(str(ctx.artifact_path(source)))
+    calibration = calibrate(model, dataset, config, batch_size(ctx.recipe), description)
     seconds = time.perf_counter() - started
-    written = [_write_onnx(config, ctx, source, calibration, seconds)]
+    written = [_write_onnx(config, ctx, source, model, calibration, seconds)]
     if "tflite" in config.formats:
         written.append(_write_tflite(config, ctx, source, calibration, written[0]))
     if "onnx" not in config.formats:
@@ -83,15 +83,12 @@ def calibration_dataset(config: QuantizeConfig, ctx):
     return load_dataset(source, shapes, dtypes, split="train")  # digits: the train split; other sources ignore it
 
 
-def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, seconds: float) -> Artifact:
-    import onnx
-
+def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration, seconds: float):
     from converters.onnx_info import onnx_artifact
     from converters.qdq import write_qdq_model
 
     precision = Precision(config.precision)
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.onnx")
-    model = onnx.load(str(ctx.artifact_path(source)))
     weights = write_qdq_model(model, out, calibration.plan, calibration.activations,
                               unsigned_activations=config.unsigned_onnx_activations)  # fmt: skip
     artifact = onnx_artifact(ctx.run_dir, out, name=f"onnx-{precision}", stage="quantize", parent=source.name,
@@ -121,6 +118,7 @@ def _check_int16_kernels(model_path: Path) -> None:
 
 def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, onnx_twin: Artifact):
     from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from edgepack.stages.convert import tflite_artifact
 
     precision = Precision(config.precision)
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.tflite")
@@ -129,16 +127,18 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
     conversion = convert_onnx_to_tflite(ctx.artifact_path(source), out, input_shapes=shapes,
                                         quantization=FakeQuantization(ranges, bits, config.integer_io))  # fmt: skip
-    artifact = Artifact(
-        name=f"tflite-{precision}", format=Format.TFLITE, precision=precision,
-        path=str(out.relative_to(ctx.run_dir)), sha256=sha256_file(out), bytes=out.stat().st_size,
-        parent=source.name, stage="quantize", inputs=conversion.inputs, outputs=conversion.outputs,
-        op_counts=conversion.op_counts,
-        details={"conversion_seconds": round(conversion.seconds, 3), "transposes": conversion.op_counts["TRANSPOSE"],
-                 "same_calibration_as": onnx_twin.name, "activations": onnx_twin.details["activations"],
-                 "agreement_with_onnx": output_agreement(ctx, onnx_twin, out, calibration)},
-    )  # fmt: skip
-    return artifact
+    return tflite_artifact(
+        ctx,
+        out,
+        conversion,
+        name=f"tflite-{precision}",
+        precision=precision,
+        parent=source.name,
+        stage="quantize",
+        same_calibration_as=onnx_twin.name,
+        activations=onnx_twin.details["activations"],
+        agreement_with_onnx=output_agreement(ctx, onnx_twin, out, calibration),
+    )
 
 
 def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: Calibration) -> dict:

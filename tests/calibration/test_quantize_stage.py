@@ -77,6 +77,7 @@ def test_int8_tflite_is_full_integer_with_float_io(run):
     ops = tflite_a["op_counts"]
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1 and ops["DEPTHWISE_CONV_2D"] == 1
     assert tflite_a["inputs"][0]["dtype"] == "float32" and tflite_a["details"]["transposes"] == 0
+    assert tflite_a["details"]["min_runtime_version"]  # the converter's own entry, as for float files (manifest)
 
 
 def test_integer_io_feeds_the_model_through_its_own_scales(tmp_path, trained_weights):
