@@ -2,6 +2,13 @@
 
 One pass of inference in onnxruntime with the planned tensors exposed as extra outputs; only the estimators'
 statistics are kept, never the activations, so memory stays flat as the sample count grows.
+
+What that costs (MobileNetV2 at 96x96, benchmarks/calibration_cost.py): exposing the 64 planned tensors alone makes
+inference about 1.35-1.5x slower. onnxruntime runs convolutions in a blocked layout (NCHWc) and must convert every
+exposed tensor back to NCHW (64 ReorderOutput nodes instead of 1), and a Conv whose output is exposed can no longer
+absorb the residual Add after it. That is the floor for any calibration that reads the tensors. Reducing min/max
+inside the graph instead (ReduceMin/ReduceMax outputs) was tried: cheaper with one thread, slower with the default
+two, so the tensors are read in numpy.
 """
 
 from __future__ import annotations

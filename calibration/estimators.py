@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from calibration.histogram import StreamingHistogram
+from calibration.histogram import DEFAULT_SAMPLE_LIMIT, StreamingHistogram
 
 
 class RangeEstimator(Protocol):
@@ -64,10 +64,16 @@ class MovingAverageMinMaxEstimator:
 
 
 class HistogramEstimator:
-    def __init__(self, symmetric: bool = False, levels: int = 256):
+    """``sample_limit``: bin at most about this many values per batch (a seeded strided subsample; min and max stay
+    exact); None bins every value. See ``calibration.histogram`` and tests/calibration/test_collect_speed_approx.py
+    for the error this costs."""
+
+    ignore_zeros = False
+
+    def __init__(self, symmetric: bool = False, levels: int = 256, sample_limit: int | None = None, seed: int = 0):
         self.symmetric = symmetric
         self.levels = levels  # of the integer grid that ships: 256 for 8-bit, 65536 for 16-bit
-        self.histogram = StreamingHistogram()
+        self.histogram = StreamingHistogram(sample_limit=sample_limit, seed=seed, ignore_zeros=self.ignore_zeros)
 
     def observe(self, values: np.ndarray) -> None:
         self.histogram.observe(values)
@@ -104,8 +110,9 @@ class HistogramEstimator:
 class PercentileEstimator(HistogramEstimator):
     """The value below which ``percentile`` % of |x| (or of x, for non-negative tensors) lies."""
 
-    def __init__(self, percentile: float = 99.99, symmetric: bool = False):
-        super().__init__(symmetric)
+    def __init__(self, percentile: float = 99.99, symmetric: bool = False, sample_limit: int | None = None,
+                 seed: int = 0):  # fmt: skip
+        super().__init__(symmetric, sample_limit=sample_limit, seed=seed)
         self.percentile = percentile
 
     def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
@@ -119,23 +126,22 @@ class EntropyEstimator(HistogramEstimator):
     least KL divergence from the observed one, quantized to the grid that ships: 128 levels per side for a signed
     int8 tensor (as TensorRT), all 256 for a non-negative one. Candidates are every ``stride`` bins upward."""
 
-    def __init__(self, levels: int = 256, symmetric: bool = False, max_candidates: int = 512):
-        super().__init__(symmetric, levels)
-        self.max_candidates = max_candidates
+    # After a ReLU most values are exactly 0; that spike, spread over a merged level, makes every wide threshold
+    # look costly and the search clips far too much (NVIDIA's pytorch-quantization skips zeros the same way).
+    ignore_zeros = True
 
-    def observe(self, values: np.ndarray) -> None:
-        # After a ReLU most values are exactly 0; that spike, spread over a merged level, makes every wide threshold
-        # look costly and the search clips far too much (NVIDIA's pytorch-quantization skips zeros the same way).
-        values = np.asarray(values)
-        self.histogram.observe(values[values != 0])
+    def __init__(self, levels: int = 256, symmetric: bool = False, max_candidates: int = 512,
+                 sample_limit: int | None = None, seed: int = 0):  # fmt: skip
+        super().__init__(symmetric, levels, sample_limit, seed)
+        self.max_candidates = max_candidates
 
     def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
         last = int(np.flatnonzero(counts)[-1]) + 1
         if last <= levels:  # no finer than the histogram: nothing to gain from clipping (16-bit grids)
             return last * width
         stride = max(1, (last - levels) // self.max_candidates)
-        candidates = range(levels, last + 1, stride)
-        divergences = [kl_after_clipping(counts[:last], i, levels) for i in candidates]
+        candidates = np.arange(levels, last + 1, stride)
+        divergences = kl_after_clipping_all(counts[:last], candidates, levels)
         return (candidates[int(np.argmin(divergences))] + 0.5) * width
 
 
@@ -153,6 +159,54 @@ def kl_after_clipping(counts: np.ndarray, keep: int, levels: int) -> float:
     return _kl(reference, expanded)
 
 
+KL_CHUNK = 32  # candidates per step of the vectorised KL search
+
+
+def kl_after_clipping_all(counts: np.ndarray, keeps: np.ndarray, levels: int, eps: float = 1e-10) -> np.ndarray:
+    """``kl_after_clipping`` for every ``keep`` in ``keeps`` at once, from prefix sums over the bins.
+
+    Within one level Q is constant (S/n over its n non-empty bins), so a level's share of sum p log(p/q) is
+    (sum c log c - S log(S/n)) / T plus terms in log T and log sum(Q): O(levels) per candidate instead of O(bins).
+    Only the last kept bin, which P's clipped tail joins, is corrected on its own."""
+    c = counts.astype(np.float64)
+    prefix = [np.concatenate([[0.0], np.cumsum(x)]) for x in (c, _c_log_c(c), (c > 0).astype(np.float64))]
+    keeps = np.asarray(keeps)
+    # In chunks of candidates: (candidates x levels) temporaries small enough to stay in cache are several times
+    # faster than one large batch.
+    chunks = np.array_split(keeps, max(1, -(-keeps.size // KL_CHUNK)))
+    return np.concatenate([_kl_chunk(c, prefix, chunk[:, None], levels, eps) for chunk in chunks])
+
+
+def _kl_chunk(c: np.ndarray, prefix: list[np.ndarray], keeps: np.ndarray, levels: int, eps: float) -> np.ndarray:
+    total, log_total = prefix[0][-1], np.log(prefix[0][-1])
+    edges = (np.arange(levels + 1)[None, :] * keeps) // levels  # level l spans bins edges[l] .. edges[l + 1] - 1
+    sums, c_log_c, nonempty = (np.diff(cumulative[edges], axis=1) for cumulative in prefix)
+    log_q_total = np.log(np.maximum(prefix[0][keeps], eps))  # sum(Q) = sum of the kept bins
+    log_level_q = np.log(np.where(sums > 0, sums / np.maximum(nonempty, 1), 1)) - log_q_total
+    inside = (c_log_c - sums * (log_total + log_level_q)).sum(axis=1) / total
+    last_bin = c[keeps[:, 0] - 1]
+    tail = last_bin + total - prefix[0][keeps[:, 0]]  # P's last bin with everything beyond it clipped in
+    last_level_q = log_level_q[:, -1]
+    return inside - _p_log_p_over_q(last_bin, last_level_q, total) + _last_bin_term(tail, last_bin, last_level_q,
+                                                                                    total, eps)  # fmt: skip
+
+
+def _c_log_c(c: np.ndarray) -> np.ndarray:
+    return np.where(c > 0, c * np.log(np.where(c > 0, c, 1)), 0.0)
+
+
+def _p_log_p_over_q(p: np.ndarray, log_q: np.ndarray, total: float) -> np.ndarray:
+    """(p / T) log((p / T) / q) where p > 0, else 0."""
+    safe = np.where(p > 0, p, 1)
+    return np.where(p > 0, safe / total * (np.log(safe / total) - log_q), 0.0)
+
+
+def _last_bin_term(tail: np.ndarray, last_bin: np.ndarray, log_level_q: np.ndarray, total: float, eps: float):
+    """An empty last bin gets no share of Q, so its clipped tail is compared with eps (as ``_kl`` floors Q)."""
+    return np.where(last_bin > 0, _p_log_p_over_q(tail, log_level_q, total),
+                    _p_log_p_over_q(tail, np.full_like(tail, np.log(eps)), total))  # fmt: skip
+
+
 def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-10) -> float:
     p, q = p / p.sum(), q / max(q.sum(), eps)
     mask = p > 0
@@ -163,30 +217,44 @@ class MSEEstimator(HistogramEstimator):
     """The clipping bound that minimises the expected squared quantization error over the histogram: rounding
     error (step^2 / 12) for values inside, distance to the bound for values clipped."""
 
-    def __init__(self, levels: int = 256, symmetric: bool = False, candidates: int = 200):
-        super().__init__(symmetric, levels)
+    def __init__(self, levels: int = 256, symmetric: bool = False, candidates: int = 200,
+                 sample_limit: int | None = None, seed: int = 0):  # fmt: skip
+        super().__init__(symmetric, levels, sample_limit, seed)
         self.candidates = candidates
 
     def _bound(self, counts: np.ndarray, width: float, levels: int) -> float:
-        centers = (np.arange(counts.size) + 0.5) * width
         bounds = np.linspace(1.0 / self.candidates, 1.0, self.candidates) * counts.size * width
-        steps = bounds / max(levels - 1, 1)
-        clipped = np.maximum(centers[None, :] - bounds[:, None], 0.0) ** 2
-        rounding = np.where(centers[None, :] <= bounds[:, None], steps[:, None] ** 2 / 12, 0.0)
-        errors = ((clipped + rounding) * counts[None, :]).sum(axis=1)
-        return float(bounds[int(np.argmin(errors))])
+        return float(bounds[int(np.argmin(clipping_errors(counts, width, bounds, levels)))])
 
 
-def make_estimator(method: Method | str, *, symmetric: bool = False, percentile: float = 99.99,
-                   levels: int = 256) -> RangeEstimator:  # fmt: skip
-    """One estimator for one tensor. ``levels`` is 256 for 8-bit and 65536 for 16-bit quantization."""
+def clipping_errors(counts: np.ndarray, width: float, bounds: np.ndarray, levels: int) -> np.ndarray:
+    """For each bound b: sum over bins (centre x, count c) of c * (x - b)^2 where x > b, else c * step^2 / 12.
+    The clipped part is sum(c x^2) - 2 b sum(c x) + b^2 sum(c) over the bins past b, read from suffix sums."""
+    centers = (np.arange(counts.size) + 0.5) * width
+    weighted = counts.astype(np.float64)
+    suffix = [np.concatenate([np.cumsum(x[::-1])[::-1], [0.0]]) for x in (weighted, weighted * centers,
+                                                                          weighted * centers**2)]  # fmt: skip
+    first_clipped = np.searchsorted(centers, bounds, side="right")  # bins whose centre exceeds the bound
+    count, first, second = (s[first_clipped] for s in suffix)
+    clipped = second - 2 * bounds * first + bounds**2 * count
+    steps = bounds / max(levels - 1, 1)
+    return np.maximum(clipped, 0.0) + (suffix[0][0] - count) * steps**2 / 12
+
+
+def make_estimator(method: Method | str, *, symmetric: bool = False, percentile: float = 99.99, levels: int = 256,
+                   sampled: bool = True, seed: int = 0) -> RangeEstimator:  # fmt: skip
+    """One estimator for one tensor. ``levels`` is 256 for 8-bit and 65536 for 16-bit quantization. ``sampled``:
+    percentile and mse bin a subsample of large batches (``DEFAULT_SAMPLE_LIMIT`` values, drawn with ``seed``).
+    Entropy always bins every value: its KL search reads the histogram's sparse fine structure, and subsampling
+    moved its clip by up to 25% on the digits conv net (percentile and mse by under 5%)."""
     method = Method(method)
+    limit = DEFAULT_SAMPLE_LIMIT if sampled else None
     if method == Method.MINMAX:
         return MinMaxEstimator()
     if method == Method.MOVING_AVERAGE:
         return MovingAverageMinMaxEstimator()
     if method == Method.PERCENTILE:
-        return PercentileEstimator(percentile, symmetric)
+        return PercentileEstimator(percentile, symmetric, sample_limit=limit, seed=seed)
     if method == Method.ENTROPY:
         return EntropyEstimator(levels=levels, symmetric=symmetric)
-    return MSEEstimator(levels=levels, symmetric=symmetric)
+    return MSEEstimator(levels=levels, symmetric=symmetric, sample_limit=limit, seed=seed)

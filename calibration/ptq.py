@@ -35,6 +35,13 @@ class QuantScheme(BaseModel):
     symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
     samples: int = Field(256, gt=0, description="Calibration samples used (the first N of the data).")
     skip_nodes: list[str] = Field([], description="ONNX node names kept in float (mixed precision).")
+    per_channel_weights: bool = Field(True, description="One int8 scale per output channel of each weight (max|w| / "
+                                      "127 per channel); false: one scale per weight tensor.")  # fmt: skip
+    cross_layer_equalization: bool = Field(False, description="Before calibrating, rescale the channels of "
+        "Conv/Gemm -> ReLU -> Conv/Gemm pairs so their weight ranges match (Nagel et al. 2019); the float model "
+        "keeps its function and is written as an artifact of its own (onnx-fp32-equalized).")  # fmt: skip
+    bias_correction: bool = Field(False, description="After calibrating, subtract from each quantized Conv/Gemm "
+        "bias the mean output error its int8 weights cause on the calibration data (Nagel et al. 2019).")  # fmt: skip
 
     @property
     def activation_dtype(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
 from converters.tflite_patch import widen_16x8_biases
+from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 from edgepack.artifacts import TensorSpec, write_bytes_atomic
 from edgepack.errors import StageError
 
@@ -23,12 +24,13 @@ class FakeQuantization:
 
     The ranges must be the representable ranges of edgepack's parameters (``QuantParams.representable_range``),
     from which TensorFlow recomputes exactly edgepack's scale and zero point. Weights are left to the converter,
-    whose per-channel symmetric int8 (max|w| / 127) is edgepack's own rule for weights.
+    whose per-channel (or, asked, per-tensor) symmetric int8 (max|w| / 127) is edgepack's own rule for weights.
     """
 
     ranges: dict[str, tuple[float, float]]
     bits: int = 8  # 8: full int8; 16: 16-bit activations with int8 weights (16x8)
     integer_io: bool = False  # int8/int16 model inputs and outputs instead of float ones
+    per_channel_weights: bool = True  # False: one scale per weight tensor, as calibration.params.weight_params(w, None)
 
 
 @dataclass
@@ -58,8 +60,14 @@ def convert_onnx_to_tflite(
     fake_quant = None
     if quantization is not None:
         fake_quant = {name: (lo, hi, quantization.bits) for name, (lo, hi) in quantization.ranges.items()}
-    lowered = lower_to_tf(prepare_model(Path(onnx_path), input_shapes), fake_quant)
+    prepared = prepare_model(Path(onnx_path), input_shapes)
+    per_tensor = quantization is not None and not quantization.per_channel_weights
+    if per_tensor:
+        snap_weights_to_tensor_grid(prepared.graph, prepared.constants)
+    lowered = lower_to_tf(prepared, fake_quant)
     tflite_bytes = run_tflite_converter(lowered, Path(onnx_path), quantization)
+    if per_tensor:
+        tflite_bytes = per_tensor_weights(tflite_bytes)
     if quantization is not None and quantization.bits == 16:
         tflite_bytes = widen_16x8_biases(tflite_bytes)
     record = {"inputs": dump_specs(lowered.inputs), "outputs": dump_specs(lowered.outputs)}
@@ -106,3 +114,30 @@ def configure_integer_conversion(converter, quantization: FakeQuantization) -> N
 
 def dump_specs(specs: list[TensorSpec]) -> list[dict]:
     return [spec.model_dump(include={"name", "tensor_name", "layout", "perm_from_onnx"}) for spec in specs]
+
+
+# ONNX ops whose TFLite int8 kernel the converter gives its input's grid when no fake-quant says otherwise: a float
+# island cannot start at one of these (the converter would quantize it with a grid edgepack never computed).
+INPUT_GRID_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceMax", "Concat", "Pad", "Resize", "Max",
+                  "Min", "Relu", "Clip", "LeakyRelu", "DepthToSpace", "SpaceToDepth", "Split"}  # fmt: skip
+
+
+def foreign_activation_grids(tflite_path: Path, grids: set[tuple[float, int]]) -> list[str]:
+    """The TFLite tensors whose per-tensor integer grid (scale, zero point) is not one of ``grids``: any such
+    tensor's range was chosen by the converter, not by edgepack."""
+    import numpy as np
+
+    from converters.runtime import load_tflite_interpreter
+
+    interpreter, _, _ = load_tflite_interpreter(tflite_path, default_delegates=False)
+    # _get_ops_details is private, but it is the interpreter's only way to say which tensors ops write.
+    written = {int(i) for op in interpreter._get_ops_details() for i in op["outputs"]}
+    written |= {d["index"] for d in interpreter.get_input_details()}
+    foreign = []
+    for detail in interpreter.get_tensor_details():
+        scales, zero_points = (detail["quantization_parameters"][k] for k in ("scales", "zero_points"))
+        if detail["index"] not in written or detail["dtype"] not in (np.int8, np.int16) or len(scales) != 1:
+            continue  # weights and biases (constants: no op writes them) and float tensors
+        if not any(np.isclose(scales[0], s, rtol=1e-6, atol=0) and zero_points[0] == z for s, z in grids):
+            foreign.append(detail["name"])
+    return foreign

@@ -1,6 +1,6 @@
 """Write an ONNX QDQ model from edgepack's plan and parameters (never onnxruntime's own calibration).
 
-Weights become int8 initializers with a DequantizeLinear (per output channel); biases int32 with scale
+Weights become int8 initializers with a DequantizeLinear (per output channel, or per tensor); biases int32, scale
 input_scale x weight_scale, as both onnxruntime's and TFLite's integer kernels expect; each planned activation T
 becomes producer -> T_float -> QuantizeLinear -> DequantizeLinear -> T, so consumers and graph outputs keep
 their names.
@@ -28,35 +28,47 @@ def write_qdq_model(
     activations: dict[str, QuantParams],
     *,
     unsigned_activations: bool = True,
+    per_channel_weights: bool = True,
 ) -> dict[str, QuantParams]:
-    """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``)."""
+    """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``).
+
+    ``per_channel_weights=False``: one symmetric scale per weight tensor (max|w| / 127), as the TFLite file gets."""
+    quantized, weights = build_qdq_model(model, plan, activations, unsigned_activations=unsigned_activations,
+                                         per_channel_weights=per_channel_weights)  # fmt: skip
+    with atomic_path(Path(out_path)) as tmp:
+        onnx.save(quantized, str(tmp))
+    return weights
+
+
+def build_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, QuantParams], *,
+                    unsigned_activations: bool = True,
+                    per_channel_weights: bool = True) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
+    """The QDQ model in memory (the sensitivity search builds many) and every weight's parameters."""
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
     graph = quantized.graph
-    weights = _quantize_weights(graph, plan)
+    weights = _quantize_weights(graph, plan, per_channel_weights)
     _quantize_biases(graph, plan, activations, weights)
     for tensor, params in activations.items():
         _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
     if any(p.dtype == "int16" for p in activations.values()):
         _raise_opset(quantized, INT16_QDQ_OPSET)
     onnx.checker.check_model(quantized)
-    with atomic_path(Path(out_path)) as tmp:
-        onnx.save(quantized, str(tmp))
-    return weights
+    return quantized, weights
 
 
 def _onnx_grid(params: QuantParams, unsigned: bool) -> QuantParams:
     return params.as_unsigned() if unsigned and params.dtype == "int8" and not params.narrow else params
 
 
-def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan) -> dict[str, QuantParams]:
+def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan, per_channel: bool) -> dict[str, QuantParams]:
     initializers = {t.name: t for t in graph.initializer}
     done: dict[str, QuantParams] = {}
     for weight in plan.weights:
         if weight.initializer in done:
             continue
         values = numpy_helper.to_array(initializers[weight.initializer])
-        params = weight_params(values, weight.axis)
+        params = weight_params(values, weight.axis if per_channel else None)
         _replace_with_dequantized(graph, weight.initializer, params.quantize(values), params)
         done[weight.initializer] = params
     return done

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.ptq import QuantScheme, calibrate
@@ -16,20 +13,6 @@ from converters.qdq import write_qdq_model
 from converters.runtime import OnnxSession
 from converters.verify import predict
 from edgepack.errors import DataError
-from tests import models
-
-
-@pytest.fixture(scope="module")
-def digits_onnx(tmp_path_factory, trained_weights) -> onnx.ModelProto:
-    """The digits-trained conv net, exported the legacy way (BatchNorm folded into the convs)."""
-    model = models.conv_net()
-    model.load_state_dict(torch.load(trained_weights("conv_net"), weights_only=True))
-    path = tmp_path_factory.mktemp("ptq") / "conv_net.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["logits"])  # fmt: skip
-    return onnx.load(str(path))
 
 
 def test_plan_follows_tflite_fusions():

@@ -1,0 +1,299 @@
+"""Sensitivity analysis and mixed precision: which layers cost the most to quantize, and which to keep high.
+
+A *layer* is one calibrated point of the plan: the node that computes a calibrated activation (the Conv of a fused
+Conv+Relu), its weights, and every tensor that shares its grid (a max pool or flatten after it).
+
+Sensitivity quantizes one layer at a time, everything else float. Skipping one layer at a time (everything else
+int8) costs the same, one model per layer, but tells less: when two layers are both bad, skipping either alone
+recovers little, so both look harmless, while quantizing each alone shows each one's own cost. Interactions are
+not ignored: the greedy search measures every mixed model it considers, with everything else quantized.
+
+Every candidate is an ONNX QDQ model built in memory from the ONE calibration (ranges never change: a layer kept at
+int16 gets the int16 grid of its calibrated range) and run in onnxruntime. The metric is the top-1 drop in
+percentage points against the float model in the same runtime when the data has labels, else the SQNR of the
+outputs. The search runs on the data it is given (the stage passes the evaluation data, as the accuracy target is
+stated on it), so the drop it reports is measured, not predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field
+
+from calibration.localise import SqnrSums
+from calibration.params import activation_params
+from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
+from calibration.ptq import Calibration
+from calibration.sources import ArrayDataset
+
+
+class HighPrecision(StrEnum):
+    INT16 = "int16"  # the layer's activations on the int16 grid of the same range, weights int8 (ONNX only)
+    FLOAT = "float"  # the layer's activations and weights stay float
+
+
+class AccuracyTarget(BaseModel):
+    """What mixed precision must reach; layers are kept at a higher precision, most sensitive first, until it does."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_accuracy_drop_pp: float = Field(0.5, ge=0, description="Largest top-1 drop against float, in percentage "
+                                        "points, measured on the evaluation data (needs labels).")  # fmt: skip
+    min_output_sqnr_db: float = Field(30.0, description="Used instead when the data has no labels: smallest SQNR "
+                                      "of the outputs against float, in dB.")  # fmt: skip
+    samples: int | None = Field(None, gt=0, description="Search on the first N evaluation samples only (default: "
+                                "all); each layer costs one pass over them in onnxruntime.")  # fmt: skip
+
+
+@dataclass
+class Layer:
+    name: str  # the computing node (the Conv of a fused Conv+Relu)
+    op: str
+    activation: str  # its calibrated output
+    tensors: list[str]  # the activation and every tensor sharing its grid
+    weights: list[str]  # its weight initializers
+    reads: str | None  # the data input of the computing node
+
+
+@dataclass
+class Score:
+    output_sqnr_db: float
+    top1_drop_pp: float | None = None  # None without labels
+
+    def as_json(self) -> dict:
+        return {"top1_drop_pp": _rounded(self.top1_drop_pp), "output_sqnr_db": _rounded(self.output_sqnr_db)}
+
+
+@dataclass
+class LayerCost:
+    layer: Layer
+    score: Score  # with only this layer quantized
+
+
+@dataclass
+class MixedPrecision:
+    """The outcome of the search: ``kept`` are the layers at ``high`` precision in the ONNX file."""
+
+    target: AccuracyTarget
+    ranking: list[LayerCost]
+    high: HighPrecision
+    kept: list[Layer]
+    steps: list[tuple[list[str], Score]]  # (layers kept high, measured score), the all-quantized model first
+    samples: int
+    met: bool = False
+    tflite_float: dict[str, str] = field(default_factory=dict)  # layer -> why it is float in TFLite
+
+
+def plan_layers(model: onnx.ModelProto, plan: QuantPlan) -> list[Layer]:
+    """Every calibrated activation computed by a node, as a layer, in graph order."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    quantized = set(plan.quantized_tensors())
+    layers = []
+    for tensor in plan.activations:
+        if tensor not in producers:
+            continue  # a graph input: quantizing it belongs to its consumers
+        node = _computing_node(producers[tensor], producers, quantized)
+        nodes = {node.name, producers[tensor].name}
+        layers.append(Layer(name=node.name or tensor, op=node.op_type, activation=tensor,
+                            tensors=[tensor, *(t for t, source in plan.shared.items() if source == tensor)],
+                            weights=[w.initializer for w in plan.weights if w.node in nodes],
+                            reads=node.input[0] if node.input else None))  # fmt: skip
+    return layers
+
+
+def _computing_node(node: onnx.NodeProto, producers: dict, quantized: set[str]) -> onnx.NodeProto:
+    """A Relu/Clip whose input is a Conv/Gemm/... output fused away (not quantized) is that node's activation."""
+    source = producers.get(node.input[0]) if node.input else None
+    fused = node.op_type in FUSED_ACTIVATIONS and source is not None and source.op_type in FUSING_PRODUCERS
+    return source if fused and node.input[0] not in quantized else node
+
+
+def only_layer(calibration: Calibration, layer: Layer) -> Calibration:
+    """The calibration restricted to one layer: its weights and output quantized, everything else float."""
+    plan = calibration.plan
+    only = QuantPlan(activations=[layer.activation], shared={t: layer.activation for t in layer.tensors[1:]},
+                     weights=[w for w in plan.weights if w.initializer in layer.weights],
+                     biases=[b for b in plan.biases if b.weight in layer.weights])  # fmt: skip
+    return replace(calibration, plan=only, activations={t: calibration.activations[t] for t in layer.tensors})
+
+
+def with_layers_high(calibration: Calibration, layers: list[Layer], high: HighPrecision) -> Calibration:
+    """The same calibration, ``layers`` at int16 (their calibrated ranges on the int16 grid) or float."""
+    tensors = {t for layer in layers for t in layer.tensors}
+    if high == HighPrecision.INT16:
+        activations = dict(calibration.activations)
+        for layer in layers:
+            params = activation_params(*calibration.ranges[layer.activation], "int16")
+            activations |= {t: params for t in layer.tensors}
+        return replace(calibration, activations=activations)
+    return without_tensors(calibration, tensors, {w for layer in layers for w in layer.weights})
+
+
+def without_tensors(calibration: Calibration, tensors: set[str], weights: set[str] = frozenset()) -> Calibration:
+    """The calibration with ``tensors`` (and the ``weights``, with their biases) left float."""
+    plan = calibration.plan
+    kept = QuantPlan(activations=[t for t in plan.activations if t not in tensors],
+                     shared={t: s for t, s in plan.shared.items() if t not in tensors},
+                     fixed={t: op for t, op in plan.fixed.items() if t not in tensors},
+                     weights=[w for w in plan.weights if w.initializer not in weights],
+                     biases=[b for b in plan.biases if b.weight not in weights])  # fmt: skip
+    activations = {t: p for t, p in calibration.activations.items() if t not in tensors}
+    return replace(calibration, plan=kept, activations=activations)
+
+
+class RuntimeScorer:
+    """Scores quantized candidates against the float model, both run in onnxruntime on the same samples."""
+
+    def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, batch_size: int, *,
+                 unsigned_activations: bool = True, per_channel_weights: bool = True):  # fmt: skip
+        self.model, self.dataset, self.batch_size = float_model, dataset, batch_size
+        self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
+        self.reference = self.outputs(float_model)
+        self.output = float_model.graph.output[0].name
+        self.float_top1 = None if dataset.labels is None else self._top1(self.reference)
+
+    def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        from converters.verify import pad_batch
+
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names, parts = [o.name for o in session.get_outputs()], []
+        for batch in self.dataset.batches(self.batch_size):
+            count = len(next(iter(batch.values())))
+            parts.append([v[:count] for v in session.run(names, pad_batch(batch, self.batch_size))])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    def score(self, calibration: Calibration) -> Score:
+        from converters.qdq import build_qdq_model
+
+        model, _ = build_qdq_model(self.model, calibration.plan, calibration.activations, **self.writer_options)
+        return self.score_outputs(self.outputs(model))
+
+    def score_outputs(self, outputs: dict[str, np.ndarray]) -> Score:
+        sqnr = output_sqnr_db(self.reference, outputs)
+        if self.float_top1 is None:
+            return Score(sqnr)
+        return Score(sqnr, (self.float_top1 - self._top1(outputs)) * 100)
+
+    def _top1(self, outputs: dict[str, np.ndarray]) -> float:
+        return float(np.mean(outputs[self.output].reshape(len(self.dataset), -1).argmax(1) == self.dataset.labels))
+
+
+def output_sqnr_db(reference: dict[str, np.ndarray], measured: dict[str, np.ndarray]) -> float:
+    """SQNR over every output together: 10 log10(sum reference^2 / sum error^2), as calibration/localise.py's."""
+    sums = SqnrSums()
+    for name, values in reference.items():
+        sums.add(values, measured[name])
+    return sums.sqnr_db()
+
+
+def rank_layers(calibration: Calibration, layers: list[Layer], scorer: RuntimeScorer) -> list[LayerCost]:
+    """Most costly first: by top-1 drop when there are labels (ties broken by output SQNR), else by SQNR."""
+    costs = [LayerCost(layer, scorer.score(only_layer(calibration, layer))) for layer in layers]
+    return sorted(costs, key=lambda c: (-(c.score.top1_drop_pp or 0.0), c.score.output_sqnr_db))
+
+
+def meets(score: Score, target: AccuracyTarget) -> bool:
+    if score.top1_drop_pp is not None:
+        return score.top1_drop_pp <= target.max_accuracy_drop_pp + 1e-9
+    return score.output_sqnr_db >= target.min_output_sqnr_db
+
+
+def search_mixed_precision(calibration: Calibration, scorer: RuntimeScorer, target: AccuracyTarget) -> MixedPrecision:
+    """Rank the layers, then keep the most sensitive at a higher precision, one more at a time, until the measured
+    score meets ``target`` (or every layer is kept high: then ``met`` says it was missed)."""
+    layers = plan_layers(scorer.model, calibration.plan)
+    high = HighPrecision.INT16 if calibration.scheme.activation_dtype == "int8" else HighPrecision.FLOAT
+    result = MixedPrecision(target, rank_layers(calibration, layers, scorer), high, [], [], len(scorer.dataset))
+    score = scorer.score(calibration)
+    result.steps.append(([], score))
+    for cost in result.ranking:
+        if meets(score, target):
+            break
+        result.kept.append(cost.layer)
+        score = scorer.score(with_layers_high(calibration, result.kept, high))
+        result.steps.append(([layer.name for layer in result.kept], score))
+    result.met = meets(score, target)
+    result.tflite_float = tflite_float_layers(layers, result.kept)
+    return result
+
+
+def tflite_float_layers(layers: list[Layer], kept: list[Layer]) -> dict[str, str]:
+    """Layer -> why it is float in the TFLite file. A TFLite file cannot mix int8 and int16, so a layer kept high
+    is float there; and where the converter gives an op its input's grid (a mean, a pad, ...), a float output needs
+    a float input too, or the converter would invent that output's grid: the layer feeding it is float as well."""
+    from converters.onnx_to_tflite import INPUT_GRID_OPS
+
+    owner = {t: layer for layer in layers for t in layer.tensors}
+    reasons = {layer.name: "kept high; TFLite cannot mix int8 and int16 in one file" for layer in kept}
+    pending = list(kept)
+    while pending:
+        layer = pending.pop()
+        feeder = owner.get(layer.reads)
+        if layer.op in INPUT_GRID_OPS and feeder is not None and feeder.name not in reasons:
+            reasons[feeder.name] = f"feeds {layer.name} ({layer.op}), to which the converter gives its input's grid"
+            pending.append(feeder)
+    return reasons
+
+
+def tflite_float_tensors(layers: list[Layer], float_layers: dict[str, str]) -> set[str]:
+    return {t for layer in layers if layer.name in float_layers for t in layer.tensors}
+
+
+def sensitivity_record(result: MixedPrecision, artifact: str) -> dict:
+    """results.json's ``sensitivity`` (edgepack/results_format.py ``Sensitivity``)."""
+    labelled = result.steps[0][1].top1_drop_pp is not None
+    metric = "top-1 drop" if labelled else "output SQNR"
+    return {
+        "artifact": artifact,
+        "metric": f"{metric} with only this layer quantized ({result.samples} samples, onnxruntime)",
+        "unit": "pp" if labelled else "dB",
+        "higher_is_worse": labelled,
+        "layers": [{"layer": c.layer.name, "value": _rounded(_value(c.score))} for c in result.ranking],
+    }
+
+
+def mixed_precision_record(result: MixedPrecision, file_format: str, measured: Score | None = None) -> dict:
+    """What one artifact's details say: which layers are kept high, at what precision, why; and the outcome."""
+    costs = {c.layer.name: c.score for c in result.ranking}
+    rank = {c.layer.name: i + 1 for i, c in enumerate(result.ranking)}
+    kept = [layer.name for layer in result.kept]
+    names = kept + [n for n in result.tflite_float if n not in kept]  # TFLite may need more float: listed in both
+    layers = [_layer_entry(n, rank[n], costs[n], result, file_format) for n in names]
+    return {
+        "target": result.target.model_dump(),
+        "target_met": result.met if measured is None else meets(measured, result.target),
+        "searched_in": "onnxruntime, ONNX QDQ candidates built in memory from the one calibration",
+        "samples": result.samples,
+        "layers": layers,
+        "steps": [{"kept_high": names_, **score.as_json()} for names_, score in result.steps],
+        "measured": (measured or result.steps[-1][1]).as_json(),
+    }
+
+
+def _layer_entry(name: str, rank: int, cost: Score, result: MixedPrecision, file_format: str) -> dict:
+    onnx_precision = str(result.high) if name in {layer.name for layer in result.kept} else "int8"
+    tflite_precision = "float" if name in result.tflite_float else "int8"
+    why = f"rank {rank}: {_describe(cost)} with only this layer quantized"
+    if name in result.tflite_float:
+        why += f"; float in TFLite: {result.tflite_float[name]}"
+    return {"layer": name, "precision": onnx_precision if file_format == "onnx" else tflite_precision,
+            "onnx": onnx_precision, "tflite": tflite_precision, "why": why, **cost.as_json()}  # fmt: skip
+
+
+def _describe(score: Score) -> str:
+    if score.top1_drop_pp is None:
+        return f"output SQNR {score.output_sqnr_db:.1f} dB"
+    return f"top-1 drop {score.top1_drop_pp:.2f} pp (output SQNR {score.output_sqnr_db:.1f} dB)"
+
+
+def _value(score: Score) -> float:
+    return score.top1_drop_pp if score.top1_drop_pp is not None else score.output_sqnr_db
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
