@@ -133,11 +133,23 @@ def convert(
     calib: Annotated[
         Path | None, typer.Option(help="Calibration data for int8/int16x8: a .npz, one array per input.")
     ] = None,
+    per_tensor_weights: Annotated[bool, typer.Option(help="One int8 scale per weight tensor.")] = False,
+    equalize: Annotated[bool, typer.Option(help="Cross-layer equalization before calibrating.")] = False,
+    bias_correction: Annotated[bool, typer.Option(help="Correct biases for the int8 weights' mean error.")] = False,
+    min_output_sqnr: Annotated[
+        float | None, typer.Option(help="Mixed precision: keep sensitive layers high until the output SQNR is this.")
+    ] = None,
 ):
     """Convert one file directly, verified against the source in both runtimes, without a recipe."""
     from edgepack.convert_file import convert_file
 
-    result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision, calib=calib)
+    flags = {"per_channel_weights": (per_tensor_weights, False), "cross_layer_equalization": (equalize, True),
+             "bias_correction": (bias_correction, True)}  # fmt: skip
+    options = {field: value for field, (given, value) in flags.items() if given}
+    if min_output_sqnr is not None:
+        options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}
+    result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision,
+                          calib=calib, quant_options=options)  # fmt: skip
     check = (
         f"<= tolerance {result['tolerance']:.2e}"
         if result["tolerance"] is not None
@@ -190,6 +202,31 @@ def gate(
     flags = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": max_latency_ms, "max_bytes": max_bytes}
     flags |= {"latency_statistic": latency_statistic, "target": target, "artifacts": artifact or None}
     _finish_gate(check_run(run_dir, flags))
+
+
+@app.command()
+def stages(name: Annotated[str | None, typer.Argument(help="A stage to describe; all stages when omitted.")] = None):
+    """List the stages a recipe can name, or one stage's settings (key, default, what it does)."""
+    from edgepack.stages import STAGES, get_stage
+
+    if name is None:
+        for entry in STAGES.values():
+            out.print(f"{entry.name:<10} {_first_sentence(sys.modules[entry.run.__module__].__doc__)}", soft_wrap=True)
+        return
+    entry = get_stage(name)
+    for key, field in entry.config_class.model_fields.items():
+        if key != "stage":
+            default = (
+                ""
+                if field.is_required()
+                else f" (default {json.dumps(field.get_default(call_default_factory=True), default=str)})"
+            )
+            out.print(f"{key}{default}\n    {field.description}")
+
+
+def _first_sentence(doc: str | None) -> str:
+    paragraph = " ".join((doc or "").split("\n\n")[0].split())
+    return paragraph.partition(": ")[2].split(". ")[0].rstrip(".") if ": " in paragraph else paragraph
 
 
 def _finish_gate(outcome: dict) -> None:

@@ -33,15 +33,19 @@ PRECISIONS = ("fp32", "int8", "int16x8")
 
 
 def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], precision: str = "fp32",
-                 calib: Path | None = None) -> dict:  # fmt: skip
-    """Convert (and with ``precision`` int8/int16x8, quantize from ``calib``) one file; verified like a packed one."""
+                 calib: Path | None = None, quant_options: dict | None = None) -> dict:  # fmt: skip
+    """Convert (and with ``precision`` int8/int16x8, quantize from ``calib``) one file; verified like a packed one.
+
+    ``quant_options``: more quantize-stage fields (per_channel_weights, cross_layer_equalization, bias_correction)."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
     _check_precision(precision, calib)
+    if quant_options and precision == "fp32":
+        raise UserError(f"{', '.join(quant_options)} only apply to --precision int8 or int16x8, not fp32")
     model_format = _source_format(Path(model), to, precision)
     recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes))
     if precision != "fp32":
-        recipe = _quantizing(recipe, to, precision, Path(calib).resolve())
+        recipe = _quantizing(recipe, to, precision, Path(calib).resolve(), quant_options or {})
     from edgepack.pipeline import pack
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
@@ -70,14 +74,15 @@ def _check_precision(precision: str, calib: Path | None) -> None:
         raise UserError("--calib is only used with --precision int8 or int16x8")
 
 
-def _quantizing(recipe: Recipe, to: str, precision: str, calib: Path) -> Recipe:
+def _quantizing(recipe: Recipe, to: str, precision: str, calib: Path, options: dict) -> Recipe:
     """Replace a float 'convert' by a quantize stage writing only the requested format from ``calib``.
 
     The calibration file also gives the verification samples: random inputs lie outside the ranges an integer
     file was calibrated for, so their error would measure clipping, not the file. Only agreement with the source
     is claimed (task 'other': no accuracy on samples calibration saw)."""
     stages = [s.model_dump() for s in recipe.stages if s.stage == "export"]
-    stages.append({"stage": "quantize", "precision": precision, "calibration_data": str(calib), "formats": [to]})
+    stages.append({"stage": "quantize", "precision": precision, "calibration_data": str(calib), "formats": [to]}
+                  | options)  # fmt: skip
     data = {"source": "npz", "path": str(calib)}
     return Recipe.model_validate(recipe.model_dump() | {"stages": stages, "data": data})
 

@@ -32,3 +32,32 @@ def _random_input(rng: np.random.Generator, shape: list[int], dtype: str) -> np.
     if dtype == "float32":
         return rng.standard_normal(shape).astype(np.float32)
     return rng.integers(0, 2, size=shape).astype(dtype)  # token-like ids; always valid indices
+
+
+def stage_dataset(recipe: Recipe, source, *, stage: str, key: str, labels: bool = False) -> tuple[ArrayDataset, str]:
+    """Data a stage learns from (calibration, fine-tuning): a .npz path or a data source block named by the stage's
+    ``key``; by default the train split of the recipe's digits data. Never the evaluation data otherwise: accuracy is
+    measured on samples the stage never saw."""
+    from pathlib import Path
+
+    from calibration.data_config import DataConfig
+    from edgepack.errors import DataError
+
+    if isinstance(source, Path):
+        source = DataConfig(source="npz", path=source)
+    if source is None and recipe.data is not None and recipe.data.source == "digits":
+        source = recipe.data
+    if source is None:
+        raise DataError(
+            f"the {stage} stage needs '{key}' (a .npz path or a data source block), separate from the evaluation "
+            "data so that accuracy is measured on samples it never saw"
+        )
+    inputs = recipe.model.inputs
+    shapes, dtypes = {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}
+    dataset, description = load_dataset(source, shapes, dtypes, split="train")  # digits: train; others ignore it
+    if labels and dataset.labels is None:
+        raise DataError(
+            f"the {stage} stage trains on {description}, which has no labels; add an integer 'labels' array to the "
+            ".npz (one per sample), or use a labelled source"
+        )
+    return dataset, description

@@ -44,6 +44,18 @@ class UnsupportedOperatorError(UserError):
         super().__init__(message)
 
 
+class PruningError(UserError):
+    """A pruning setting (sparsity, ratio, layer name) or model that pruning cannot handle; says what to change."""
+
+
+class LowRankError(UserError):
+    """A low-rank setting (rank, energy, layer name or kind, saved structure) that does not fit the model."""
+
+
+class FinetuneError(UserError):
+    """A fine-tuning setting (teacher, feature-matching layers and their shapes) that does not fit the models."""
+
+
 class StageError(EdgepackError):
     """A tool failed inside a stage; the stage is named and the cause chained."""
 

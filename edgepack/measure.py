@@ -8,7 +8,7 @@ from calibration.sources import ArrayDataset
 from converters.verify import Verification, pad_batch, predict, verify_session
 from edgepack.artifacts import Artifact, Format, Precision
 from edgepack.errors import VerificationError
-from edgepack.loading import LoadedModel, run_torch
+from edgepack.loading import run_torch
 from edgepack.recipe import ModelFormat, Recipe, Task
 
 TORCH_BATCH = 256  # torch runs the whole set in large batches; the artifacts run at their exported batch size
@@ -18,13 +18,13 @@ def batch_size(recipe: Recipe) -> int:
     return recipe.model.inputs[0].shape[0]
 
 
-def torch_outputs(loaded: LoadedModel, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+def torch_outputs(module, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np.ndarray]:
     # Traced and exported programs are specialised to the shapes they were made with: feed them the recipe's batch.
-    size = TORCH_BATCH if loaded.format == ModelFormat.TORCH else batch_size(recipe)
+    size = TORCH_BATCH if recipe.model.format == ModelFormat.TORCH else batch_size(recipe)
     parts = []
     for batch in dataset.batches(size):
         count = len(next(iter(batch.values())))
-        outputs = run_torch(loaded.module, pad_batch(batch, size) if size != TORCH_BATCH else batch, recipe.model)
+        outputs = run_torch(module, pad_batch(batch, size) if size != TORCH_BATCH else batch, recipe.model)
         parts.append({name: value[:count] for name, value in outputs.items()})
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
@@ -32,7 +32,9 @@ def torch_outputs(loaded: LoadedModel, recipe: Recipe, dataset: ArrayDataset) ->
 def artifact_outputs(ctx, artifact: Artifact, dataset: ArrayDataset) -> dict[str, np.ndarray]:
     """Outputs of any artifact on a dataset, in the runtime that ships it (torch for the source module)."""
     if artifact.format == Format.TORCH:
-        return torch_outputs(ctx.loaded, ctx.recipe, dataset)
+        from edgepack.torch_artifacts import module_of
+
+        return torch_outputs(module_of(ctx, artifact), ctx.recipe, dataset)
     return predict(ctx.open_session(artifact), dataset, batch_size(ctx.recipe))
 
 
@@ -43,7 +45,7 @@ def verify_artifact(ctx, artifact: Artifact) -> Verification:
     verification = verify_session(
         ctx.open_session(artifact),
         ctx.verify_data,
-        ctx.reference,
+        ctx.reference_outputs(ctx.reference_artifact(artifact)),
         batch_size=batch_size(recipe),
         relative_tolerance=recipe.verify.float_tolerance if is_float else None,
         classifier=recipe.task == Task.CLASSIFICATION,
@@ -83,3 +85,29 @@ def runtime_name(ctx, artifact: Artifact) -> str:
         return f"torch {torch.__version__}"
     session = ctx.open_session(artifact)
     return f"{session.runtime} {session.version}"
+
+
+def descends_from(ctx, artifact: Artifact, stage: str) -> bool:
+    """Whether ``artifact`` or one of its ancestors was written by ``stage``."""
+    by_name = {a.name: a for a in ctx.artifacts}
+    current = artifact
+    while current is not None:
+        if current.stage == stage:
+            return True
+        current = by_name.get(current.parent) if current.parent else None
+    return False
+
+
+def weight_sparsity(ctx, artifact: Artifact) -> list[dict]:
+    """Fraction of zero weights of every Conv/Linear layer: from the module for torch, else read from the file."""
+    from converters.sparsity import layer_sparsity, onnx_weight_sparsity, tflite_weight_sparsity
+
+    if artifact.format == Format.ONNX:
+        return onnx_weight_sparsity(ctx.artifact_path(artifact))
+    if artifact.format == Format.TFLITE:
+        return tflite_weight_sparsity(ctx.artifact_path(artifact))
+    from edgepack.pruning import prunable_layers
+    from edgepack.torch_artifacts import module_of
+
+    layers = prunable_layers(module_of(ctx, artifact))
+    return [layer_sparsity(name, layer.weight.detach().numpy()) for name, layer in layers.items()]

@@ -39,11 +39,26 @@ class RunContext:
     verify_data: ArrayDataset
     artifacts: list[Artifact] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)  # artifact name -> measured figures
+    torch_modules: dict[str, object] = field(default_factory=dict)  # torch artifact name -> module (made or rebuilt)
     _sessions: dict[str, object] = field(default_factory=dict)
+    _references: dict[str, dict] = field(default_factory=dict)
 
     @cached_property
     def reference(self) -> dict[str, np.ndarray]:
-        return measure.artifact_outputs(self, self.artifacts[0], self.verify_data)
+        """The source model's outputs on the verification samples."""
+        return self.reference_outputs(self.artifacts[0])
+
+    def reference_artifact(self, artifact: Artifact) -> Artifact:
+        """What an artifact is verified against: the torch model it was exported from (the pruned or fine-tuned
+        one after compression stages), else the source."""
+        from edgepack.torch_artifacts import nearest_torch_ancestor
+
+        return nearest_torch_ancestor(self, artifact) or self.artifacts[0]
+
+    def reference_outputs(self, artifact: Artifact) -> dict[str, np.ndarray]:
+        if artifact.name not in self._references:
+            self._references[artifact.name] = measure.artifact_outputs(self, artifact, self.verify_data)
+        return self._references[artifact.name]
 
     @cached_property
     def data_key(self) -> str:
@@ -160,7 +175,10 @@ def _parameter_bytes(loaded: LoadedModel) -> int:
 
 def _run_stage(ctx: RunContext, config) -> None:
     entry = get_stage(config.stage)
-    key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in ctx.artifacts], edgepack.__version__)
+    # Stages learn from data (calibration, fine-tuning, the mixed-precision search on the evaluation data): the data's
+    # content is part of the key, not only its path.
+    key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in ctx.artifacts], edgepack.__version__,
+                    ctx.data_key, _stage_data_hashes(config))  # fmt: skip
     new = ctx.cache.load_artifacts(entry.name, key)
     with ctx.steps.step(entry.name, f"{entry.name} stage", cached=new is not None):
         if new is None:
@@ -169,6 +187,22 @@ def _run_stage(ctx: RunContext, config) -> None:
     for artifact in new:
         _check_new_artifact(ctx, artifact)
         ctx.artifacts.append(artifact)
+
+
+def _stage_data_hashes(config) -> list:
+    """The content of each data file a stage names (calibration_data, train_data); folders by their file listing."""
+    from edgepack.recipe import STAGE_DATA_KEYS
+
+    hashes = []
+    for key in STAGE_DATA_KEYS:
+        source = getattr(config, key, None)
+        path = source if isinstance(source, Path) else getattr(source, "path", None)
+        if path is not None and Path(path).is_file():
+            hashes.append(sha256_file(Path(path)))
+        elif path is not None and Path(path).is_dir():
+            hashes.append(cache_key(sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                                           for f in Path(path).rglob("*") if f.is_file())))  # fmt: skip
+    return hashes
 
 
 def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, compute) -> dict:
@@ -182,9 +216,18 @@ def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, 
 
 
 def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
-    """Verify against the reference before the artifact counts as done; a failed one is removed."""
+    """Verify against the reference before the artifact counts as done; a failed one is removed.
+
+    A torch model written by a compression stage is not verified against anything: it is meant to differ from its
+    parent. It becomes the reference of what is exported from it; its accuracy is measured like every artifact's."""
+    if artifact.format == Format.TORCH:
+        ctx.records[artifact.name] = {"verification": None}
+        _evaluate(ctx, artifact)
+        _record_sparsity(ctx, artifact)
+        return
+    reference = ctx.reference_artifact(artifact)
     run_facts = ctx.recipe.model_dump(mode="json", include={"task", "seed"})
-    key = cache_key("verify", artifact.sha256, ctx.artifacts[0].sha256, ctx.recipe.verify.model_dump(), run_facts,
+    key = cache_key("verify", artifact.sha256, reference.sha256, ctx.recipe.verify.model_dump(), run_facts,
                     ctx.data_key)  # fmt: skip
 
     def verify() -> dict:
@@ -198,6 +241,7 @@ def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
     ctx.records[artifact.name] = {"verification": verification}
     _evaluate(ctx, artifact)
     _localise_quantization_error(ctx, artifact)
+    _record_sparsity(ctx, artifact)
 
 
 def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
@@ -234,6 +278,18 @@ def _localise_quantization_error(ctx: RunContext, artifact: Artifact) -> None:
     entry = _cached_record(ctx, "layer_sqnr", key, f"layer sqnr {artifact.name}", f"per-layer SQNR of {artifact.name}",
                            lambda: {"layer_sqnr": quantize.layer_sqnr(ctx, artifact)})  # fmt: skip
     ctx.records[artifact.name]["layer_sqnr"] = entry["layer_sqnr"]
+
+
+def _record_sparsity(ctx: RunContext, artifact: Artifact) -> None:
+    """Zero weights per layer, read from the artifact itself (the file for ONNX/TFLite), and the gzip size: a
+    pruned dense tensor only shrinks when compressed. Only for models that descend from a prune stage."""
+    if not measure.descends_from(ctx, artifact, "prune"):
+        return
+    ctx.records[artifact.name]["sparsity"] = measure.weight_sparsity(ctx, artifact)
+    if artifact.format != Format.TORCH:
+        from converters.sparsity import gzip_bytes
+
+        ctx.records[artifact.name]["gzip_bytes"] = gzip_bytes(ctx.artifact_path(artifact))
 
 
 def _bench_all(ctx: RunContext) -> None:

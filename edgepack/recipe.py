@@ -157,6 +157,16 @@ class Recipe(Strict):
         self.stages = []
         return self
 
+    @model_validator(mode="after")
+    def _torch_stages_need_a_torch_source(self) -> Recipe:
+        torch_only = [s.stage for s in self.stages if get_stage(s.stage).torch_only]
+        if torch_only and self.model.format not in (ModelFormat.TORCH, ModelFormat.TORCH_EXPORT):
+            raise ValueError(
+                f"stages {torch_only} change a torch module, but model.format is {self.model.format}; give the model "
+                "as model.factory + model.weights (or a torch.export .pt2 file), or remove those stages"
+            )
+        return self
+
     @field_validator("stages", mode="before")
     @classmethod
     def _stages_from_registry(cls, items: Any) -> list[StageConfig]:
@@ -204,13 +214,17 @@ def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     return recipe.model_copy(update={"model": model, "data": data, "stages": stages})
 
 
+STAGE_DATA_KEYS = ("calibration_data", "train_data")
+
+
 def _resolve_stage_paths(stage: StageConfig, resolve) -> StageConfig:
-    """A stage's own data (the quantize stage's calibration_data) is relative to the recipe too."""
-    source = getattr(stage, "calibration_data", None)
-    if isinstance(source, Path):
-        return stage.model_copy(update={"calibration_data": resolve(source)})
-    if isinstance(source, DataConfig) and source.path is not None:
-        return stage.model_copy(update={"calibration_data": source.model_copy(update={"path": resolve(source.path)})})
+    """A stage's own data (calibration_data, train_data) is relative to the recipe too."""
+    for key in STAGE_DATA_KEYS:
+        source = getattr(stage, key, None)
+        if isinstance(source, Path):
+            stage = stage.model_copy(update={key: resolve(source)})
+        elif isinstance(source, DataConfig) and source.path is not None:
+            stage = stage.model_copy(update={key: source.model_copy(update={"path": resolve(source.path)})})
     return stage
 
 

@@ -24,8 +24,70 @@ def build_report_data(results: dict) -> dict:
         "layer_sqnr": {a["name"]: a["layer_sqnr"] for a in artifacts if a.get("layer_sqnr")},
         "sparsity": {a["name"]: a["sparsity"] for a in artifacts if a.get("sparsity")},
         "sensitivity": results.get("sensitivity"),
+        "mixed_precision": mixed_precision_records(artifacts),
+        "compression": compression_lines(artifacts),
         "gate": results.get("gate"),
     }
+
+
+def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:
+    """Artifact name -> the quantize stage's mixed-precision record (accuracy_target), where there is one."""
+    return {a["name"]: a["details"]["mixed_precision"] for a in artifacts if a["details"].get("mixed_precision")}
+
+
+def compression_lines(artifacts: list[dict]) -> list[str]:
+    """One line per compression stage's torch model (what it did, in figures), then the gzip sizes of pruned files."""
+    lines = [_compression_line(a, artifacts) for a in artifacts if a["format"] == "torch" and a["stage"] != "load"]
+    lines += [f"{a['name']}: {a['bytes']:,} B raw, {a['gzip_bytes']:,} B gzip-compressed"
+              for a in artifacts if a.get("gzip_bytes")]  # fmt: skip
+    return lines
+
+
+def _compression_line(artifact: dict, artifacts: list[dict]) -> str:
+    details, name = artifact["details"], artifact["name"]
+    parts = [f"{name} (from {artifact['parent']}): {details.get('parameters', 0):,} parameters"]
+    pruning = details.get("pruning") or {}
+    if "channels" in pruning:
+        c = pruning["channels"]
+        parts.append(f"channels removed, params {c['params_before']:,} -> {c['params_after']:,}, "
+                     f"MACs {c['macs_before']:,} -> {c['macs_after']:,}")  # fmt: skip
+    elif "layers" in pruning:
+        fractions = list(pruning["layers"].values())
+        parts.append(f"{sum(fractions) / max(len(fractions), 1):.0%} of weights zero over {len(fractions)} layers")
+    if "low_rank" in details:
+        done = [layer for layer in details["low_rank"]["layers"] if layer["skipped"] is None]
+        parts.append(f"{len(done)} layers factorised, {details['low_rank']['params_saved']:,} parameters saved")
+    if "qat" in details:
+        parts.append(_qat_text(artifact, artifacts))
+    finetune = pruning.get("finetune") or (details.get("low_rank") or {}).get("finetune") or details.get("finetune")
+    finetune = finetune or (details.get("qat") or {}).get("finetune")
+    if finetune:
+        teacher = f"distilled from {finetune['teacher']}" if finetune.get("teacher") else "labels only"
+        parts.append(f"fine-tuned {finetune['steps']} steps ({teacher})")
+    return "; ".join(parts)
+
+
+def _qat_text(artifact: dict, artifacts: list[dict]) -> str:
+    """QAT's promise in figures: the simulated top-1 beside what each integer file measured in its runtime."""
+    qat = artifact["details"]["qat"]
+    simulated = (qat.get("simulated_accuracy") or {}).get("top1")
+    exported = {a["name"]: a["accuracy"]["top1"] for a in artifacts if a.get("accuracy")
+                and a["precision"] != "fp32" and _descends(a, artifact["name"], artifacts)}  # fmt: skip
+    measured = ", ".join(f"{n} {v:.2%}" for n, v in exported.items())
+    packed = int(qat["packed_weight_bytes"])
+    head = f"QAT {qat['scheme']['precision']} ({qat['weight_bits']} weights, {packed:,} B packed)"
+    simulated_text = f", simulated top-1 {simulated:.2%}" if simulated is not None else ""
+    return head + simulated_text + (f" vs measured {measured}" if measured else "")
+
+
+def _descends(artifact: dict, ancestor: str, artifacts: list[dict]) -> bool:
+    by_name = {a["name"]: a for a in artifacts}
+    current = artifact
+    while current and current.get("parent"):
+        if current["parent"] == ancestor:
+            return True
+        current = by_name.get(current["parent"])
+    return False
 
 
 def primary_bench_key(artifacts: list[dict]) -> tuple[str, int] | None:

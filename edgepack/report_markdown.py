@@ -42,6 +42,11 @@ def _cost_rows(card: dict, reference: str) -> list[list[str]]:
     ]
 
 
+def compression_section(data: dict) -> list[str]:
+    lines = data["compression"]
+    return ["## Compression", "\n".join(f"- {line}" for line in lines)] if lines else []
+
+
 def robustness_section(data: dict) -> list[str]:
     table = data["robustness"]
     if not table:
@@ -65,7 +70,20 @@ def layer_sections(data: dict) -> list[str]:
         worst = sorted(sensitivity["layers"], key=lambda r: r["value"], reverse=sensitivity["higher_is_worse"])
         shown = ", ".join(f"{r['layer']} {r['value']:.3g} {sensitivity['unit']}" for r in worst[:TOP_LAYERS])
         parts.append(f"**Most sensitive layers** ({sensitivity['metric']}): {shown}")
+    parts += [mixed_precision_line(name, record) for name, record in data["mixed_precision"].items()]
     for name, rows in data["sparsity"].items():
         mean = sum(r["fraction"] for r in rows) / len(rows)
         parts.append(f"**{name}** sparsity: mean {mean:.1%} over {len(rows)} layers")
     return ["## Per-layer figures", *parts] if parts else []
+
+
+def mixed_precision_line(name: str, record: dict) -> str:
+    """One line per integer artifact: the layers kept high, at what precision and why, and whether the target held."""
+    target, measured = record["target"], record["measured"]
+    if measured["top1_drop_pp"] is not None:
+        outcome = f"top-1 drop {measured['top1_drop_pp']:.2f} pp, target <= {target['max_accuracy_drop_pp']} pp"
+    else:
+        outcome = f"output SQNR {measured['output_sqnr_db']:.1f} dB, target >= {target['min_output_sqnr_db']} dB"
+    verdict = "met" if record["target_met"] else "MISSED"
+    layers = "; ".join(f"{r['layer']} {r['precision']} ({r['why']})" for r in record["layers"]) or "none needed"
+    return f"**{name}** mixed precision, target {verdict} ({outcome}): {layers}"

@@ -53,6 +53,9 @@ def build_results(ctx) -> dict:
         "all_cached": ctx.steps.all_cached(),
         "artifacts": artifacts,
     }
+    sensitivity = next((a["details"]["sensitivity"] for a in artifacts if a["details"].get("sensitivity")), None)
+    if sensitivity is not None:  # the quantize stage's ranking (accuracy_target), kept in its artifacts' details
+        results["sensitivity"] = sensitivity
     if recipe.gate is not None:
         from edgepack.gate import evaluate_gate
 

@@ -10,10 +10,20 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
 - ``artifacts[].layer_sqnr``: list of ``LayerSqnr`` - quantization error of each layer's output in this (integer)
   artifact against the same tensor in its float parent, SQNR = 10 log10(signal power / error power) in dB.
   Written by the quantization stage.
-- ``artifacts[].sparsity``: list of ``LayerSparsity`` - the fraction (0..1) of zero weights per layer. Written by
-  the pruning stage.
+- ``artifacts[].sparsity``: list of ``LayerSparsity`` - the fraction (0..1) of zero weights per layer, read from the
+  artifact's own file (the module for torch); and ``artifacts[].gzip_bytes``: the file gzip-compressed (a pruned dense
+  tensor only shrinks when compressed). Written by the pipeline for every artifact descending from a prune stage.
+- ``artifacts[].details`` of a torch model written by a compression stage: ``structure`` (the edits that rebuild it
+  from the source: channels_removed, low_rank, fold_batchnorm), ``parameters``, and the stage's record: ``pruning``
+  (``layers`` {layer: zero fraction} or ``channels`` {params/MACs before/after, channels per layer}), ``low_rank``
+  (per-layer rank, params, energy kept or why skipped), ``finetune`` (steps, losses, teacher), ``qat`` (scheme,
+  trained ``ranges`` keyed by ONNX tensor name, ``simulated_accuracy``, ``weight_bits``, ``packed_weight_bytes``).
 - ``sensitivity``: ``Sensitivity`` (top level) - how much quantizing one layer alone (everything else float) hurts,
-  one figure per layer; the mixed-precision search reads it. Written by the sensitivity analysis.
+  one figure per layer, most costly first; the mixed-precision search reads it. Written by the quantize stage when it
+  has an ``accuracy_target`` (calibration/sensitivity.py), in its artifacts' ``details.sensitivity``; the first one.
+- ``artifacts[].details.mixed_precision``: ``MixedPrecisionRecord`` - which layers that integer artifact keeps high,
+  at what precision and why, and whether the accuracy target was met (measured in the artifact's own runtime for
+  TFLite, in onnxruntime for ONNX).
 - ``artifacts[].robustness``: ``Robustness`` - top-1 under input perturbations, measured in the artifact's own
   runtime (edgepack/robustness.py).
 - ``gate``: ``GateOutcome`` (top level) - the recipe's ``gate:`` budgets checked at the end of ``pack``
@@ -32,8 +42,10 @@ class LayerSqnr(TypedDict):
 
 
 class LayerSparsity(TypedDict):
-    layer: str
+    layer: str  # the module (torch), node (ONNX) or op output tensor (TFLite) name
     fraction: float  # zero weights / all weights, 0..1
+    elements: int
+    shape: list[int]  # the stored weight's shape (structured pruning shows here)
 
 
 class SensitivityLayer(TypedDict):
@@ -47,6 +59,26 @@ class Sensitivity(TypedDict):
     unit: str  # "pp", "dB", ...
     higher_is_worse: bool  # True for a drop, False for an SQNR
     layers: list[SensitivityLayer]
+
+
+class MixedPrecisionLayer(TypedDict):
+    layer: str  # the ONNX node computing the layer (the Conv of Conv+Relu)
+    precision: str  # in this artifact: "int16" or "float"
+    onnx: str  # the same decision in each file: ONNX int16 (or float) ...
+    tflite: str  # ... TFLite float (one file cannot mix int8 and int16)
+    why: str  # its rank and measured cost with only it quantized
+    top1_drop_pp: float | None
+    output_sqnr_db: float
+
+
+class MixedPrecisionRecord(TypedDict):
+    target: dict  # AccuracyTarget: max_accuracy_drop_pp, min_output_sqnr_db (used without labels)
+    target_met: bool
+    searched_in: str
+    samples: int
+    layers: list[MixedPrecisionLayer]
+    steps: list[dict]  # {kept_high: [layer, ...], top1_drop_pp, output_sqnr_db}, all-int8 first
+    measured: dict  # {top1_drop_pp, output_sqnr_db} of this artifact
 
 
 class RobustnessCondition(TypedDict):
@@ -78,5 +110,5 @@ class GateOutcome(TypedDict):
     violations: list[GateViolation]
 
 
-OPTIONAL_ARTIFACT_KEYS = ("layer_sqnr", "sparsity", "robustness")
+OPTIONAL_ARTIFACT_KEYS = ("layer_sqnr", "sparsity", "gzip_bytes", "robustness")
 OPTIONAL_RUN_KEYS = ("sensitivity", "gate")

@@ -41,6 +41,16 @@ def depthwise_net() -> nn.Module:
     )  # fmt: skip
 
 
+def depthwise_relu_net() -> nn.Module:
+    """MobileNet's block with plain ReLU (cross-layer equalization's case): conv, depthwise 3x3, pointwise 1x1."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+
+
 class TwoInputNet(nn.Module):
     """An image and a feature vector (the image's row means) meet after the conv trunk.
 

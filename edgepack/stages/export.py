@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -28,35 +29,42 @@ class ExportConfig(StageConfig):
 
 @register_stage("export", ExportConfig)
 def run_export(config: ExportConfig, ctx) -> list[Artifact]:
-    """Reads the torch source; an ONNX source needs no export and passes through."""
+    """Reads the latest torch model (the source, or what a compression stage made of it); an ONNX source needs no
+    export and passes through."""
     from converters.onnx_info import onnx_artifact
-    from converters.torch_to_onnx import example_inputs, export_to_onnx
-    from edgepack.recipe import ModelFormat
+    from edgepack.torch_artifacts import latest_torch_artifact, module_of
 
-    source = ctx.artifacts[0]
-    if source.format != Format.TORCH:
+    if ctx.artifacts[0].format != Format.TORCH:
         return []
-    recipe, loaded = ctx.recipe, ctx.loaded
-    # torch.export programs go to the dynamo exporter as they are; TorchScript only exports the legacy way.
-    dynamo = config.exporter == Exporter.DYNAMO and loaded.format != ModelFormat.TORCHSCRIPT
-    model = loaded.exported_program if loaded.exported_program is not None else loaded.module
-    out = ctx.run_dir / "artifacts" / f"{recipe.name}.fp32.onnx"
-    example = example_inputs(_example_feeds(ctx), [i.name for i in recipe.model.inputs])
-    export_to_onnx(
-        model,
-        example,
-        out,
-        input_names=[i.name for i in recipe.model.inputs],
-        output_names=recipe.model.output_names,
-        opset=config.opset if dynamo else min(config.opset, 17),
-        dynamo=dynamo,
-    )
+    source = latest_torch_artifact(ctx)
+    loaded = ctx.loaded
+    as_loaded = source.stage == "load" and loaded.exported_program is not None
+    model = loaded.exported_program if as_loaded else module_of(ctx, source)
+    out = ctx.run_dir / "artifacts" / f"{ctx.recipe.name}.fp32.onnx"
+    dynamo = export_module(ctx, model, out, config)
     artifact = onnx_artifact(ctx.run_dir, out, name="onnx-fp32", stage="export", parent=source.name)
     artifact.details.update(exporter="dynamo" if dynamo else "legacy")
     return [artifact]
 
 
-def _example_feeds(ctx) -> dict:
+def export_module(ctx, model, out: Path, config: ExportConfig | None = None) -> bool:
+    """Export with the recipe's export settings (the export stage's, else its defaults); returns whether the dynamo
+    exporter was used. QAT exports with the same settings, so its tensor names are the export stage's."""
+    from converters.torch_to_onnx import example_inputs, export_to_onnx
+    from edgepack.recipe import ModelFormat
+
+    recipe = ctx.recipe
+    config = config or next((s for s in recipe.stages if s.stage == "export"), ExportConfig())
+    # torch.export programs go to the dynamo exporter as they are; TorchScript only exports the legacy way.
+    dynamo = config.exporter == Exporter.DYNAMO and ctx.loaded.format != ModelFormat.TORCHSCRIPT
+    names = [i.name for i in recipe.model.inputs]
+    export_to_onnx(model, example_inputs(example_feeds(ctx), names), out, input_names=names,
+                   output_names=recipe.model.output_names, opset=config.opset if dynamo else min(config.opset, 17),
+                   dynamo=dynamo)  # fmt: skip
+    return dynamo
+
+
+def example_feeds(ctx) -> dict:
     """One batch of real samples at the recipe's batch size (exporters trace with it)."""
     from calibration.sources import ArrayDataset
     from converters.verify import pad_batch

@@ -18,9 +18,12 @@ from pydantic import Field
 
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
+from calibration.sensitivity import AccuracyTarget
 from edgepack.artifacts import Artifact, Format, Precision
 from edgepack.errors import DataError
 from edgepack.stages.base import StageConfig
+from edgepack.stages.quantize_accuracy import apply_bias_correction, prepare_float_model
+from edgepack.stages.quantize_mixed import mixed_calibrations
 from edgepack.stages.registry import register_stage
 
 
@@ -38,6 +41,10 @@ class QuantizeConfig(StageConfig, QuantScheme):
     unsigned_onnx_activations: bool = Field(
         True, description="ONNX int8 activations as uint8 (same grid, zero point + 128): onnxruntime's fast x86 "
                           "kernels are u8s8; set false for s8s8.")  # fmt: skip
+    accuracy_target: AccuracyTarget | None = Field(
+        None, description="Mixed precision: rank layers by measured sensitivity and keep the most sensitive ones "
+        "high (ONNX int16, TFLite float) until the drop on the evaluation data meets this; the decisions and "
+        "whether the target was met land in each file's details (calibration/sensitivity.py).")  # fmt: skip
 
 
 @register_stage("quantize", QuantizeConfig)
@@ -47,22 +54,30 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
 
     from calibration.ptq import calibrate
     from edgepack.measure import batch_size
+    from edgepack.stages.qat import qat_calibration
 
     source = next(a for a in ctx.artifacts if a.format == Format.ONNX and a.precision == Precision.FP32)
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
         _check_int16_kernels(ctx.artifact_path(source))  # before anything is written
     dataset, description = calibration_dataset(config, ctx)
     started = time.perf_counter()
-    model = onnx.load(str(ctx.artifact_path(source)))
-    calibration = calibrate(model, dataset, config, batch_size(ctx.recipe), description)
+    prepared = prepare_float_model(config, ctx, source, onnx.load(str(ctx.artifact_path(source))))  # equalization
+    calibration = qat_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
+    if calibration is None:
+        calibration = calibrate(prepared.model, dataset, config, batch_size(ctx.recipe), description)
+        calibration = apply_bias_correction(config, prepared, calibration, dataset, batch_size(ctx.recipe))
     seconds = time.perf_counter() - started
-    written = [_write_onnx(config, ctx, source, model, calibration, seconds)]
-    if "tflite" in config.formats:
-        written.append(_write_tflite(config, ctx, source, calibration, written[0]))
+    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name)  # accuracy_target
+    with prepared.float_file(ctx) as float_path:
+        written = [_write_onnx(config, ctx, prepared.source, prepared.model, mixed.onnx, seconds)]
+        if "tflite" in config.formats:
+            written.append(_write_tflite(config, ctx, prepared.source, mixed.tflite, written[0], float_path))
+        mixed.record(ctx, written)
     if "onnx" not in config.formats:
         ctx.artifact_path(written[0]).unlink()  # written only for the agreement figure of the TFLite file
         written = written[1:]
-    return written
+    prepared.record(written)
+    return prepared.artifacts + written
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):
@@ -90,7 +105,8 @@ def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibratio
     precision = Precision(config.precision)
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.onnx")
     weights = write_qdq_model(model, out, calibration.plan, calibration.activations,
-                              unsigned_activations=config.unsigned_onnx_activations)  # fmt: skip
+                              unsigned_activations=config.unsigned_onnx_activations,
+                              per_channel_weights=config.per_channel_weights)  # fmt: skip
     artifact = onnx_artifact(ctx.run_dir, out, name=f"onnx-{precision}", stage="quantize", parent=source.name,
                              precision=precision)  # fmt: skip
     artifact.details.update(quantization_details(calibration, weights, seconds))
@@ -116,7 +132,8 @@ def _check_int16_kernels(model_path: Path) -> None:
             raise UnsupportedOperatorError(node.op_type, node.name, detail)
 
 
-def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, onnx_twin: Artifact):
+def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, onnx_twin: Artifact,
+                  float_path: Path):  # fmt: skip
     from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
     from edgepack.stages.convert import tflite_artifact
 
@@ -125,8 +142,8 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
     ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
     bits = 16 if precision == Precision.INT16X8 else 8
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
-    conversion = convert_onnx_to_tflite(ctx.artifact_path(source), out, input_shapes=shapes,
-                                        quantization=FakeQuantization(ranges, bits, config.integer_io))  # fmt: skip
+    quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights)
+    conversion = convert_onnx_to_tflite(float_path, out, input_shapes=shapes, quantization=quantization)
     return tflite_artifact(
         ctx,
         out,
@@ -136,7 +153,7 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
         parent=source.name,
         stage="quantize",
         same_calibration_as=onnx_twin.name,
-        activations=onnx_twin.details["activations"],
+        activations={t: _params_json(p) for t, p in calibration.activations.items()},  # a float layer has none
         agreement_with_onnx=output_agreement(ctx, onnx_twin, out, calibration),
     )
 

@@ -15,19 +15,19 @@ class StageEntry:
     name: str
     config_class: type[BaseModel]
     run: Callable
-    consumes: str = "latest"  # which artifacts the stage reads; documented on each stage
+    torch_only: bool = False  # changes a torch module: needs a torch source it can rebuild (factory or .pt2)
 
 
 STAGES: dict[str, StageEntry] = {}
 
 
-def register_stage(name: str, config_class: type[BaseModel]):
-    """Decorator: ``@register_stage("export", ExportConfig)`` on ``run(config, artifacts, ctx) -> list[Artifact]``."""
+def register_stage(name: str, config_class: type[BaseModel], *, torch_only: bool = False):
+    """Decorator: ``@register_stage("export", ExportConfig)`` on ``run(config, ctx) -> list[Artifact]``."""
 
     def decorate(run: Callable) -> Callable:
         if name in STAGES:
             raise ValueError(f"stage {name!r} is registered twice")
-        STAGES[name] = StageEntry(name, config_class, run)
+        STAGES[name] = StageEntry(name, config_class, run, torch_only)
         return run
 
     return decorate

@@ -148,3 +148,15 @@ def test_report_rebuilds_from_results_json(packed, tmp_path):
 def test_every_command_has_help(command):
     done = edgepack(command, "--help")
     assert done.returncode == 0 and "Usage" in done.stdout
+
+
+def test_stages_lists_every_stage_and_describes_one():
+    listing = edgepack("stages")
+    assert listing.returncode == 0
+    names = [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
+    assert names == ["prune", "low_rank", "finetune", "qat", "export", "convert", "quantize"]
+    prune = edgepack("stages", "prune")
+    assert prune.returncode == 0 and "amount (default 0.5)" in prune.stdout
+    assert "strictly between 0 and 1" in prune.stdout
+    unknown = edgepack("stages", "prun")
+    assert unknown.returncode == 1 and "Did you mean 'prune'?" in unknown.stderr

@@ -52,7 +52,7 @@ def test_overrides_set_nested_keys_and_list_items():
     [
         (lambda d: d.update(modle={}), ["unknown key 'modle'", "did you mean 'model'", "allowed here: name, model"]),
         (lambda d: d["model"].update(wieghts="w.pt"), ["'model.wieghts'", "did you mean 'weights'", "factory"]),
-        (lambda d: d.update(stages=[{"stage": "exprot"}]), ["unknown stage 'exprot'", "known stages: export, convert",
+        (lambda d: d.update(stages=[{"stage": "exprot"}]), ["unknown stage 'exprot'", "known stages: prune,",
                                                              "Did you mean 'export'"]),
         (lambda d: d.update(stages=[{"stage": "export", "opst": 17}]), ["stages[0] (export)", "'opst'", "opset"]),
         (lambda d: d.update(stages=[{"stage": "export", "exporter": "fast"}]), ["'exporter'", "dynamo", "legacy"]),

@@ -55,7 +55,8 @@ def test_every_artifact_is_measured_in_its_runtime_and_falls_with_the_noise(digi
         top1 = {c["label"]: c["top1"] for c in record["conditions"]}
         assert list(top1) == ["noise 30 dB", "noise 20 dB", "noise 10 dB", "brightness +0.1", "contrast x0.8"]
         ladder = [record["clean_top1"], top1["noise 30 dB"], top1["noise 20 dB"], top1["noise 10 dB"]]
-        assert ladder == sorted(ladder, reverse=True), (artifact["name"], ladder)
+        # Mild noise can flip a digit or two either way; a real rise would be more than two samples of 360.
+        assert all(b <= a + 2 / 360 for a, b in zip(ladder[:-1], ladder[1:], strict=True)), (artifact["name"], ladder)
         assert ladder[0] - ladder[-1] > 0.05  # 10 dB of noise really hurts a digits classifier
     figures = [[c["top1"] for c in a["robustness"]["conditions"]] for a in digits_run.artifacts]
     assert np.allclose(figures[1], figures[0], atol=2 / 360) and np.allclose(figures[2], figures[0], atol=2 / 360)

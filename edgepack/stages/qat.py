@@ -1,0 +1,154 @@
+"""qat: the latest torch model, fine-tuned with fake-quant that simulates exactly what the quantize stage writes.
+
+prepare (calibrate its float export, insert fake-quant at the same tensors with those ranges) -> fine-tune (straight-
+through estimator, distilling from the float model) -> convert (the fine-tuned float model, BatchNorm folded, plus
+the trained ranges under the tensor names of its ONNX export). The quantize stage then writes ONNX QDQ and TFLite
+from those ranges instead of calibrating, so what was trained is what ships; the simulated accuracy is recorded
+beside the accuracy each file measures in its runtime.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from calibration.data_config import DataConfig
+from calibration.ptq import Calibration, Precision, QuantScheme
+from edgepack.artifacts import Artifact
+from edgepack.finetune import FinetuneConfig
+from edgepack.qat import QatOptions
+from edgepack.stages.base import StageConfig
+from edgepack.stages.registry import register_stage
+from edgepack.stages.training import TRAIN_DATA_HELP, distill
+
+QAT_FINETUNE = FinetuneConfig(epochs=3, learning_rate=5e-4)  # a short, gentle fine-tune from trained weights
+
+
+class QatConfig(StageConfig, QatOptions):
+    stage: Literal["qat"] = "qat"
+    precision: Precision = Field(
+        Precision.INT8,
+        description="The scheme simulated: int8, or int16x8; the quantize stage after it must ask for the same.",
+    )
+    symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
+    samples: int = Field(256, gt=0, description="Samples of the training data that calibrate the starting ranges.")
+    finetune: FinetuneConfig = Field(
+        QAT_FINETUNE, description="The QAT fine-tune, distilling from the float model (alpha 0: labels only)."
+    )
+    train_data: DataConfig | Path | None = Field(
+        None, description=TRAIN_DATA_HELP + " Also calibrates the starting ranges."
+    )
+
+    def scheme(self) -> QuantScheme:
+        return QuantScheme(
+            precision=self.precision, symmetric_activations=self.symmetric_activations, samples=self.samples
+        )
+
+
+@register_stage("qat", QatConfig, torch_only=True)
+def run_qat(config: QatConfig, ctx) -> list[Artifact]:
+    """Reads the latest torch model."""
+    from edgepack.qat import packed_weight_bytes, prepare_qat
+    from edgepack.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
+
+    parent = latest_torch_artifact(ctx)
+    module = editable_copy(ctx, parent)
+    with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+        float_onnx = _export(ctx, module, Path(tmp) / "before.onnx")
+        start, example = _starting_calibration(config, ctx, float_onnx)
+        model = prepare_qat(
+            module,
+            float_onnx,
+            start,
+            example,
+            input_names=_input_names(ctx),
+            learn_ranges=config.learn_ranges,
+            weight_bits=config.weight_bits,
+            momentum=config.momentum,
+        )
+        finetuned = distill(ctx, model, parent, config.finetune, config.train_data, "qat")
+        trained = model.float_module()
+        calibration = model.calibration_for(_export(ctx, trained, Path(tmp) / "after.onnx"))
+    record = {
+        "scheme": config.scheme().model_dump(mode="json"),
+        "ranges": {t: [float(lo), float(hi)] for t, (lo, hi) in calibration.ranges.items()},
+        "simulated_accuracy": _simulated_accuracy(ctx, model),
+        "weight_bits": config.weight_bits,
+        "packed_weight_bytes": packed_weight_bytes(trained, config.weight_bits),
+        "finetune": finetuned,
+    }
+    return [save_torch_artifact(ctx, trained, name="torch-qat", stage="qat", parent=parent,
+                                edits=[{"kind": "fold_batchnorm"}], qat=record)]  # fmt: skip
+
+
+def _export(ctx, module: torch.nn.Module, out: Path):
+    import onnx
+
+    from edgepack.stages.export import export_module
+
+    export_module(ctx, module, out)
+    return onnx.load(str(out))
+
+
+def _starting_calibration(config: QatConfig, ctx, float_onnx) -> tuple[Calibration, dict]:
+    from calibration.ptq import calibrate
+    from edgepack.measure import batch_size
+    from edgepack.stages.training import train_dataset
+
+    data, description = train_dataset(ctx, config.train_data, "qat")
+    calibration = calibrate(float_onnx, data, config.scheme(), batch_size(ctx.recipe), description)
+    return calibration, data.head(8).inputs  # a few samples make matching torch values to ONNX tensors unambiguous
+
+
+def _simulated_accuracy(ctx, model: torch.nn.Module) -> dict | None:
+    """Top-1 of the fake-quant model on the evaluation data: what the integer files should measure."""
+    from edgepack.measure import top1, torch_outputs
+
+    data = ctx.eval_data
+    if data is None or data.labels is None:
+        return None
+    model.eval()
+    return {"top1": top1(torch_outputs(model, ctx.recipe, data), data.labels), "samples": len(data)}
+
+
+def _input_names(ctx) -> list[str]:
+    return [i.name for i in ctx.recipe.model.inputs]
+
+
+def qat_calibration(ctx, source: Artifact, model, scheme: QuantScheme) -> Calibration | None:
+    """The trained ranges when ``source`` (a float ONNX) was exported from a QAT model; None otherwise."""
+    from calibration.plan import plan_quantization
+    from calibration.ptq import activation_parameters
+    from edgepack.errors import RecipeError, StageError
+    from edgepack.torch_artifacts import nearest_torch_ancestor
+
+    trained = nearest_torch_ancestor(ctx, source)
+    if trained is None or trained.stage != "qat":
+        return None
+    qat = trained.details["qat"]
+    changed = [k for k in ("cross_layer_equalization", "bias_correction") if getattr(scheme, k)]
+    changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
+    if changed:
+        raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
+                          f"ranges); remove {changed} from it")  # fmt: skip
+    if qat["scheme"]["precision"] != scheme.precision:
+        raise RecipeError(
+            f"the qat stage trained {qat['scheme']['precision']} but the quantize stage asks for "
+            f"{scheme.precision}; set the same precision in both"
+        )
+    plan = plan_quantization(model, skip=set(scheme.skip_nodes))
+    missing = [t for t in plan.activations if t not in qat["ranges"]]
+    if missing:
+        raise StageError(
+            "quantize",
+            f"{source.name} has quantized tensors {missing[:5]} that QAT never trained; "
+            "export with the same settings the qat stage used (its export ran with the recipe's export "
+            "stage settings)",
+        )
+    trained_scheme = QuantScheme.model_validate(qat["scheme"])
+    ranges = {t: tuple(qat["ranges"][t]) for t in plan.activations}
+    return Calibration(trained_scheme, plan, ranges, activation_parameters(plan, ranges, trained_scheme))

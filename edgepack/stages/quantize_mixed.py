@@ -1,0 +1,94 @@
+"""The quantize stage's mixed precision: with ``accuracy_target``, the most sensitive layers are kept high
+(calibration/sensitivity.py), with the same per-layer decisions in both files.
+
+ONNX holds a kept layer at int16 QDQ (float when the scheme is already int16x8); a TFLite file cannot mix int8 and
+int16, so there the layer is float: its output tensor gets no fake-quant, the ops reading it run in float, and the
+island is bounded by DEQUANTIZE/QUANTIZE on tensors that keep edgepack's calibrated grids. After conversion every
+integer grid in the .tflite is checked against edgepack's: one the converter chose itself fails the stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from calibration.ptq import Calibration
+from calibration.sensitivity import (
+    MixedPrecision,
+    RuntimeScorer,
+    mixed_precision_record,
+    plan_layers,
+    search_mixed_precision,
+    sensitivity_record,
+    tflite_float_tensors,
+    with_layers_high,
+    without_tensors,
+)
+from calibration.sources import ArrayDataset
+from edgepack.artifacts import Artifact, Format
+from edgepack.errors import StageError
+
+
+@dataclass
+class MixedCalibrations:
+    """What each file is written from: the one calibration, with the kept layers high (or untouched)."""
+
+    onnx: Calibration
+    tflite: Calibration
+    search: MixedPrecision | None = None
+    scorer: RuntimeScorer | None = None
+    source: str | None = None  # the float artifact searched on
+
+    def record(self, ctx, written: list[Artifact]) -> None:
+        """Check every TFLite file's integer grids are edgepack's (mixed or not: skip_nodes leaves float tensors
+        too); with a search, put the decisions in each artifact's details, the TFLite file's drop measured."""
+        for artifact in written:
+            if artifact.format == Format.TFLITE:
+                check_tflite_grids(ctx.artifact_path(artifact), self.tflite, artifact.name)
+            if self.search is None:
+                continue
+            if artifact.format == Format.ONNX:
+                artifact.details["mixed_precision"] = mixed_precision_record(self.search, "onnx")
+            else:
+                measured = self.scorer.score_outputs(tflite_outputs(ctx.artifact_path(artifact), self.scorer))
+                artifact.details["mixed_precision"] = mixed_precision_record(self.search, "tflite", measured)
+            artifact.details["sensitivity"] = sensitivity_record(self.search, self.source)  # how it was decided
+
+
+def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str) -> MixedCalibrations:
+    """Search only when the stage has an ``accuracy_target``; on the evaluation data (the random verification
+    inputs when there is none: then the target is the output SQNR)."""
+    from edgepack.measure import batch_size
+
+    if config.accuracy_target is None:
+        return MixedCalibrations(calibration, calibration)
+    dataset = ctx.eval_data if ctx.eval_data is not None else ctx.verify_data
+    dataset = dataset.head(config.accuracy_target.samples or len(dataset))
+    if ctx.recipe.task != "classification":  # top-1 only means something for a classifier: else the output SQNR
+        dataset = ArrayDataset(dataset.inputs)
+    options = {"unsigned_activations": config.unsigned_onnx_activations,
+               "per_channel_weights": config.per_channel_weights}  # fmt: skip
+    scorer = RuntimeScorer(model, dataset, batch_size(ctx.recipe), **options)
+    search = search_mixed_precision(calibration, scorer, config.accuracy_target)
+    float_tensors = tflite_float_tensors(plan_layers(model, calibration.plan), search.tflite_float)
+    onnx_calibration = with_layers_high(calibration, search.kept, search.high)
+    return MixedCalibrations(onnx_calibration, without_tensors(calibration, float_tensors), search, scorer, source)
+
+
+def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
+    from converters.onnx_to_tflite import foreign_activation_grids
+
+    grids = {(float(p.scale), int(p.zero_point)) for p in calibration.activations.values()}
+    foreign = foreign_activation_grids(path, grids)
+    if foreign:
+        raise StageError("quantize", f"{artifact}: the TFLite converter chose its own grid for {', '.join(foreign)} "
+                         "next to a float tensor (skip_nodes or accuracy_target); keep fewer layers float, or "
+                         "write this precision for ONNX only (formats: [onnx])")  # fmt: skip
+
+
+def tflite_outputs(path, scorer: RuntimeScorer) -> dict:
+    from converters.runtime import open_session
+    from converters.verify import predict
+
+    return predict(open_session(path), scorer.dataset, scorer.batch_size)
