@@ -82,6 +82,7 @@ def save_torch_artifact(ctx, module: torch.nn.Module, *, name: str, stage: str, 
                         edits: list[dict] = (), **details) -> Artifact:  # fmt: skip
     """Write the module's state_dict atomically and describe it; ``edits`` are this stage's structural edits."""
     module = module.eval()
+    name = _unique_name(ctx, name)
     out = ctx.run_dir / "artifacts" / f"{ctx.recipe.name}.{name}.pt"
     with atomic_path(out) as tmp:
         torch.save(module.state_dict(), tmp)
@@ -93,6 +94,13 @@ def save_torch_artifact(ctx, module: torch.nn.Module, *, name: str, stage: str, 
         details={"structure": structure, "parameters": parameter_count(module), "file_bytes": out.stat().st_size,
                  **details},
     )  # fmt: skip
+
+
+def _unique_name(ctx, name: str) -> str:
+    """A recipe may prune twice (structured, then unstructured): the second is torch-pruned-2."""
+    taken = {a.name for a in ctx.artifacts}
+    candidates = (name if n == 1 else f"{name}-{n}" for n in range(1, len(taken) + 2))
+    return next(c for c in candidates if c not in taken)
 
 
 def parameter_count(module: torch.nn.Module) -> int:

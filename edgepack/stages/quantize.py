@@ -20,7 +20,6 @@ from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
 from calibration.sensitivity import AccuracyTarget
 from edgepack.artifacts import Artifact, Format, Precision
-from edgepack.errors import DataError
 from edgepack.stages.base import StageConfig
 from edgepack.stages.quantize_accuracy import apply_bias_correction, prepare_float_model
 from edgepack.stages.quantize_mixed import mixed_calibrations
@@ -81,21 +80,9 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):
-    from calibration.source_loaders import load_dataset
+    from edgepack.data import stage_dataset
 
-    inputs = ctx.recipe.model.inputs
-    shapes, dtypes = {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}
-    source = config.calibration_data
-    if isinstance(source, Path):
-        source = DataConfig(source="npz", path=source)
-    if source is None and ctx.recipe.data is not None and ctx.recipe.data.source == "digits":
-        source = ctx.recipe.data
-    if source is None:
-        raise DataError(
-            "the quantize stage needs 'calibration_data' (a .npz path or a data source block), separate from the "
-            "evaluation data so that accuracy is measured on samples calibration never saw"
-        )
-    return load_dataset(source, shapes, dtypes, split="train")  # digits: the train split; other sources ignore it
+    return stage_dataset(ctx.recipe, config.calibration_data, stage="quantize", key="calibration_data")
 
 
 def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration, seconds: float):

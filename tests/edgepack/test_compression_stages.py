@@ -215,3 +215,16 @@ def test_binary_weights_ship_as_two_int8_values_per_channel(tmp_path, trained_we
     weights = [w for w in int8 if w.ndim == 2]
     assert len(weights) == 2 and all(set(np.unique(np.abs(w))) == {127} for w in weights)
     assert abs(artifact(run.results, "onnx-int8")["accuracy"]["top1"] - qat["simulated_accuracy"]["top1"]) <= 0.005
+
+
+def test_two_prune_stages_chain_with_distinct_names(tmp_path, trained_weights):
+    """Structured, then unstructured on what is left: the second model is torch-pruned-2, read from the first."""
+    stages = [{"stage": "prune", "method": "structured", "amount": 0.5}, {"stage": "prune", "amount": 0.5},
+              {"stage": "export"}]  # fmt: skip
+    run = pack(tmp_path, trained_weights("digits_example"), stages)
+    assert [(a["name"], a["parent"]) for a in run.artifacts] == [
+        ("torch-fp32", None), ("torch-pruned", "torch-fp32"), ("torch-pruned-2", "torch-pruned"),
+        ("onnx-fp32", "torch-pruned-2")]  # fmt: skip
+    onnx_record = artifact(run.results, "onnx-fp32")
+    assert [round(layer["fraction"], 2) for layer in onnx_record["sparsity"]] == [0.5] * 4
+    assert onnx_conv_out_channels(run.run_dir / onnx_record["path"]) == [8, 8, 16]
