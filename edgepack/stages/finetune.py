@@ -14,7 +14,7 @@ from edgepack.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
-from edgepack.stages.training import TRAIN_DATA_HELP, distill
+from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
 
 class Teacher(StrEnum):
@@ -41,6 +41,6 @@ def run_finetune(config: FinetuneStageConfig, ctx) -> list[Artifact]:
     teacher = ctx.artifacts[0] if config.teacher == Teacher.SOURCE else parent
     module = editable_copy(ctx, parent)
     training = FinetuneConfig.model_validate(config.model_dump(include=set(FinetuneConfig.model_fields)))
-    record = distill(ctx, module, teacher, training, config.train_data, "finetune")
+    record = distill(ctx, module, teacher, training, train_dataset(ctx, config.train_data, "finetune"))
     return [save_torch_artifact(ctx, module, name="torch-finetuned", stage="finetune", parent=parent,
                                 finetune=record)]  # fmt: skip

@@ -14,7 +14,7 @@ from edgepack.finetune import FinetuneConfig
 from edgepack.lowrank import ConvDecomposition
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
-from edgepack.stages.training import TRAIN_DATA_HELP, distill
+from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
 
 class LowRankConfig(StageConfig):
@@ -59,7 +59,9 @@ def run_low_rank(config: LowRankConfig, ctx) -> list[Artifact]:
     report = factorise(module, rank=config.rank, energy=config.energy, layers=config.layers, conv=config.conv)
     details = {**report.to_dict(), "config": config.model_dump(mode="json", exclude={"stage"}), "finetune": None}
     if config.finetune is not None:
-        details["finetune"] = distill(ctx, module, parent, config.finetune, config.train_data, "low_rank")
+        details["finetune"] = distill(
+            ctx, module, parent, config.finetune, train_dataset(ctx, config.train_data, "low_rank")
+        )
     edits = [{"kind": "low_rank", "layers": report.structure()}]
     return [save_torch_artifact(ctx, module, name="torch-low-rank", stage="low_rank", parent=parent, edits=edits,
                                 low_rank=details)]  # fmt: skip

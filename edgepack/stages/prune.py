@@ -103,21 +103,23 @@ def run_prune(config: PruneConfig, ctx) -> list[Artifact]:
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)
+    needs_data = config.finetune is not None or config.importance == Importance.TAYLOR
+    data = train_dataset(ctx, config.train_data, "prune") if needs_data else None  # loaded once
     if config.method == PruneMethod.STRUCTURED:
-        details, edits = _prune_channels(config, ctx, module, parent), [{"kind": "channels_removed"}]
+        details, edits = _prune_channels(config, ctx, module, parent, data), [{"kind": "channels_removed"}]
     else:
-        details, edits = _prune_weights(config, ctx, module, parent), []
+        details, edits = _prune_weights(config, module, ctx, parent, data), []
     details["config"] = config.model_dump(mode="json", exclude={"stage"})
     return [save_torch_artifact(ctx, module, name="torch-pruned", stage="prune", parent=parent, edits=edits,
                                 pruning=details)]  # fmt: skip
 
 
-def _prune_weights(config: PruneConfig, ctx, module: torch.nn.Module, parent: Artifact) -> dict:
+def _prune_weights(config: PruneConfig, module: torch.nn.Module, ctx, parent: Artifact, data) -> dict:
     """Masks stay on through fine-tuning so pruned weights stay zero; they are folded in at the end."""
     from edgepack.pruning import GradualPruner, add_masks, prunable_layers, raise_sparsity, remove_masks, zero_fractions
 
     if config.schedule == Schedule.GRADUAL:
-        span = max(1, int(finetune_steps(ctx, config.finetune, config.train_data, "prune") * GRADUAL_SPAN))
+        span = max(1, int(finetune_steps(config.finetune, data[0]) * GRADUAL_SPAN))
         pruner = GradualPruner(
             module,
             final_sparsity=config.amount,
@@ -127,7 +129,7 @@ def _prune_weights(config: PruneConfig, ctx, module: torch.nn.Module, parent: Ar
             scope=config.scope,
             layers=config.layers,
         )
-        finetuned = distill(ctx, module, parent, config.finetune, config.train_data, "prune", on_step=pruner.step)
+        finetuned = distill(ctx, module, parent, config.finetune, data, on_step=pruner.step)
         return {"layers": pruner.finish(), "finetune": finetuned}
     targets = prunable_layers(module, config.layers)
     add_masks(targets)
@@ -135,15 +137,15 @@ def _prune_weights(config: PruneConfig, ctx, module: torch.nn.Module, parent: Ar
         raise_sparsity(targets, config.amount, Scope(config.scope))
     finetuned = None
     if config.finetune is not None:
-        finetuned = distill(ctx, module, parent, config.finetune, config.train_data, "prune")
+        finetuned = distill(ctx, module, parent, config.finetune, data)
     remove_masks(targets)
     return {"layers": zero_fractions(targets), "finetune": finetuned}
 
 
-def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: Artifact) -> dict:
+def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: Artifact, data) -> dict:
     from edgepack.structured_pruning import prune_channels
 
-    taylor = _taylor_batches(config, ctx) if config.importance == Importance.TAYLOR else None
+    taylor = _taylor_batches(ctx, data[0]) if config.importance == Importance.TAYLOR else None
     report = prune_channels(
         module,
         example_tensors(ctx),
@@ -156,13 +158,12 @@ def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: A
     )
     finetuned = None
     if config.finetune is not None:
-        finetuned = distill(ctx, module, parent, config.finetune, config.train_data, "prune")
+        finetuned = distill(ctx, module, parent, config.finetune, data)
     return {"channels": asdict(report), "finetune": finetuned}
 
 
-def _taylor_batches(config: PruneConfig, ctx, count: int = 8, size: int = 64) -> list:
+def _taylor_batches(ctx, data, count: int = 8, size: int = 64) -> list:
     """A few labelled training batches whose loss gradients rank the channels."""
-    data, _ = train_dataset(ctx, config.train_data, "prune")
     names = [i.name for i in ctx.recipe.model.inputs]
     starts = range(0, min(len(data), count * size), size)
     return [(tuple(torch.from_numpy(data.inputs[n][i : i + size]) for n in names),

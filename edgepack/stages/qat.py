@@ -18,12 +18,13 @@ from pydantic import Field
 
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, Precision, QuantScheme
+from calibration.sources import ArrayDataset
 from edgepack.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.qat import QatOptions
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
-from edgepack.stages.training import TRAIN_DATA_HELP, distill
+from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
 QAT_FINETUNE = FinetuneConfig(epochs=3, learning_rate=5e-4)  # a short, gentle fine-tune from trained weights
 
@@ -57,9 +58,10 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)
+    data = train_dataset(ctx, config.train_data, "qat")
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         float_onnx = _export(ctx, module, Path(tmp) / "before.onnx")
-        start, example = _starting_calibration(config, ctx, float_onnx)
+        start, example = _starting_calibration(config, ctx, float_onnx, data)
         model = prepare_qat(
             module,
             float_onnx,
@@ -70,7 +72,7 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
             weight_bits=config.weight_bits,
             momentum=config.momentum,
         )
-        finetuned = distill(ctx, model, parent, config.finetune, config.train_data, "qat")
+        finetuned = distill(ctx, model, parent, config.finetune, data)
         trained = model.float_module()
         calibration = model.calibration_for(_export(ctx, trained, Path(tmp) / "after.onnx"))
     record = {
@@ -94,14 +96,13 @@ def _export(ctx, module: torch.nn.Module, out: Path):
     return onnx.load(str(out))
 
 
-def _starting_calibration(config: QatConfig, ctx, float_onnx) -> tuple[Calibration, dict]:
+def _starting_calibration(config: QatConfig, ctx, float_onnx, data: tuple[ArrayDataset, str]):
     from calibration.ptq import calibrate
     from edgepack.measure import batch_size
-    from edgepack.stages.training import train_dataset
 
-    data, description = train_dataset(ctx, config.train_data, "qat")
-    calibration = calibrate(float_onnx, data, config.scheme(), batch_size(ctx.recipe), description)
-    return calibration, data.head(8).inputs  # a few samples make matching torch values to ONNX tensors unambiguous
+    dataset, description = data
+    calibration = calibrate(float_onnx, dataset, config.scheme(), batch_size(ctx.recipe), description)
+    return calibration, dataset.head(8).inputs  # a few samples make matching torch values to ONNX tensors unambiguous
 
 
 def _simulated_accuracy(ctx, model: torch.nn.Module) -> dict | None:

@@ -58,11 +58,11 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
     source = next(a for a in ctx.artifacts if a.format == Format.ONNX and a.precision == Precision.FP32)
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
         _check_int16_kernels(ctx.artifact_path(source))  # before anything is written
-    dataset, description = calibration_dataset(config, ctx)
     started = time.perf_counter()
     prepared = prepare_float_model(config, ctx, source, onnx.load(str(ctx.artifact_path(source))))  # equalization
     calibration = qat_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
     if calibration is None:
+        dataset, description = calibration_dataset(config, ctx)
         calibration = calibrate(prepared.model, dataset, config, batch_size(ctx.recipe), description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, batch_size(ctx.recipe))
     seconds = time.perf_counter() - started

@@ -21,21 +21,20 @@ def train_dataset(ctx, source, stage: str) -> tuple[ArrayDataset, str]:
     return stage_dataset(ctx.recipe, source, stage=stage, key="train_data", labels=True)
 
 
-def finetune_steps(ctx, config: FinetuneConfig, source, stage: str) -> int:
-    data, _ = train_dataset(ctx, source, stage)
+def finetune_steps(config: FinetuneConfig, data: ArrayDataset) -> int:
     return config.epochs * math.ceil(len(data) / config.batch_size)
 
 
-def distill(ctx, module: torch.nn.Module, teacher: Artifact, config: FinetuneConfig, source, stage: str,
+def distill(ctx, module: torch.nn.Module, teacher: Artifact, config: FinetuneConfig, data: tuple[ArrayDataset, str],
             on_step=None) -> dict:  # fmt: skip
-    """Fine-tune ``module`` in place, distilling from ``teacher`` (the model before this stage) unless alpha is 0
-    and no features are matched; returns the record for results.json."""
+    """Fine-tune ``module`` in place on ``data`` (a dataset and its description), distilling from ``teacher`` (the
+    model before this stage) unless alpha is 0 and no features are matched; returns the record for results.json."""
     from edgepack.finetune import finetune
     from edgepack.torch_artifacts import module_of
 
-    data, description = train_dataset(ctx, source, stage)
+    dataset, description = data
     uses_teacher = config.alpha > 0 or bool(config.feature_matching)
-    report = finetune(module, data, config, teacher=module_of(ctx, teacher) if uses_teacher else None,
+    report = finetune(module, dataset, config, teacher=module_of(ctx, teacher) if uses_teacher else None,
                       input_names=[i.name for i in ctx.recipe.model.inputs], on_step=on_step)  # fmt: skip
     return {**report.to_dict(), "data": description, "teacher": teacher.name if uses_teacher else None}
 

@@ -228,3 +228,11 @@ def test_two_prune_stages_chain_with_distinct_names(tmp_path, trained_weights):
     onnx_record = artifact(run.results, "onnx-fp32")
     assert [round(layer["fraction"], 2) for layer in onnx_record["sparsity"]] == [0.5] * 4
     assert onnx_conv_out_channels(run.run_dir / onnx_record["path"]) == [8, 8, 16]
+
+
+def test_taylor_importance_ranks_channels_with_training_gradients(tmp_path, trained_weights):
+    stages = [{"stage": "prune", "method": "structured", "importance": "taylor", "amount": 0.25}, {"stage": "export"}]
+    run = pack(tmp_path, trained_weights("digits_example"), stages)
+    channels = artifact(run.results, "torch-pruned")["details"]["pruning"]["channels"]["channels"]
+    assert channels == {"0": [16, 12], "3": [16, 12], "6": [32, 24], "12": [10, 10]}  # floor(n x 0.75); head kept
+    assert artifact(run.results, "onnx-fp32")["verification"]["passed"]
