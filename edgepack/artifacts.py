@@ -86,6 +86,15 @@ class Artifact(BaseModel):
     details: dict = Field({}, description="Stage-specific facts (opset, conversion seconds, ...).")
 
 
+def ancestors(artifacts: list[Artifact], artifact: Artifact) -> Iterator[Artifact]:
+    """The artifacts ``artifact`` was made from, nearest first (its parent, the parent's parent, ...)."""
+    by_name = {a.name: a for a in artifacts}
+    current = by_name.get(artifact.parent) if artifact.parent else None
+    while current is not None:
+        yield current
+        current = by_name.get(current.parent) if current.parent else None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

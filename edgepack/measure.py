@@ -89,13 +89,9 @@ def runtime_name(ctx, artifact: Artifact) -> str:
 
 def descends_from(ctx, artifact: Artifact, stage: str) -> bool:
     """Whether ``artifact`` or one of its ancestors was written by ``stage``."""
-    by_name = {a.name: a for a in ctx.artifacts}
-    current = artifact
-    while current is not None:
-        if current.stage == stage:
-            return True
-        current = by_name.get(current.parent) if current.parent else None
-    return False
+    from edgepack.artifacts import ancestors
+
+    return any(a.stage == stage for a in [artifact, *ancestors(ctx.artifacts, artifact)])
 
 
 def weight_sparsity(ctx, artifact: Artifact) -> list[dict]:

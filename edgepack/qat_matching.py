@@ -98,8 +98,10 @@ def run_onnx(model: onnx.ModelProto, tensors: list[str], example: dict[str, np.n
     """The values of ``tensors`` (graph inputs included) in onnxruntime; a batch-1 model runs sample by sample."""
     import onnxruntime as ort
 
+    from calibration.collect import with_outputs
+
     inputs = {i.name for i in model.graph.input}
-    exposed = _with_outputs(model, [t for t in tensors if t not in inputs])
+    exposed = with_outputs(model, [t for t in tensors if t not in inputs])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -116,17 +118,6 @@ def run_onnx(model: onnx.ModelProto, tensors: list[str], example: dict[str, np.n
 
 def _fixed_batch_of_one(session) -> bool:
     return all(i.shape and i.shape[0] == 1 for i in session.get_inputs())
-
-
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (types from shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in inferred.graph.value_info}
-    outputs = {o.name for o in inferred.graph.output}
-    for tensor in tensors:
-        if tensor not in outputs:
-            inferred.graph.output.append(known[tensor])
-    return inferred
 
 
 def match_layers(graph: fx.GraphModule, model: onnx.ModelProto, plan: QuantPlan) -> dict[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgepack.artifacts import Artifact, Format, atomic_path, sha256_file
+from edgepack.artifacts import Artifact, Format, ancestors, atomic_path, sha256_file
 
 
 def _resize(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
@@ -117,8 +117,4 @@ def latest_torch_artifact(ctx) -> Artifact:
 
 def nearest_torch_ancestor(ctx, artifact: Artifact) -> Artifact | None:
     """The torch model an exported artifact came from: the reference it is verified against."""
-    by_name = {a.name: a for a in ctx.artifacts}
-    current = by_name.get(artifact.parent) if artifact.parent else None
-    while current is not None and current.format != Format.TORCH:
-        current = by_name.get(current.parent) if current.parent else None
-    return current
+    return next((a for a in ancestors(ctx.artifacts, artifact) if a.format == Format.TORCH), None)
