@@ -45,7 +45,8 @@ def qdq_parameters(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.nda
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             tensor = node.name.rsplit("_", 1)[0]
-            found[tensor] = (initializers[node.input[1]], initializers[node.input[2]])
+            scale = initializers[node.input[1]]  # an omitted zero point is 0 (edgepack omits the int32 biases')
+            found[tensor] = (scale, initializers[node.input[2]] if len(node.input) > 2 else np.zeros(scale.shape, int))
     return found
 
 
@@ -68,6 +69,25 @@ def test_qdq_file_holds_edgepack_parameters_and_keeps_accuracy(digits_onnx, tmp_
     float_top1 = np.mean(predict(OnnxSession_from(digits_onnx, tmp_path), test, 1)["logits"].argmax(1) == test.labels)
     quant_top1 = np.mean(predict(OnnxSession(path), test, 1)["logits"].argmax(1) == test.labels)
     assert float_top1 > 0.85 and abs(quant_top1 - float_top1) <= 0.01
+
+
+def test_biases_are_int32_on_input_times_weight_scale_without_a_zero_point_input(digits_onnx, tmp_path):
+    calibration = calibrate(digits_onnx, load_digits_dataset("image", "train"), QuantScheme(), batch_size=1)
+    weights = write_qdq_model(digits_onnx, tmp_path / "q.onnx", calibration.plan, calibration.activations)
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    initializers = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
+    dequantize = {n.output[0]: n for n in written.graph.node if n.op_type == "DequantizeLinear"}
+    biases = [b for b in calibration.plan.biases if b.initializer in dequantize]
+    assert len(biases) == 3  # two convs and the linear layer
+    for bias in biases:
+        node = dequantize[bias.initializer]
+        stored, scale = initializers[node.input[0]], initializers[node.input[1]]
+        expected = calibration.activations[bias.activation].scale * weights[bias.weight].scale
+        assert stored.dtype == np.int32 and len(node.input) == 2  # no zero-point input
+        assert f"{bias.initializer}_zero_point" not in initializers
+        np.testing.assert_allclose(scale, expected, rtol=1e-6)
+        float_bias = numpy_helper.to_array(next(t for t in digits_onnx.graph.initializer if t.name == bias.initializer))
+        assert np.max(np.abs(stored * scale - float_bias)) <= np.max(scale) / 2 + 1e-9  # rounded to the grid
 
 
 @pytest.mark.parametrize("method", ["minmax", "moving_average", "percentile", "entropy", "mse"])
