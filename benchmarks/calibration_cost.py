@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/calibration_cost.py [--samples 256 1024] [--size 96] [--repeats 3] [--jobs ...]
 
-MobileNetV2 (width 1.0, random weights with BatchNorm statistics from random inputs) at 1x3xSIZExSIZE, exported to
-ONNX once. For each N, each job runs in its own process over the same N random-normal samples, batch 1, in
-``--repeats`` interleaved rounds of which each figure's minimum is kept (a shared machine only ever adds time): plain
-onnxruntime inference (default session options, as calibration's own session), the same inference with every
-planned tensor exposed as an output (``exposed``: the floor any calibration that reads the tensors pays), then
+MobileNetV2 (width 1.0, random weights with BatchNorm statistics from random inputs) at 1x3xSIZExSIZE (batch fixed
+at 1, as exported), exported to ONNX once. For each N, each job runs in its own process over the same N
+random-normal samples, in ``--repeats`` interleaved rounds of which each figure's minimum is kept (a shared machine
+only ever adds time): plain onnxruntime inference one sample a call (``inference``: default session options, as the
+model ships and as calibration's own session), the same with the batch freed and as many samples a call as
+calibration runs (``batched``: what batching alone buys), calibration's reader with every planned tensor exposed
+and nothing done with the values (``exposed``: the floor any calibration that reads the tensors pays), then
 ``calibration.ptq.calibrate`` with each method. Imports happen before the clock starts, for every job alike.
 Printed: wall seconds and process CPU seconds (user + system, steadier than wall time on a shared machine), each
-as a ratio to plain inference's (target <= 1.5x), and peak RSS growth during the job (ru_maxrss after minus before,
-with the samples already in memory), so memory that grows with N shows as a growth that differs between N values.
-Nothing is asserted.
+as a ratio to plain one-sample inference's (target <= 1.5x), and peak RSS growth during the job (ru_maxrss after
+minus before, with the samples already in memory), so memory that grows with N shows as a growth that differs
+between N values. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 INPUT = "image"
-JOBS = ["inference", "exposed", "minmax", "moving_average", "percentile", "entropy", "mse"]
-METHODS = JOBS[2:]
+JOBS = ["inference", "batched", "exposed", "minmax", "moving_average", "percentile", "entropy", "mse"]
+METHODS = JOBS[3:]
 RATIO_TARGET = 1.5
 
 
@@ -70,19 +72,47 @@ def plain_inference(model_path: Path, data: np.ndarray) -> None:
         session.run(None, {INPUT: data[index : index + 1]})
 
 
-def exposed_inference(model_path: Path, data: np.ndarray) -> None:
-    """Plain inference with every tensor calibration would read exposed as an output, nothing done with them."""
+def onnx_model(model_path: Path):
     import onnx
-    import onnxruntime as ort
 
-    from calibration.collect import with_outputs
+    return onnx.load(str(model_path))
+
+
+def planned_tensors(model_path: Path):
     from calibration.plan import plan_quantization
 
-    model = onnx.load(str(model_path))
-    tensors = [t for t in plan_quantization(model).activations if t != INPUT]
-    session = ort.InferenceSession(with_outputs(model, tensors).SerializeToString(), providers=["CPUExecutionProvider"])
-    for index in range(len(data)):
-        session.run(tensors, {INPUT: data[index : index + 1]})
+    model = onnx_model(model_path)
+    return model, plan_quantization(model).activations
+
+
+def calibration_batch(model, tensors, data: np.ndarray) -> int:
+    """Samples a call that calibration's reader picks for this model (the first batch is its probe)."""
+    from calibration.collect import read_tensors
+    from calibration.sources import ArrayDataset
+
+    return [b.samples for b in read_tensors(model, tensors, ArrayDataset({INPUT: data[:64]}))][1]
+
+
+def batched_inference(model_path: Path, data: np.ndarray, size: int) -> None:
+    """Plain inference of the batch-freed copy, ``size`` samples a call (calibration's): what batching alone buys."""
+    import onnxruntime as ort
+
+    from calibration.collect import free_batch_copy
+
+    model = onnx_model(model_path)
+    session = ort.InferenceSession(free_batch_copy(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    for start in range(0, len(data), size):
+        session.run(None, {INPUT: data[start : start + size]})
+
+
+def exposed_inference(model_path: Path, data: np.ndarray) -> None:
+    """Calibration's own reader (every planned tensor exposed, many samples a call), nothing done with the values."""
+    from calibration.collect import read_tensors
+    from calibration.sources import ArrayDataset
+
+    model, tensors = planned_tensors(model_path)
+    for _ in read_tensors(model, tensors, ArrayDataset({INPUT: data})):
+        pass
 
 
 def calibration_run(model_path: Path, data: np.ndarray, method: str) -> None:
@@ -92,7 +122,7 @@ def calibration_run(model_path: Path, data: np.ndarray, method: str) -> None:
     from calibration.sources import ArrayDataset
 
     scheme = QuantScheme(method=method, samples=len(data))
-    calibrate(onnx.load(str(model_path)), ArrayDataset({INPUT: data}), scheme, batch_size=1)
+    calibrate(onnx.load(str(model_path)), ArrayDataset({INPUT: data}), scheme)
 
 
 def cpu_seconds() -> float:
@@ -109,10 +139,13 @@ def run_job(job: str, model_path: Path, count: int, size: int) -> dict:
     import converters.verify  # noqa: F401  (calibrate imports it lazily)
 
     data = samples(count, size)
+    per_call = calibration_batch(*planned_tensors(model_path), data) if job == "batched" else 1  # off the clock
     reset_peak_rss()
     before, started, cpu_started = peak_rss_mib(), time.perf_counter(), cpu_seconds()
     if job == "inference":
         plain_inference(model_path, data)
+    elif job == "batched":
+        batched_inference(model_path, data, per_call)
     elif job == "exposed":
         exposed_inference(model_path, data)
     else:

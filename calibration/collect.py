@@ -1,4 +1,4 @@
-"""Run the float ONNX model over calibration batches and feed each planned tensor to its range estimator.
+"""Run the float ONNX model over calibration samples and feed each planned tensor to its range estimator.
 
 One pass of inference in onnxruntime with the planned tensors exposed as extra outputs; only the estimators'
 statistics are kept, never the activations, so memory stays flat as the sample count grows.
@@ -9,11 +9,18 @@ exposed tensor back to NCHW (64 ReorderOutput nodes instead of 1), and a Conv wh
 absorb the residual Add after it. That is the floor for any calibration that reads the tensors. Reducing min/max
 inside the graph instead (ReduceMin/ReduceMax outputs) was tried: cheaper with one thread, slower with the default
 two, so the tensors are read in numpy.
+
+Exported models usually fix their batch at 1, and one call per sample then pays onnxruntime's per-call and
+per-output costs and numpy's per-tensor costs once per sample: on that model, about as much again as the exposure.
+So ``read_tensors`` runs a copy whose batch dimension is free, many samples a call, once a probe shows that copy
+computes, sample for sample, what it computes one sample at a time; a graph with the batch baked in (a Reshape to
+[1, -1]) or a tensor whose first axis is not the batch fails the probe and runs one sample a call as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,6 +30,18 @@ from calibration.sources import ArrayDataset
 from edgepack.errors import DataError
 
 MIN_CALIBRATION_SAMPLES = 8
+BATCH_BYTES = 24 << 20  # tensor values fetched per call at the most: memory stays bounded, whatever the sample count
+MAX_BATCH = 32  # past this, a bigger call saves nothing measurable
+PROBE_SAMPLES = 3
+PROBE_TOLERANCE = 1e-4  # of each tensor's largest magnitude: kernels may sum in another order for another batch
+
+TensorReader = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class TensorBatch:
+    values: dict[str, np.ndarray]  # every requested tensor, graph inputs included
+    samples: int  # samples the values hold (a fixed-batch model's padding included)
 
 
 def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -36,20 +55,105 @@ def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return augmented
 
 
-def collect_ranges(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
-                   make_estimator: Callable[[str], RangeEstimator]) -> dict[str, tuple[float, float]]:  # fmt: skip
+def onnx_tensor_reader(model: onnx.ModelProto, tensors: list[str]) -> TensorReader:
+    """A function batch -> {tensor: value} running ``model`` in onnxruntime with ``tensors`` exposed as outputs."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(with_outputs(model, tensors).SerializeToString(),
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     inputs = {i.name for i in session.get_inputs()}
     fetched = [t for t in tensors if t not in inputs]
+
+    def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = dict(zip(fetched, session.run(fetched, batch), strict=True))
+        return values | {t: batch[t] for t in tensors if t in inputs}
+
+    return read
+
+
+def read_tensors(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset) -> Iterator[TensorBatch]:
+    """``tensors``' values over every sample of ``dataset``, many samples a call where the model allows it."""
+    batch = model_batch(model)
+    if batch is not None and batch > 1:
+        yield from _padded(onnx_tensor_reader(model, tensors), dataset, batch)
+        return
+    free = free_batch_copy(model) if batch == 1 else model
+    read, probe = _probe(free, tensors, dataset)
+    if probe is None:  # the batch cannot be freed
+        yield from _padded(onnx_tensor_reader(model, tensors), dataset, 1)
+        return
+    yield probe
+    size = _batch_within_budget(probe)
+    for start in range(probe.samples, len(dataset), size):
+        part = {name: array[start : start + size] for name, array in dataset.inputs.items()}
+        yield TensorBatch(read(part), len(next(iter(part.values()))))
+
+
+def model_batch(model: onnx.ModelProto) -> int | None:
+    """The first input's fixed batch size; None when it is free (a named or unknown dimension)."""
+    initializers = {t.name for t in model.graph.initializer}
+    first = next(i for i in model.graph.input if i.name not in initializers)
+    dims = first.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+
+def free_batch_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs and outputs declare a free first dimension; intermediate shapes are dropped, so
+    onnxruntime infers them again."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    initializers = {t.name for t in copy.graph.initializer}
+    for value in [*copy.graph.input, *copy.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in initializers and dims:
+            dims[0].dim_param = "batch"
+    del copy.graph.value_info[:]
+    return copy
+
+
+def _probe(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset) -> tuple[TensorReader | None,
+                                                                                       TensorBatch | None]:  # fmt: skip
+    """The first samples run together and one at a time: the batched values, if every tensor agrees row by row."""
+    count = min(PROBE_SAMPLES, len(dataset))
+    first = {name: array[:count] for name, array in dataset.inputs.items()}
+    try:
+        read = onnx_tensor_reader(model, tensors)
+        together = read(first)
+        alone = [read({name: array[i : i + 1] for name, array in first.items()}) for i in range(count)]
+    except Exception:  # noqa: BLE001  onnxruntime refuses the batch in many ways; each means "keep it fixed"
+        return None, None
+    if all(_same_rows(together[t], [a[t] for a in alone]) for t in tensors):
+        return read, TensorBatch(together, count)
+    return None, None
+
+
+def _same_rows(together: np.ndarray, alone: list[np.ndarray]) -> bool:
+    if together.shape != (len(alone), *alone[0].shape[1:]) or any(a.shape[0] != 1 for a in alone):
+        return False
+    reference = np.concatenate(alone)
+    tolerance = PROBE_TOLERANCE * float(np.max(np.abs(reference), initial=0.0))
+    return bool(np.allclose(together, reference, rtol=0.0, atol=tolerance))
+
+
+def _batch_within_budget(probe: TensorBatch) -> int:
+    per_sample = sum(v.nbytes for v in probe.values.values()) / probe.samples
+    return int(np.clip(BATCH_BYTES // max(per_sample, 1), 1, MAX_BATCH))
+
+
+def _padded(read: TensorReader, dataset: ArrayDataset, batch: int) -> Iterator[TensorBatch]:
+    """A fixed-batch model: each call gets exactly ``batch`` samples, the last repeated to fill the final one."""
+    from converters.verify import pad_batch
+
+    for part in dataset.batches(batch):
+        yield TensorBatch(read(pad_batch(part, batch)), batch)
+
+
+def collect_ranges(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset,
+                   make_estimator: Callable[[str], RangeEstimator]) -> dict[str, tuple[float, float]]:  # fmt: skip
     estimators = {t: make_estimator(t) for t in tensors}
-    for batch in batches:
-        for name, value in zip(fetched, session.run(fetched, batch), strict=True):
-            estimators[name].observe(value)
-        for name in inputs & set(tensors):
-            estimators[name].observe(batch[name])
+    for batch in read_tensors(model, tensors, dataset):
+        for name, value in batch.values.items():
+            estimators[name].observe(value, batch.samples)
     return {t: e.range() for t, e in estimators.items()}
 
 

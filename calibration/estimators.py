@@ -15,7 +15,8 @@ from calibration.histogram import DEFAULT_SAMPLE_LIMIT, StreamingHistogram
 
 
 class RangeEstimator(Protocol):
-    def observe(self, values: np.ndarray) -> None: ...
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
+        """One batch of one tensor: the values of ``samples`` calibration samples, stacked on the first axis."""
 
     def range(self) -> tuple[float, float]: ...
 
@@ -32,7 +33,7 @@ class MinMaxEstimator:
     def __init__(self):
         self.low, self.high = np.inf, -np.inf
 
-    def observe(self, values: np.ndarray) -> None:
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
         if values.size:
             self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
 
@@ -41,18 +42,24 @@ class MinMaxEstimator:
 
 
 class MovingAverageMinMaxEstimator:
-    """Exponential moving average of each batch's min and max (as TF's QAT observers): one outlier batch
-    moves the range by (1 - momentum) of its excess, not all of it."""
+    """Exponential moving average of each sample's min and max (as TF's QAT observers, fed one sample a step): one
+    outlier sample moves the range by (1 - momentum) of its excess, not all of it. Per sample, not per call, so the
+    range does not depend on how many samples a call runs."""
 
     def __init__(self, momentum: float = 0.9):
         self.momentum = momentum
         self.low: float | None = None
         self.high = 0.0
 
-    def observe(self, values: np.ndarray) -> None:
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
         if not values.size:
             return
-        low, high = float(values.min()), float(values.max())
+        # a tensor whose first axis is not the samples' (one sample a call) is one observation
+        rows = values.reshape(samples if values.shape[:1] == (samples,) else 1, -1)
+        for low, high in zip(rows.min(axis=1).tolist(), rows.max(axis=1).tolist(), strict=True):
+            self._update(low, high)
+
+    def _update(self, low: float, high: float) -> None:
         if self.low is None:
             self.low, self.high = low, high
             return
@@ -64,7 +71,7 @@ class MovingAverageMinMaxEstimator:
 
 
 class HistogramEstimator:
-    """``sample_limit``: bin at most about this many values per batch (a seeded strided subsample; min and max stay
+    """``sample_limit``: bin at most about this many values per sample (a seeded strided subsample; min and max stay
     exact); None bins every value. See ``calibration.histogram`` and tests/calibration/test_collect_speed_approx.py
     for the error this costs."""
 
@@ -75,8 +82,8 @@ class HistogramEstimator:
         self.levels = levels  # of the integer grid that ships: 256 for 8-bit, 65536 for 16-bit
         self.histogram = StreamingHistogram(sample_limit=sample_limit, seed=seed, ignore_zeros=self.ignore_zeros)
 
-    def observe(self, values: np.ndarray) -> None:
-        self.histogram.observe(values)
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
+        self.histogram.observe(values, samples)
 
     def range(self) -> tuple[float, float]:
         if self.histogram.total == 0 or self.histogram.half_range == 0.0:

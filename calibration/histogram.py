@@ -6,10 +6,10 @@ approximated (PyTorch's HistogramObserver re-bins approximately; a two-pass min/
 onnxruntime do, costs a second pass of inference).
 
 Binning every value of every activation costs several times the inference that produced it, so once a histogram
-has binned ``EXACT_VALUES`` values, a batch with more than ``sample_limit`` values is binned from a strided
-subsample (a seeded random start, every ``stride``-th value, each counted ``stride`` times). The exact start keeps
-small calibration sets exact, and the clipping methods, which live on the sparse tails, fed well: a subsample's
-tail is what they are most sensitive to (tests/calibration/test_collect_speed_approx.py measures the error).
+has binned ``EXACT_VALUES`` values, a batch with more than ``sample_limit`` values per sample is binned from a
+strided subsample (a seeded random start, every ``stride``-th value, each counted ``stride`` times). The exact
+start keeps small calibration sets exact, and the clipping methods, which live on the sparse tails, fed well: a
+subsample's tail is what they are most sensitive to (tests/calibration/test_collect_speed_approx.py measures the error).
 The extremes stay exact: the range still grows to the true peak, and
 ``observed_range`` reports the true min and max. Small batches are copied to a bounded buffer and binned together
 (at most ``PENDING_VALUES`` values per histogram), because numpy's per-call overhead, not the arithmetic, is what a
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_BINS = 4096
-DEFAULT_SAMPLE_LIMIT = 4096  # values binned per batch and tensor; about 1/8 of MobileNetV2's at 96x96
+DEFAULT_SAMPLE_LIMIT = 4096  # values binned per sample and tensor; about 1/8 of MobileNetV2's at 96x96
 EXACT_VALUES = 1 << 18  # values binned exactly before subsampling starts
 PENDING_VALUES = 1 << 16  # values buffered before binning: memory stays bounded whatever the sample count
 _LCG_MULTIPLIER, _LCG_INCREMENT = 6364136223846793005, 1442695040888963407  # Knuth's MMIX; cheaper than a Generator
@@ -30,7 +30,7 @@ _LCG_MULTIPLIER, _LCG_INCREMENT = 6364136223846793005, 1442695040888963407  # Kn
 class StreamingHistogram:
     def __init__(self, bins: int = DEFAULT_BINS, sample_limit: int | None = None, seed: int = 0,
                  ignore_zeros: bool = False):  # fmt: skip
-        """``sample_limit`` None bins every value (exact); otherwise at most about that many values per batch.
+        """``sample_limit`` None bins every value (exact); otherwise at most about that many values per sample.
         ``ignore_zeros``: exact zeros are not counted (the extremes still include them)."""
         if bins % 4:
             raise ValueError("bins must be a multiple of 4 so the range can double by merging pairs")
@@ -50,7 +50,8 @@ class StreamingHistogram:
         self.zeros = 0  # values seen while R was still 0
         self.low, self.high = np.inf, -np.inf  # exact extremes of everything observed
 
-    def observe(self, values: np.ndarray) -> None:
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
+        """``values`` of ``samples`` calibration samples (the subsample limit is per sample)."""
         values = np.asarray(values).reshape(-1)
         if not values.size:
             return
@@ -61,17 +62,17 @@ class StreamingHistogram:
             self._add_zeros(values.size)
             return
         self._grow_to(peak)  # values still pending lie within the old range, so within the new one too
-        self._add_values(*self._sample(values))
+        self._add_values(*self._sample(values, samples))
 
     @property
     def counts(self) -> np.ndarray:
         self._flush()
         return self._counts
 
-    def _sample(self, values: np.ndarray) -> tuple[np.ndarray, int]:
+    def _sample(self, values: np.ndarray, samples: int) -> tuple[np.ndarray, int]:
         exact = self.sample_limit is None or self._seen < self.exact_values
         self._seen += values.size
-        stride = 1 if exact else -(-values.size // self.sample_limit)
+        stride = 1 if exact else -(-values.size // (self.sample_limit * samples))
         if stride == 1:
             return values, 1
         self._state = (self._state * _LCG_MULTIPLIER + _LCG_INCREMENT) & (2**64 - 1)

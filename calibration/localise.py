@@ -15,13 +15,13 @@ tensors carry TF's names, not ONNX's: one is matched to an edgepack activation w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from calibration.collect import with_outputs
+from calibration.collect import onnx_tensor_reader
 from calibration.sources import ArrayDataset
 from edgepack.artifacts import TensorSpec
 from edgepack.errors import ModelFileError
@@ -32,7 +32,6 @@ SQNR_LIMIT_DB = 300.0
 NCHW_TO_NHWC = (0, 2, 3, 1)
 
 Grid = tuple[float, int]  # (scale, zero point) of a per-tensor activation
-TensorReader = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -76,22 +75,6 @@ def dequantized_name(graph: onnx.GraphProto, tensor: str) -> str:
         return tensor
     quantized = next(n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
     return next(n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantized)
-
-
-def onnx_tensor_reader(model: onnx.ModelProto, tensors: list[str]) -> TensorReader:
-    """A function batch -> {tensor: value} running ``model`` in onnxruntime with ``tensors`` exposed as outputs."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(with_outputs(model, tensors).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])  # fmt: skip
-    inputs = {i.name for i in session.get_inputs()}
-    fetched = [t for t in tensors if t not in inputs]
-
-    def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = dict(zip(fetched, session.run(fetched, batch), strict=True))
-        return values | {t: batch[t] for t in tensors if t in inputs}
-
-    return read
 
 
 def onnx_layers(graph: onnx.GraphProto, sqnr: dict[str, float]) -> list[LayerSqnr]:

@@ -56,10 +56,9 @@ class Calibration:
     activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
 
 
-def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme, batch_size: int,
+def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme,
               source: str = "calibration data") -> Calibration:  # fmt: skip
-    from converters.verify import pad_batch
-
+    """Many samples a call where the model's batch can be freed, else at its fixed batch (calibration.collect)."""
     dataset = check_calibration_data(dataset, source)
     dataset = dataset.head(scheme.samples)
     plan = plan_quantization(model, skip=set(scheme.skip_nodes))
@@ -69,8 +68,7 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     def estimator(_name: str):
         return make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
 
-    batches = (pad_batch(b, batch_size) for b in dataset.batches(batch_size))
-    ranges = collect_ranges(model, plan.activations, batches, estimator)
+    ranges = collect_ranges(model, plan.activations, dataset, estimator)
     return Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
 
 

@@ -98,10 +98,9 @@ def _export(ctx, module: torch.nn.Module, out: Path):
 
 def _starting_calibration(config: QatConfig, ctx, float_onnx, data: tuple[ArrayDataset, str]):
     from calibration.ptq import calibrate
-    from edgepack.measure import batch_size
 
     dataset, description = data
-    calibration = calibrate(float_onnx, dataset, config.scheme(), batch_size(ctx.recipe), description)
+    calibration = calibrate(float_onnx, dataset, config.scheme(), description)
     return calibration, dataset.head(8).inputs  # a few samples make matching torch values to ONNX tensors unambiguous
 
 

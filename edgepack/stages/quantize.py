@@ -63,7 +63,7 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
     calibration = qat_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
     if calibration is None:
         dataset, description = calibration_dataset(config, ctx)
-        calibration = calibrate(prepared.model, dataset, config, batch_size(ctx.recipe), description)
+        calibration = calibrate(prepared.model, dataset, config, description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, batch_size(ctx.recipe))
     seconds = time.perf_counter() - started
     mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name)  # accuracy_target

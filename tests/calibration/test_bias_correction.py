@@ -61,7 +61,7 @@ def test_correction_is_the_mean_weight_error_times_the_layer_input(per_channel):
     assert len(conv.input) == 3 and np.allclose(stored[conv.input[2]], -expected_conv, rtol=1e-4, atol=1e-7)
     assert np.allclose(stored["gb"], weights["gb"] - expected_gemm, rtol=1e-4, atol=1e-6)
     assert len(next(n for n in model.graph.node if n.name == "conv").input) == 2  # the input model is unchanged
-    replanned = with_corrected_model(calibrate(model, data, QuantScheme(), 4), result.model).plan
+    replanned = with_corrected_model(calibrate(model, data, QuantScheme()), result.model).plan
     assert [b.initializer for b in replanned.biases] == [conv.input[2], "gb"]  # the added bias is quantized too
 
 
@@ -75,7 +75,7 @@ def equalized(tmp_path_factory):
 def test_correction_removes_the_mean_output_error_per_channel_on_held_out_data(equalized, tmp_path):
     train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
     scheme = QuantScheme(per_channel_weights=False)
-    calibration = calibrate(equalized, train, scheme, batch_size=1)
+    calibration = calibrate(equalized, train, scheme)
     learned = correct_biases(equalized, calibration.plan, train.head(256), 1, per_channel_weights=False)
     held_out = correct_biases(equalized, calibration.plan, test, 1, per_channel_weights=False).corrections
     assert list(learned.corrections) == ["/0/Conv", "/3/Conv", "/6/Conv", "/11/Gemm"]

@@ -142,7 +142,7 @@ def per_tensor_files(model: onnx.ModelProto, folder, tag: str) -> tuple:
     """ONNX QDQ and TFLite int8 with per-tensor weights from one calibration; returns both paths and the
     weight parameters the QDQ writer used."""
     train = load_digits_dataset("image", "train")
-    calibration = calibrate(model, train, QuantScheme(per_channel_weights=False), batch_size=1)
+    calibration = calibrate(model, train, QuantScheme(per_channel_weights=False))
     onnx.save(model, str(folder / f"{tag}.float.onnx"))
     weights = write_qdq_model(model, folder / f"{tag}.int8.onnx", calibration.plan, calibration.activations,
                               per_channel_weights=False)  # fmt: skip

@@ -90,7 +90,7 @@ def test_16_bit_activations_gain_over_30_db_on_every_layer_without_weights(tmp_p
     data = ArrayDataset({"x": np.random.default_rng(0).standard_normal((64, 1, 2, 4, 4)).astype(np.float32)[:, 0]})
     figures = {}
     for precision in ("int8", "int16x8"):
-        calibration = calibrate(model, data, QuantScheme(precision=precision), batch_size=1)
+        calibration = calibrate(model, data, QuantScheme(precision=precision))
         write_qdq_model(model, tmp_path / f"{precision}.onnx", calibration.plan, calibration.activations)
         quantized = onnx.load(str(tmp_path / f"{precision}.onnx"))
         rows = onnx_layer_sqnr(model, quantized, list(calibration.activations), data, batch_size=1)
@@ -103,8 +103,8 @@ def test_16_bit_activations_gain_over_30_db_on_every_layer_without_weights(tmp_p
 def min_max_and_percentile_60(float_model):
     """Two calibrations of the digits model: min-max, and percentile 60 (clips 40% of each tensor's values)."""
     train = load_digits_dataset("image", "train")
-    good = calibrate(float_model, train, QuantScheme(), batch_size=1)
-    return good, calibrate(float_model, train, QuantScheme(method="percentile", percentile=60), batch_size=1)
+    good = calibrate(float_model, train, QuantScheme())
+    return good, calibrate(float_model, train, QuantScheme(method="percentile", percentile=60))
 
 
 def sqnr_with_damaged_range(model, calibrations, tmp_path, damaged: str | None) -> dict[str, float]:

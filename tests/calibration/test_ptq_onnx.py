@@ -53,7 +53,7 @@ def qdq_parameters(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.nda
 @pytest.mark.parametrize("precision", ["int8", "int16x8"])
 def test_qdq_file_holds_edgepack_parameters_and_keeps_accuracy(digits_onnx, tmp_path, precision):
     train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
-    calibration = calibrate(digits_onnx, train, QuantScheme(precision=precision), batch_size=1)
+    calibration = calibrate(digits_onnx, train, QuantScheme(precision=precision))
     path = tmp_path / f"{precision}.onnx"
     weights = write_qdq_model(digits_onnx, path, calibration.plan, calibration.activations)
     written = onnx.load(str(path))
@@ -72,7 +72,7 @@ def test_qdq_file_holds_edgepack_parameters_and_keeps_accuracy(digits_onnx, tmp_
 
 
 def test_biases_are_int32_on_input_times_weight_scale_without_a_zero_point_input(digits_onnx, tmp_path):
-    calibration = calibrate(digits_onnx, load_digits_dataset("image", "train"), QuantScheme(), batch_size=1)
+    calibration = calibrate(digits_onnx, load_digits_dataset("image", "train"), QuantScheme())
     weights = write_qdq_model(digits_onnx, tmp_path / "q.onnx", calibration.plan, calibration.activations)
     written = onnx.load(str(tmp_path / "q.onnx"))
     initializers = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
@@ -94,7 +94,7 @@ def test_biases_are_int32_on_input_times_weight_scale_without_a_zero_point_input
 def test_every_calibration_method_keeps_float_accuracy_in_onnxruntime(digits_onnx, tmp_path, method):
     # entropy once tuned its KL search for a 128-level grid while asymmetric int8 ships 256: 7.8 points lost here
     train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
-    calibration = calibrate(digits_onnx, train, QuantScheme(method=method), batch_size=1)
+    calibration = calibrate(digits_onnx, train, QuantScheme(method=method))
     write_qdq_model(digits_onnx, tmp_path / "q.onnx", calibration.plan, calibration.activations)
     float_top1 = np.mean(predict(OnnxSession_from(digits_onnx, tmp_path), test, 1)["logits"].argmax(1) == test.labels)
     quant_top1 = np.mean(predict(OnnxSession(tmp_path / "q.onnx"), test, 1)["logits"].argmax(1) == test.labels)
@@ -109,10 +109,10 @@ def OnnxSession_from(model: onnx.ModelProto, folder) -> OnnxSession:
 def test_bad_calibration_data_is_named(digits_onnx):
     scheme = QuantScheme()
     with pytest.raises(DataError, match="needs calibration data"):
-        calibrate(digits_onnx, None, scheme, batch_size=1)
+        calibrate(digits_onnx, None, scheme)
     few = ArrayDataset({"image": np.zeros((3, 1, 8, 8), np.float32)})
     with pytest.raises(DataError, match="3 calibration samples found; at least 8"):
-        calibrate(digits_onnx, few, scheme, batch_size=1)
+        calibrate(digits_onnx, few, scheme)
     nan = ArrayDataset({"image": np.full((16, 1, 8, 8), np.nan, np.float32)})
     with pytest.raises(DataError, match="calibration input 'image' contains NaN"):
-        calibrate(digits_onnx, nan, scheme, batch_size=1)
+        calibrate(digits_onnx, nan, scheme)

@@ -82,7 +82,7 @@ def outlier_onnx(outlier_weights, tmp_path_factory) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def searched(outlier_onnx):
     train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
-    calibration = calibrate(outlier_onnx, train, QuantScheme(), batch_size=1)
+    calibration = calibrate(outlier_onnx, train, QuantScheme())
     scorer = RuntimeScorer(outlier_onnx, test, batch_size=1)
     return calibration, scorer, search_mixed_precision(calibration, scorer, AccuracyTarget(max_accuracy_drop_pp=0.5))
 

@@ -41,7 +41,7 @@ def files(tmp_path_factory):
 
 def int8_files(onnx_path, folder) -> tuple:
     """The QDQ ONNX file and the int8 TFLite file, from the same digits calibration."""
-    calibration = calibrate(onnx.load(str(onnx_path)), load_digits_dataset("image", "train"), QuantScheme(), 1)
+    calibration = calibrate(onnx.load(str(onnx_path)), load_digits_dataset("image", "train"), QuantScheme())
     qdq_path, tflite_path = folder / "pruned.int8.onnx", folder / "pruned.int8.tflite"
     write_qdq_model(onnx.load(str(onnx_path)), qdq_path, calibration.plan, calibration.activations)
     ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}

@@ -123,7 +123,7 @@ def test_activation_quantizer_straight_through_and_learned_range():
 @pytest.mark.parametrize("precision", ["int8", "int16x8"])
 def test_prepared_model_equals_onnx_qdq_file(float_model, tmp_path, name, precision):
     module, float_onnx = float_model(name)
-    calibration = calibrate(float_onnx, TRAIN, QuantScheme(precision=precision), batch_size=1)
+    calibration = calibrate(float_onnx, TRAIN, QuantScheme(precision=precision))
     qat = prepare_qat(module, float_onnx, calibration, EXAMPLE, input_names=["image"])
     assert sorted(qat.points) == sorted(calibration.plan.activations)  # one fake-quant per calibrated point
     assert len(qat.layers) == len(calibration.plan.weights)
@@ -144,7 +144,7 @@ def test_finetuned_export_matches_onnx_and_tflite(float_model, tmp_path):
     from converters.verify import predict
 
     module, float_onnx = float_model("conv_net")
-    calibration = calibrate(float_onnx, TRAIN, QuantScheme(), batch_size=1)
+    calibration = calibrate(float_onnx, TRAIN, QuantScheme())
     qat = prepare_qat(module, float_onnx, calibration, EXAMPLE, input_names=["image"], momentum=0.05)
     finetune_briefly(qat)
     assert qat.trained_ranges()["relu_1"] != calibration.ranges["relu_1"]  # the observed ranges moved
@@ -173,7 +173,7 @@ def test_finetuned_export_matches_onnx_and_tflite(float_model, tmp_path):
                                                         ("ternary", {-127, 0, 127}, 2368 / 4 + 4 * 42)])  # fmt: skip
 def test_binary_and_ternary_weights_export_as_two_or_three_int8_values(float_model, tmp_path, mode, values, packed):
     module, float_onnx = float_model("mlp")
-    calibration = calibrate(float_onnx, TRAIN, QuantScheme(), batch_size=1)
+    calibration = calibrate(float_onnx, TRAIN, QuantScheme())
     learn = mode == "ternary"  # learned ranges (LSQ) ride along here: they must export as exactly as observed ones
     qat = prepare_qat(module, float_onnx, calibration, EXAMPLE, input_names=["image"], weight_bits=mode,
                       learn_ranges=learn)  # fmt: skip
@@ -204,7 +204,7 @@ def test_plan_tensor_without_torch_value_is_named(float_model):
     graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
     graph.node.append(helper.make_node("Mul", ["logits", "two"], ["doubled"], name="node_double"))
     graph.output[0].name = "doubled"
-    calibration = calibrate(doubled, TRAIN, QuantScheme(), batch_size=1)
+    calibration = calibrate(doubled, TRAIN, QuantScheme())
     with pytest.raises(UnsupportedOperatorError, match=r"'node_double' \(op Mul\).*'doubled'"):
         prepare_qat(module, doubled, calibration, EXAMPLE, input_names=["image"])
     with pytest.raises(UnsupportedOperatorError, match=r"op Gemm.*no torch Conv/Linear whose weight"):
