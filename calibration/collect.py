@@ -3,18 +3,18 @@
 One pass of inference in onnxruntime with the planned tensors exposed as extra outputs; only the estimators'
 statistics are kept, never the activations, so memory stays flat as the sample count grows.
 
-What that costs (MobileNetV2 at 96x96, benchmarks/calibration_cost.py): exposing the 64 planned tensors alone makes
-inference about 1.35-1.5x slower. onnxruntime runs convolutions in a blocked layout (NCHWc) and must convert every
-exposed tensor back to NCHW (64 ReorderOutput nodes instead of 1), and a Conv whose output is exposed can no longer
-absorb the residual Add after it. That is the floor for any calibration that reads the tensors. Reducing min/max
-inside the graph instead (ReduceMin/ReduceMax outputs) was tried: cheaper with one thread, slower with the default
-two, so the tensors are read in numpy.
+Exported models usually fix their batch at 1, and one call per sample pays onnxruntime's per-call and per-output
+costs and numpy's per-tensor costs once per sample. So ``read_tensors`` runs a copy whose batch dimension is free,
+several samples a call (as many as fit ``BATCH_BYTES`` of exposed values), once a probe shows that copy computes,
+sample for sample, what it computes one sample at a time; a graph with the batch baked in (a Reshape to [1, -1]) or
+a tensor whose first axis is not the batch fails the probe and runs one sample a call.
 
-Exported models usually fix their batch at 1, and one call per sample then pays onnxruntime's per-call and
-per-output costs and numpy's per-tensor costs once per sample: on that model, about as much again as the exposure.
-So ``read_tensors`` runs a copy whose batch dimension is free, many samples a call, once a probe shows that copy
-computes, sample for sample, what it computes one sample at a time; a graph with the batch baked in (a Reshape to
-[1, -1]) or a tensor whose first axis is not the batch fails the probe and runs one sample a call as before.
+What that costs (MobileNetV2 at 96x96, 1024 samples, benchmarks/calibration_cost.py, against plain inference one
+sample a call): reading the 64 planned tensors alone is 1.4-1.6x, min-max calibration 1.8-2.0x (2.1-2.3x one sample
+a call). The floor is the exposure: onnxruntime runs convolutions in a blocked layout (NCHWc) and must convert every
+exposed tensor back to NCHW, and a Conv whose output is exposed can no longer absorb the residual Add after it.
+Reducing min/max inside the graph instead (ReduceMin/ReduceMax outputs) was tried: cheaper with one thread, slower
+with the default two, so the tensors are read in numpy.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ TensorReader = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 @dataclass
 class TensorBatch:
     values: dict[str, np.ndarray]  # every requested tensor, graph inputs included
-    samples: int  # samples the values hold (a fixed-batch model's padding included)
+    rows: int  # samples the model ran: a fixed-batch model's padding (copies of the last sample) included
+    samples: int  # of which real: in batch-first values, the first ``samples`` rows
+
+    def real(self, name: str) -> np.ndarray:
+        return self.values[name][: self.samples]
 
 
 def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -84,9 +88,17 @@ def read_tensors(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDatas
         return
     yield probe
     size = _batch_within_budget(probe)
-    for start in range(probe.samples, len(dataset), size):
+    for start in range(probe.rows, len(dataset), size):
         part = {name: array[start : start + size] for name, array in dataset.inputs.items()}
-        yield TensorBatch(read(part), len(next(iter(part.values()))))
+        count = len(next(iter(part.values())))
+        yield TensorBatch(read(part), count, count)
+
+
+def model_outputs(model: onnx.ModelProto, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """The graph outputs over every sample of ``dataset``, stacked (batch-first outputs)."""
+    names = [o.name for o in model.graph.output]
+    batches = list(read_tensors(model, names, dataset))
+    return {name: np.concatenate([b.real(name) for b in batches]) for name in names}
 
 
 def model_batch(model: onnx.ModelProto) -> int | None:
@@ -123,7 +135,7 @@ def _probe(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset) ->
     except Exception:  # noqa: BLE001  onnxruntime refuses the batch in many ways; each means "keep it fixed"
         return None, None
     if all(_same_rows(together[t], [a[t] for a in alone]) for t in tensors):
-        return read, TensorBatch(together, count)
+        return read, TensorBatch(together, count, count)
     return None, None
 
 
@@ -136,7 +148,7 @@ def _same_rows(together: np.ndarray, alone: list[np.ndarray]) -> bool:
 
 
 def _batch_within_budget(probe: TensorBatch) -> int:
-    per_sample = sum(v.nbytes for v in probe.values.values()) / probe.samples
+    per_sample = sum(v.nbytes for v in probe.values.values()) / probe.rows
     return int(np.clip(BATCH_BYTES // max(per_sample, 1), 1, MAX_BATCH))
 
 
@@ -145,7 +157,7 @@ def _padded(read: TensorReader, dataset: ArrayDataset, batch: int) -> Iterator[T
     from converters.verify import pad_batch
 
     for part in dataset.batches(batch):
-        yield TensorBatch(read(pad_batch(part, batch)), batch)
+        yield TensorBatch(read(pad_batch(part, batch)), batch, len(next(iter(part.values()))))
 
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset,
@@ -153,7 +165,7 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDat
     estimators = {t: make_estimator(t) for t in tensors}
     for batch in read_tensors(model, tensors, dataset):
         for name, value in batch.values.items():
-            estimators[name].observe(value, batch.samples)
+            estimators[name].observe(value, batch.rows)
     return {t: e.range() for t, e in estimators.items()}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
 from calibration.params import activation_params
 from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
@@ -147,25 +148,17 @@ def without_tensors(calibration: Calibration, tensors: set[str], weights: set[st
 class RuntimeScorer:
     """Scores quantized candidates against the float model, both run in onnxruntime on the same samples."""
 
-    def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, batch_size: int, *,
-                 unsigned_activations: bool = True, per_channel_weights: bool = True):  # fmt: skip
-        self.model, self.dataset, self.batch_size = float_model, dataset, batch_size
+    def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, *, unsigned_activations: bool = True,
+                 per_channel_weights: bool = True):  # fmt: skip
+        self.model, self.dataset = float_model, dataset
         self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
         self.reference = self.outputs(float_model)
         self.output = float_model.graph.output[0].name
         self.float_top1 = None if dataset.labels is None else self._top1(self.reference)
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
-        from converters.verify import pad_batch
-
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        names, parts = [o.name for o in session.get_outputs()], []
-        for batch in self.dataset.batches(self.batch_size):
-            count = len(next(iter(batch.values())))
-            parts.append([v[:count] for v in session.run(names, pad_batch(batch, self.batch_size))])
-        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+        """Many samples a call where the batch can be freed: one candidate costs one pass over the data."""
+        return model_outputs(model, self.dataset)
 
     def score(self, calibration: Calibration) -> Score:
         from converters.qdq import build_qdq_model

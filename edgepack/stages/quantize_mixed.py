@@ -51,7 +51,7 @@ class MixedCalibrations:
             if artifact.format == Format.ONNX:
                 artifact.details["mixed_precision"] = mixed_precision_record(self.search, "onnx")
             else:
-                measured = self.scorer.score_outputs(tflite_outputs(ctx.artifact_path(artifact), self.scorer))
+                measured = self.scorer.score_outputs(tflite_outputs(ctx, ctx.artifact_path(artifact), self.scorer))
                 artifact.details["mixed_precision"] = mixed_precision_record(self.search, "tflite", measured)
             artifact.details["sensitivity"] = sensitivity_record(self.search, self.source)  # how it was decided
 
@@ -59,7 +59,6 @@ class MixedCalibrations:
 def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str) -> MixedCalibrations:
     """Search only when the stage has an ``accuracy_target``; on the evaluation data (the random verification
     inputs when there is none: then the target is the output SQNR)."""
-    from edgepack.measure import batch_size
 
     if config.accuracy_target is None:
         return MixedCalibrations(calibration, calibration)
@@ -69,7 +68,7 @@ def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibra
         dataset = ArrayDataset(dataset.inputs)
     options = {"unsigned_activations": config.unsigned_onnx_activations,
                "per_channel_weights": config.per_channel_weights}  # fmt: skip
-    scorer = RuntimeScorer(model, dataset, batch_size(ctx.recipe), **options)
+    scorer = RuntimeScorer(model, dataset, **options)
     search = search_mixed_precision(calibration, scorer, config.accuracy_target)
     float_tensors = tflite_float_tensors(plan_layers(model, calibration.plan), search.tflite_float)
     onnx_calibration = with_layers_high(calibration, search.kept, search.high)
@@ -87,8 +86,9 @@ def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
                          "write this precision for ONNX only (formats: [onnx])")  # fmt: skip
 
 
-def tflite_outputs(path, scorer: RuntimeScorer) -> dict:
+def tflite_outputs(ctx, path, scorer: RuntimeScorer) -> dict:
     from converters.runtime import open_session
     from converters.verify import predict
+    from edgepack.measure import batch_size
 
-    return predict(open_session(path), scorer.dataset, scorer.batch_size)
+    return predict(open_session(path), scorer.dataset, batch_size(ctx.recipe))

@@ -52,7 +52,7 @@ def one_at_a_time(model, tensors, dataset) -> dict[str, np.ndarray]:
 
 
 def stacked(batches, tensors) -> dict[str, np.ndarray]:
-    return {t: np.concatenate([b.values[t][: b.samples] for b in batches]) for t in tensors}
+    return {t: np.concatenate([b.real(t) for b in batches]) for t in tensors}
 
 
 def test_a_batch_one_model_runs_many_samples_a_call_with_the_same_values():
@@ -90,9 +90,11 @@ def test_a_graph_that_refuses_another_batch_runs_one_sample_a_call():
 def test_a_fixed_batch_of_four_is_padded_by_repeating_the_last_sample():
     dataset = data(10)
     batches = list(read_tensors(per_sample(batch=4), ["y"], dataset))
-    assert [b.samples for b in batches] == [4, 4, 4] and model_batch(per_sample(batch=4)) == 4
+    assert [(b.rows, b.samples) for b in batches] == [(4, 4), (4, 4), (4, 2)] and model_batch(per_sample(4)) == 4
     last = batches[-1].values["y"]
-    assert np.array_equal(last[2], last[3])  # samples 9 and its copy
+    assert np.array_equal(last[1], last[2]) and np.array_equal(last[1], last[3])  # sample 9 and its copies
+    expected = one_at_a_time(per_sample(), ["y"], dataset)["y"]
+    np.testing.assert_allclose(stacked(batches, ["y"])["y"], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_minmax_and_moving_average_ranges_do_not_depend_on_the_samples_per_call():

@@ -83,7 +83,7 @@ def outlier_onnx(outlier_weights, tmp_path_factory) -> onnx.ModelProto:
 def searched(outlier_onnx):
     train, test = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
     calibration = calibrate(outlier_onnx, train, QuantScheme())
-    scorer = RuntimeScorer(outlier_onnx, test, batch_size=1)
+    scorer = RuntimeScorer(outlier_onnx, test)
     return calibration, scorer, search_mixed_precision(calibration, scorer, AccuracyTarget(max_accuracy_drop_pp=0.5))
 
 
@@ -134,7 +134,7 @@ def test_a_layer_kept_float_loses_its_grids_weights_and_biases_in_onnx_and_recov
 def test_an_unreachable_target_is_reported_missed_with_every_layer_kept_high(outlier_onnx, searched):
     calibration, _, _ = searched
     unlabelled = ArrayDataset(load_digits_dataset("image", "test").head(64).inputs)  # no labels: the SQNR target
-    scorer = RuntimeScorer(outlier_onnx, unlabelled, batch_size=1)
+    scorer = RuntimeScorer(outlier_onnx, unlabelled)
     result = search_mixed_precision(calibration, scorer, AccuracyTarget(min_output_sqnr_db=200.0))
     assert not result.met and len(result.kept) == len(result.ranking) == 4  # int8 weights stay: 200 dB is out of reach
     assert result.steps[0][1].top1_drop_pp is None and result.steps[-1][1].output_sqnr_db < 200
