@@ -48,13 +48,20 @@ def _dash_if_none(format_value):
     return lambda value, *args: "-" if value is None else format_value(value, *args)
 
 
+def _size_ratio_text(ratio: float, baseline: str) -> str:
+    """``ratio`` = baseline bytes / artifact bytes, in words (unstructured pruning leaves the size as it was)."""
+    if f"{ratio:.2f}" == "1.00":
+        return f"same size as {baseline}"
+    return f"{ratio:.2f}x smaller vs {baseline}" if ratio > 1 else f"{1 / ratio:.2f}x larger vs {baseline}"
+
+
 FILTERS = {
     "pct": _dash_if_none(lambda v: f"{v * 100:.2f}%"),
     "pp": _dash_if_none(lambda v: f"{0.0 - v:+.2f} pp"),  # a drop of 0.5 pp reads as -0.50 pp
     "ms": _dash_if_none(lambda v: f"{v:.3g}" if v < 1 else f"{v:.2f}"),
     "num": _dash_if_none(lambda v, digits=2: f"{v:.{digits}f}"),
     "sci": _dash_if_none(lambda v: f"{v:.1e}"),
-    "ratio": _dash_if_none(lambda v: f"{v:.2f}x smaller" if v >= 1 else f"{1 / v:.2f}x larger"),
+    "ratio": _dash_if_none(_size_ratio_text),
     "bytes": _dash_if_none(human_bytes),
 }
 

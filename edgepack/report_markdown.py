@@ -30,7 +30,7 @@ def cost_section(data: dict) -> list[str]:
 
 def _cost_rows(card: dict, reference: str) -> list[list[str]]:
     f = FILTERS
-    vs = "-" if card["name"] == card["baseline"] else f"{f['ratio'](card['compression'])} vs {card['baseline']}"
+    vs = "-" if card["name"] == card["baseline"] else f["ratio"](card["compression"], card["baseline"])
     drop = "(reference)" if card["name"] == reference else f["pp"](card["accuracy_drop_pp"])
     head = [card["name"], f"{card['bytes']:,}", vs, f["pct"](card["top1"]), drop]
     pareto = "yes" if card["pareto"] else ""

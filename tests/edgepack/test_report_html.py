@@ -114,3 +114,14 @@ def test_a_real_run_writes_the_html_report_with_its_robustness(digits_run):
     assert "noise 10 dB" in html and "conv_net" in html
     for artifact in digits_run.artifacts:
         assert artifact["sha256"] in html
+
+
+@pytest.mark.parametrize(
+    ("ratio", "text"),
+    [(7612 / 3384, "2.25x smaller vs tflite-fp32"), (0.5, "2.00x larger vs tflite-fp32"),
+     (5824 / 5824, "same size as tflite-fp32"), (1.004, "same size as tflite-fp32")],
+)  # fmt: skip
+def test_size_ratio_reads_as_words_and_equal_sizes_are_not_called_smaller(ratio, text):
+    from edgepack.report_html import FILTERS
+
+    assert FILTERS["ratio"](ratio, "tflite-fp32") == text
