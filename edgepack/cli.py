@@ -190,6 +190,10 @@ def gate(
     max_accuracy_drop: Annotated[
         float | None, typer.Option(help="Largest top-1 drop from the source model, in percentage points.")
     ] = None,
+    max_robustness_drop: Annotated[
+        float | None,
+        typer.Option(help="Largest top-1 drop from the source model under the same perturbation, in points."),
+    ] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="Largest latency of every benchmark record.")] = None,
     max_bytes: Annotated[str | None, typer.Option(help="Largest artifact file: 2MB, 512KiB or bytes.")] = None,
     latency_statistic: Annotated[str | None, typer.Option(help="mean, p50 (default), p90, p99 or max.")] = None,
@@ -199,7 +203,8 @@ def gate(
     """Check a run against budgets (flags, or the recipe's gate block); exit 1 with one line per violated budget."""
     from edgepack.gate import check_run
 
-    flags = {"max_accuracy_drop": max_accuracy_drop, "max_latency_ms": max_latency_ms, "max_bytes": max_bytes}
+    flags = {"max_accuracy_drop": max_accuracy_drop, "max_robustness_drop": max_robustness_drop,
+             "max_latency_ms": max_latency_ms, "max_bytes": max_bytes}  # fmt: skip
     flags |= {"latency_statistic": latency_statistic, "target": target, "artifacts": artifact or None}
     _finish_gate(check_run(run_dir, flags))
 

@@ -1,4 +1,4 @@
-"""The CI gate: budgets on accuracy drop, latency and size, checked against a run's results.json only.
+"""The CI gate: budgets on accuracy drop, robustness, latency and size, checked against a run's results.json only.
 
 The recipe's ``gate:`` block is checked at the end of ``pack`` (the outcome lands in results.json under ``gate``);
 ``edgepack gate RUN_DIR --max-... `` checks any finished run. A figure that was not measured fails its budget:
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgepack.errors import UserError
 
 DEPLOYABLE = ("onnx", "tflite")
+BUDGETS = ("max_accuracy_drop", "max_robustness_drop", "max_latency_ms", "max_bytes")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
@@ -37,6 +38,13 @@ class GateConfig(BaseModel):
     max_accuracy_drop: float | None = Field(
         None, ge=0, description="Largest top-1 drop from the source model, in percentage points (0.5: 97.2% -> 96.7%)."
     )
+    max_robustness_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Largest top-1 drop from the source model under the same input perturbation (the recipe's "
+        "robustness block: noise, brightness, contrast), in percentage points, over every perturbation: catches a "
+        "quantized model that holds up on clean data but breaks under noise.",
+    )
     max_latency_ms: float | None = Field(
         None, gt=0, description="Largest latency in ms (the latency_statistic) of every benchmark record checked."
     )
@@ -58,8 +66,8 @@ class GateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _some_budget(self) -> GateConfig:
-        if self.max_accuracy_drop is None and self.max_latency_ms is None and self.max_bytes is None:
-            raise ValueError("a gate needs at least one of max_accuracy_drop, max_latency_ms, max_bytes")
+        if all(getattr(self, budget) is None for budget in BUDGETS):
+            raise ValueError(f"a gate needs at least one of {', '.join(BUDGETS)}")
         return self
 
 
@@ -90,6 +98,8 @@ def _violations(artifact: dict, reference: dict, config: GateConfig) -> list[dic
     found = []
     if config.max_accuracy_drop is not None:
         found += _accuracy_violations(artifact, reference, config.max_accuracy_drop)
+    if config.max_robustness_drop is not None:
+        found += _robustness_violations(artifact, reference, config.max_robustness_drop)
     if config.max_latency_ms is not None:
         found += _latency_violations(artifact, config)
     if config.max_bytes is not None and artifact["bytes"] > config.max_bytes:
@@ -115,6 +125,24 @@ def _accuracy_violations(artifact: dict, reference: dict, limit_pp: float) -> li
         f"top-1 drop {drop_pp:.2f} pp ({theirs['top1']:.2%} -> {ours['top1']:.2%}) exceeds the budget {limit_pp:g} pp"
     )
     return [_violation(artifact, "max_accuracy_drop_pp", limit_pp, drop_pp, message)]
+
+
+def _robustness_violations(artifact: dict, reference: dict, limit_pp: float) -> list[dict]:
+    """The worst perturbation: the artifact's top-1 under it against the source model's under the same one."""
+    ours, theirs = artifact.get("robustness"), reference.get("robustness")
+    source = {c["label"]: c["top1"] for c in (theirs or {}).get("conditions", [])}
+    drops = [((source[c["label"]] - c["top1"]) * 100, c) for c in (ours or {}).get("conditions", [])
+             if c["label"] in source]  # fmt: skip
+    if not drops:
+        message = ("top-1 under perturbations was not measured (the recipe needs labelled data, task: "
+                   "classification and a robustness block)")  # fmt: skip
+        return [_violation(artifact, "max_robustness_drop_pp", limit_pp, None, message)]
+    drop_pp, worst = max(drops, key=lambda d: d[0])
+    if drop_pp <= limit_pp + 1e-9:
+        return []
+    message = (f"top-1 under {worst['label']} {drop_pp:.2f} pp below the source model's ({source[worst['label']]:.2%} "
+               f"-> {worst['top1']:.2%}) exceeds the budget {limit_pp:g} pp")  # fmt: skip
+    return [_violation(artifact, "max_robustness_drop_pp", limit_pp, drop_pp, message)]
 
 
 def _latency_violations(artifact: dict, config: GateConfig) -> list[dict]:
@@ -169,6 +197,8 @@ def budget_text(budgets: dict) -> str:
     parts = []
     if "max_accuracy_drop" in budgets:
         parts.append(f"top-1 drop <= {budgets['max_accuracy_drop']:g} pp")
+    if "max_robustness_drop" in budgets:
+        parts.append(f"top-1 drop under perturbations <= {budgets['max_robustness_drop']:g} pp")
     if "max_latency_ms" in budgets:
         parts.append(f"latency {budgets['latency_statistic']} <= {budgets['max_latency_ms']:g} ms")
     if "max_bytes" in budgets:

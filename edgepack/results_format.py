@@ -97,7 +97,7 @@ class Robustness(TypedDict):
 
 class GateViolation(TypedDict):
     artifact: str
-    budget: str  # "max_accuracy_drop_pp" | "max_latency_ms" | "max_bytes"
+    budget: str  # "max_accuracy_drop_pp" | "max_robustness_drop_pp" | "max_latency_ms" | "max_bytes"
     limit: float
     value: float | None  # None: the figure was not measured (a missing figure fails its budget)
     message: str  # one line, printed by the CLI

@@ -50,6 +50,27 @@ def test_latency_budget_checks_every_record_of_the_chosen_target(full_results):
     assert "latency p90 not measured on adb://emulator-5554" in outcome["violations"][-1]["message"]
 
 
+def test_robustness_budget_compares_each_perturbation_with_the_source_under_the_same_one(full_results):
+    # Worst perturbation for both int8 files: noise 10 dB, 76.39% for the source; onnx-int8 55.67% (20.72 pp
+    # below), tflite-int8 51.11% (25.28 pp); the float files match the source under every perturbation.
+    assert violations(full_results, max_robustness_drop=25.3) == []
+    assert violations(full_results, max_robustness_drop=21) == [("tflite-int8", "max_robustness_drop_pp")]
+    outcome = evaluate_gate(full_results, GateConfig(max_robustness_drop=0))
+    drops = [(v["artifact"], round(v["value"], 2)) for v in outcome["violations"]]
+    assert drops == [("onnx-int8", 20.72), ("tflite-int8", 25.28)]
+    assert outcome_lines(outcome)[1] == ("gate failed: tflite-int8: top-1 under noise 10 dB 25.28 pp below the "
+                                         "source model's (76.39% -> 51.11%) exceeds the budget 0 pp")  # fmt: skip
+    assert "top-1 drop under perturbations <= 30 pp" in outcome_lines(
+        evaluate_gate(full_results, GateConfig(max_robustness_drop=30)))[0]  # fmt: skip
+
+
+def test_robustness_budget_fails_where_robustness_was_not_measured(full_results):
+    del full_results["artifacts"][4]["robustness"]  # tflite-int8
+    outcome = evaluate_gate(full_results, GateConfig(max_robustness_drop=50))
+    assert [(v["artifact"], v["value"]) for v in outcome["violations"]] == [("tflite-int8", None)]
+    assert "top-1 under perturbations was not measured" in outcome["violations"][0]["message"]
+
+
 def test_size_budget(full_results):
     assert violations(full_results, max_bytes="20kB") == []
     assert violations(full_results, max_bytes="7KB") == [("onnx-fp32", "max_bytes"), ("tflite-fp32", "max_bytes")]
@@ -74,7 +95,7 @@ def test_one_line_per_violated_budget(full_results):
 @pytest.mark.parametrize(
     "gate, message",
     [
-        ({}, "a gate needs at least one of max_accuracy_drop, max_latency_ms, max_bytes"),
+        ({}, "a gate needs at least one of max_accuracy_drop, max_robustness_drop, max_latency_ms, max_bytes"),
         ({"max_bytes": "2 parsecs"}, "'2 parsecs' is not a size"),
         ({"max_latency": 10}, "unknown key 'gate.max_latency' \\(did you mean 'max_latency_ms'\\?\\)"),
         ({"max_bytes": 10, "latency_statistic": "p95"}, "gate.latency_statistic"),
@@ -92,10 +113,12 @@ def test_gate_command_exit_codes(full_run_dir):
     assert passed.returncode == 0, passed.stderr
     assert passed.stdout.startswith("gate passed: onnx-fp32, tflite-fp32, onnx-int8, tflite-int8 within")
     failed = edgepack("gate", str(full_run_dir), "--max-accuracy-drop", "0.5", "--artifact", "tflite-int8",
-                      "--max-latency-ms", "0.002")  # fmt: skip
+                      "--max-latency-ms", "0.002", "--max-robustness-drop", "25")  # fmt: skip
     assert failed.returncode == 1
     assert failed.stdout.splitlines() == [
         "gate failed: tflite-int8: top-1 drop 1.11 pp (97.22% -> 96.11%) exceeds the budget 0.5 pp",
+        "gate failed: tflite-int8: top-1 under noise 10 dB 25.28 pp below the source model's (76.39% -> 51.11%) "
+        "exceeds the budget 25 pp",
         "gate failed: tflite-int8: latency p50 0.0021 ms on host with 1 thread(s) exceeds the budget 0.002 ms",
         "gate failed: tflite-int8: latency p50 0.0027 ms on host with 2 thread(s) exceeds the budget 0.002 ms",
         "gate failed: tflite-int8: latency p50 0.02 ms on adb://emulator-5554 with 1 thread(s) exceeds the budget "
