@@ -86,12 +86,12 @@ def _accuracy_vs_size(data: dict) -> dict | None:
         figure, ax = _figure()
         for i, card in points:
             ax.scatter(card["bytes"], card["top1"] * 100, s=60, color=_color(i), label=card["name"], zorder=3)
-        _label_points(ax, [(c["bytes"], c["top1"] * 100, c["name"]) for _, c in points])
         _accuracy_axis(ax, [c["top1"] * 100 for _, c in points])
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_kilobytes)
         ax.xaxis.set_minor_formatter(_kilobytes)
         ax.set_xlabel("file size (kB, log scale)")
+        _label_points(ax, [(c["bytes"], c["top1"] * 100, c["name"]) for _, c in points])
         return figure
 
     caption = "Top-1 measured in each artifact's own runtime against its size on disk."
@@ -102,9 +102,30 @@ def _kilobytes(value: float, _position) -> str:
     return f"{value / 1000:g}"
 
 
+LABEL_POINTS = 8  # font size: a label line is about 1.2x this tall and 0.6x this wide per character, in points
+
+
 def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
-    for x, y, name in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    """Each name beside its point: up-right, else down-right, up-left or down-left, the first place where it
+    overprints no marker and no name already placed (artifacts of about the same size and accuracy, such as an
+    int8 file and its pruned float parent); where all four are taken, stacked above up-right."""
+    ax.autoscale_view()  # the final limits and scales, so display positions are the drawn ones
+    scale = ax.figure.dpi / 72  # display units per point
+    line = 1.2 * LABEL_POINTS
+    centres = [ax.transData.transform((x, y)) / scale for x, y, _ in points]
+    taken = [(cx - 5, cy - 5, 10.0) for cx, cy in centres]  # (left, bottom, width) in points: markers, then labels
+
+    def free(left: float, bottom: float, width: float) -> bool:
+        return not any(abs(bottom - b) < line and left < x0 + w and x0 < left + width for x0, b, w in taken)
+
+    for (x, y, name), (px, py) in zip(points, centres, strict=True):
+        width = 0.6 * LABEL_POINTS * len(name)
+        sides = [(6, 6), (6, -6 - line), (-6 - width, 6), (-6 - width, -6 - line)]
+        dx, dy = next(((dx, dy) for dx, dy in sides if free(px + dx, py + dy, width)), sides[0])
+        while not free(px + dx, py + dy, width):
+            dy += line
+        taken.append((px + dx, py + dy, width))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=LABEL_POINTS)
 
 
 def _accuracy_vs_latency(data: dict) -> dict | None:
@@ -121,8 +142,8 @@ def _accuracy_vs_latency(data: dict) -> dict | None:
             size, edge = (110, "black") if card["pareto"] else (50, "none")
             ax.scatter(card["primary_latency"]["p50"], card["top1"] * 100, s=size, color=_color(i), edgecolors=edge,
                        zorder=3)  # fmt: skip
-        _label_points(ax, [(c["primary_latency"]["p50"], c["top1"] * 100, c["name"]) for _, c in points])
         _accuracy_axis(ax, [c["top1"] * 100 for _, c in points])
+        _label_points(ax, [(c["primary_latency"]["p50"], c["top1"] * 100, c["name"]) for _, c in points])
         ax.set_xlabel(f"p50 latency (ms) on {where['target']}, {where['threads']} thread(s)")
         ax.legend(loc="lower right")
         return figure

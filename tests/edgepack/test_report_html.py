@@ -125,3 +125,27 @@ def test_size_ratio_reads_as_words_and_equal_sizes_are_not_called_smaller(ratio,
     from edgepack.report_html import FILTERS
 
     assert FILTERS["ratio"](ratio, "tflite-fp32") == text
+
+
+def test_names_of_points_at_the_same_place_do_not_overprint_each_other():
+    """An int8 file and its pruned float parent can share size and accuracy: both names must stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from edgepack.report_plots import _label_points
+
+    points = [(5824, 94.17, "torch-pruned"), (5824, 94.17, "tflite-int8"), (6824, 93.89, "onnx-int8"),
+              (7612, 94.17, "tflite-fp32"), (6824, 93.89, "same-as-onnx-int8")]  # fmt: skip
+    figure, ax = plt.subplots()
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    ax.set_xscale("log")
+    _label_points(ax, points)
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    assert [text.get_text() for text in ax.texts] == [p[2] for p in points]
+    overlapping = [(a, b) for i, a in enumerate(ax.texts) for j, b in enumerate(ax.texts)
+                   if i < j and boxes[i].overlaps(boxes[j])]  # fmt: skip
+    assert overlapping == []
+    plt.close(figure)
