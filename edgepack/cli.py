@@ -245,8 +245,11 @@ def _finish_gate(outcome: dict) -> None:
 
 def _print_summary(results: dict, run_dir: Path) -> None:
     from edgepack.cli_tables import summary_table
+    from edgepack.report_data import slower_than_float
 
     out.print(summary_table(results))
+    for line in slower_than_float(results["artifacts"]):
+        out.print(f"note: {line}", soft_wrap=True)
     if results.get("all_cached"):
         out.print("Nothing changed since the last run: every step came from the cache.")
     out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md, report.html)", soft_wrap=True)

@@ -6,6 +6,9 @@ Nothing here measures: figures are picked, combined (drop, compression ratio, Pa
 from __future__ import annotations
 
 LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
+# An integer file more than this much slower than the float one is named: below it, a few-microsecond model's p50
+# moves that much from run to run.
+SLOWER_MARGIN = 1.10
 
 
 def build_report_data(results: dict) -> dict:
@@ -26,8 +29,26 @@ def build_report_data(results: dict) -> dict:
         "sensitivity": results.get("sensitivity"),
         "mixed_precision": mixed_precision_records(artifacts),
         "compression": compression_lines(artifacts),
+        "slower_than_float": slower_than_float(artifacts),
         "gate": results.get("gate"),
     }
+
+
+def slower_than_float(artifacts: list[dict]) -> list[str]:
+    """One line per (integer artifact, target, threads) whose p50 is over SLOWER_MARGIN x its float baseline's on
+    the same target and threads: int8 that runs slower than float is what a user notices first (FINDINGS.md:
+    onnxruntime's default s8s8 QDQ did), and on a tiny model QDQ overhead can outweigh the integer kernels."""
+    lines = []
+    for artifact in (a for a in artifacts if a["precision"] != "fp32" and a["format"] != "torch"):
+        baseline = float_baseline(artifact, artifacts)
+        floats = {(r["target"], r["threads"]): r["latency_ms"].get("p50") for r in baseline.get("bench") or []}
+        for record in artifact.get("bench") or []:
+            ours, theirs = record["latency_ms"].get("p50"), floats.get((record["target"], record["threads"]))
+            if ours and theirs and ours > SLOWER_MARGIN * theirs:
+                lines.append(f"{artifact['name']} runs {ours / theirs:.2f}x slower than {baseline['name']} on "
+                             f"{record['target']} with {record['threads']} thread(s) (p50 {ours:.3g} ms vs "
+                             f"{theirs:.3g} ms)")  # fmt: skip
+    return lines
 
 
 def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:

@@ -42,6 +42,13 @@ def _cost_rows(card: dict, reference: str) -> list[list[str]]:
     ]
 
 
+def slower_section(data: dict) -> list[str]:
+    lines = data["slower_than_float"]
+    if not lines:
+        return []
+    return ["**Slower than float:**\n\n" + "\n".join(f"- {line}" for line in lines)]
+
+
 def compression_section(data: dict) -> list[str]:
     lines = data["compression"]
     return ["## Compression", "\n".join(f"- {line}" for line in lines)] if lines else []

@@ -149,3 +149,19 @@ def test_names_of_points_at_the_same_place_do_not_overprint_each_other():
                    if i < j and boxes[i].overlaps(boxes[j])]  # fmt: skip
     assert overlapping == []
     plt.close(figure)
+
+
+def test_an_integer_file_slower_than_its_float_one_is_named_in_every_report(full_results, tmp_path):
+    # host, 1 thread: onnx-int8 0.0131 ms vs onnx-fp32 0.010345 ms; tflite-int8 0.0021 vs 0.002624 (faster); the
+    # other tflite-int8 records have no float record on the same target and threads to compare with.
+    line = "onnx-int8 runs 1.27x slower than onnx-fp32 on host with 1 thread(s) (p50 0.0131 ms vs 0.0103 ms)"
+    assert build_report_data(full_results)["slower_than_float"] == [line]
+    write_reports(tmp_path, full_results)
+    assert f"- {line}" in (tmp_path / "report.md").read_text()
+    assert f'<li class="drop">{line}</li>' in (tmp_path / "report.html").read_text()
+
+
+def test_a_few_percent_slower_is_run_to_run_noise_and_not_named(full_results):
+    onnx_int8 = next(a for a in full_results["artifacts"] if a["name"] == "onnx-int8")
+    onnx_int8["bench"][0]["latency_ms"]["p50"] = 0.0113  # 1.09x the float file's
+    assert build_report_data(full_results)["slower_than_float"] == []
