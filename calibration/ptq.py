@@ -6,12 +6,13 @@ lowering both read ``Calibration.activations`` and derive weights the same way (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, softmax_inputs
 from calibration.collect import check_calibration_data, collect_ranges
 from calibration.estimators import Method, make_estimator
 from calibration.params import QuantParams, activation_params
@@ -54,6 +55,7 @@ class Calibration:
     plan: QuantPlan
     ranges: dict[str, tuple[float, float]]  # what the estimator saw, per calibrated tensor
     activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
+    kept_float: dict[str, str] = field(default_factory=dict)  # planned tensors left float by calibration, and why
 
 
 def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme,
@@ -65,11 +67,16 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     levels = 65536 if scheme.activation_dtype == "int16" else 256
     symmetric = scheme.symmetric_activations or scheme.activation_dtype == "int16"
 
-    def estimator(_name: str):
-        return make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
+    softmax = softmax_inputs(model)
+
+    def estimator(name: str):
+        chosen = make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
+        return SoftmaxInputEstimator(chosen, softmax[name], levels) if name in softmax else chosen
 
     ranges = collect_ranges(model, plan.activations, dataset, estimator)
-    return Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
+    flags = flag_tensors(ranges)  # attention masks: left float in both files
+    calibration = Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
+    return replace(without_tensors(calibration, set(flags)), kept_float=flags) if flags else calibration
 
 
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:
@@ -78,3 +85,17 @@ def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) ->
     params |= {t: params[source] for t, source in plan.shared.items()}
     params |= {t: fixed_output_params(op, dtype) for t, op in plan.fixed.items()}
     return params
+
+
+def without_tensors(calibration: Calibration, tensors: set[str], weights: set[str] = frozenset()) -> Calibration:
+    """The calibration with ``tensors`` (and tensors sharing their grid; and the ``weights``, with their biases)
+    left float."""
+    plan = calibration.plan
+    tensors = set(tensors) | {t for t, source in plan.shared.items() if source in tensors}
+    kept = QuantPlan(activations=[t for t in plan.activations if t not in tensors],
+                     shared={t: s for t, s in plan.shared.items() if t not in tensors},
+                     fixed={t: op for t, op in plan.fixed.items() if t not in tensors},
+                     weights=[w for w in plan.weights if w.initializer not in weights],
+                     biases=[b for b in plan.biases if b.weight not in weights])  # fmt: skip
+    activations = {t: p for t, p in calibration.activations.items() if t not in tensors}
+    return replace(calibration, plan=kept, activations=activations)

@@ -28,7 +28,7 @@ from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
 from calibration.params import activation_params
 from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
-from calibration.ptq import Calibration
+from calibration.ptq import Calibration, without_tensors  # noqa: F401  (re-exported)
 from calibration.sources import ArrayDataset
 
 
@@ -131,18 +131,6 @@ def with_layers_high(calibration: Calibration, layers: list[Layer], high: HighPr
             activations |= {t: params for t in layer.tensors}
         return replace(calibration, activations=activations)
     return without_tensors(calibration, tensors, {w for layer in layers for w in layer.weights})
-
-
-def without_tensors(calibration: Calibration, tensors: set[str], weights: set[str] = frozenset()) -> Calibration:
-    """The calibration with ``tensors`` (and the ``weights``, with their biases) left float."""
-    plan = calibration.plan
-    kept = QuantPlan(activations=[t for t in plan.activations if t not in tensors],
-                     shared={t: s for t, s in plan.shared.items() if t not in tensors},
-                     fixed={t: op for t, op in plan.fixed.items() if t not in tensors},
-                     weights=[w for w in plan.weights if w.initializer not in weights],
-                     biases=[b for b in plan.biases if b.weight not in weights])  # fmt: skip
-    activations = {t: p for t, p in calibration.activations.items() if t not in tensors}
-    return replace(calibration, plan=kept, activations=activations)
 
 
 class RuntimeScorer:

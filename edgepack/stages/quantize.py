@@ -193,6 +193,7 @@ def quantization_details(calibration: Calibration, weights: dict, seconds: float
         "activations": {t: _params_json(p) for t, p in calibration.activations.items()},
         "weights": {t: _params_json(p) for t, p in weights.items()},
         "calibrated_ranges": {t: [float(lo), float(hi)] for t, (lo, hi) in calibration.ranges.items()},
+        "kept_float": calibration.kept_float,  # tensors calibration left float (attention masks), and why
     }
 
 
