@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import os
 import sys
@@ -64,7 +65,7 @@ def native_stderr_captured() -> Iterator[None]:
     step runs, and show its tail if the step fails: then it may be the clue."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
+    with tempfile.TemporaryFile() as capture, _crashes_reported_to(saved):
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -78,3 +79,20 @@ def native_stderr_captured() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _crashes_reported_to(fd: int) -> Iterator[None]:
+    """A native abort (a converter or kernel CHECK failing) kills the process before Python can say anything, and
+    its own message goes to the captured file that dies with it; faulthandler then still prints which Python call
+    crashed, on the real stderr, instead of a bare 'Aborted'."""
+    was_enabled = faulthandler.is_enabled()
+    with os.fdopen(os.dup(fd), "w") as stream:
+        faulthandler.enable(file=stream)
+        try:
+            yield
+        finally:
+            if was_enabled:
+                faulthandler.enable()
+            else:
+                faulthandler.disable()
