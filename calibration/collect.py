@@ -152,12 +152,17 @@ def _batch_within_budget(probe: TensorBatch) -> int:
     return int(np.clip(BATCH_BYTES // max(per_sample, 1), 1, MAX_BATCH))
 
 
-def _padded(read: TensorReader, dataset: ArrayDataset, batch: int) -> Iterator[TensorBatch]:
-    """A fixed-batch model: each call gets exactly ``batch`` samples, the last repeated to fill the final one."""
+def padded_batches(dataset: ArrayDataset, batch: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """(batch padded to a fixed-batch model's size by repeating the last sample, how many of its samples are real)."""
     from converters.verify import pad_batch
 
     for part in dataset.batches(batch):
-        yield TensorBatch(read(pad_batch(part, batch)), batch, len(next(iter(part.values()))))
+        yield pad_batch(part, batch), len(next(iter(part.values())))
+
+
+def _padded(read: TensorReader, dataset: ArrayDataset, batch: int) -> Iterator[TensorBatch]:
+    for part, count in padded_batches(dataset, batch):
+        yield TensorBatch(read(part), batch, count)
 
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset,

@@ -15,13 +15,12 @@ tensors carry TF's names, not ONNX's: one is matched to an edgepack activation w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from calibration.collect import onnx_tensor_reader
+from calibration.collect import onnx_tensor_reader, padded_batches
 from calibration.sources import ArrayDataset
 from edgepack.artifacts import TensorSpec
 from edgepack.errors import ModelFileError
@@ -61,7 +60,7 @@ def onnx_layer_sqnr(float_model: onnx.ModelProto, quantized_model: onnx.ModelPro
     read_float = onnx_tensor_reader(float_model, tensors)
     read_quantized = onnx_tensor_reader(quantized_model, list(read_name.values()))
     sums = {t: SqnrSums() for t in tensors}
-    for batch, count in _padded_batches(dataset, batch_size):
+    for batch, count in padded_batches(dataset, batch_size):
         reference, measured = read_float(batch), read_quantized(batch)
         for tensor in tensors:
             sums[tensor].add(reference[tensor][:count], measured[read_name[tensor]][:count])
@@ -88,14 +87,6 @@ def onnx_layers(graph: onnx.GraphProto, sqnr: dict[str, float]) -> list[LayerSqn
     return [entry for _, entry in sorted(entries, key=lambda e: e[0])]
 
 
-def _padded_batches(dataset: ArrayDataset, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """(batch padded to the model's fixed size, how many of its samples are real)."""
-    from converters.verify import pad_batch
-
-    for batch in dataset.batches(batch_size):
-        yield pad_batch(batch, batch_size), len(next(iter(batch.values())))
-
-
 def tflite_layer_sqnr(float_model: onnx.ModelProto, tflite_path, grids: dict[str, Grid], input_specs: list[TensorSpec],
                       dataset: ArrayDataset, batch_size: int) -> list[LayerSqnr]:  # fmt: skip
     """One entry per edgepack activation found in the .tflite (see the module note), named by TFLite tensor and op.
@@ -106,7 +97,7 @@ def tflite_layer_sqnr(float_model: onnx.ModelProto, tflite_path, grids: dict[str
     interpreter = _interpreter_keeping_all_tensors(tflite_path)
     matches: dict[str, dict] | None = None
     sums: dict[str, SqnrSums] = {}
-    for batch, count in _padded_batches(dataset, batch_size):
+    for batch, count in padded_batches(dataset, batch_size):
         reference = read_float(batch)
         if matches is None:
             matches = match_tflite_tensors(interpreter, grids, {t: v.shape for t, v in reference.items()})

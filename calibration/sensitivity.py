@@ -28,7 +28,7 @@ from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
 from calibration.params import activation_params
 from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
-from calibration.ptq import Calibration, without_tensors  # noqa: F401  (re-exported)
+from calibration.ptq import Calibration, without_tensors
 from calibration.sources import ArrayDataset
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from calibration.ptq import Calibration
+from calibration.ptq import Calibration, without_tensors
 from calibration.sensitivity import (
     MixedPrecision,
     RuntimeScorer,
@@ -23,7 +23,6 @@ from calibration.sensitivity import (
     sensitivity_record,
     tflite_float_tensors,
     with_layers_high,
-    without_tensors,
 )
 from calibration.sources import ArrayDataset
 from edgepack.artifacts import Artifact, Format
