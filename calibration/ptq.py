@@ -57,6 +57,11 @@ class Calibration:
     activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
     kept_float: dict[str, str] = field(default_factory=dict)  # planned tensors left float by calibration, and why
 
+    def fake_quant_ranges(self) -> dict[str, tuple[float, float]]:
+        """Each quantized activation's representable range: what the TFLite lowering's fake-quant nodes take, and
+        from which TensorFlow recomputes exactly these scales and zero points."""
+        return {t: tuple(float(v) for v in p.representable_range()) for t, p in self.activations.items()}
+
 
 def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme,
               source: str = "calibration data") -> Calibration:  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 from calibration.params import QuantParams, weight_params
 from calibration.plan import QuantPlan
@@ -47,15 +47,13 @@ def build_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
                     unsigned_activations: bool = True,
                     per_channel_weights: bool = True) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
     """The QDQ model in memory (the sensitivity search builds many) and every weight's parameters."""
-    quantized = onnx.ModelProto()
-    quantized.CopyFrom(model)
+    int16 = any(p.dtype == "int16" for p in activations.values())
+    quantized = with_opset_at_least(model, INT16_QDQ_OPSET if int16 else 0)
     graph = quantized.graph
     weights = _quantize_weights(graph, plan, per_channel_weights)
     _quantize_biases(graph, plan, activations, weights)
     for tensor, params in activations.items():
         _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
-    if any(p.dtype == "int16" for p in activations.values()):
-        _raise_opset(quantized, INT16_QDQ_OPSET)
     onnx.checker.check_model(quantized)
     return quantized, weights
 
@@ -145,7 +143,13 @@ def _rename_output(graph: onnx.GraphProto, old: str, new: str) -> int:
     raise ValueError(f"no node produces {old!r}")
 
 
-def _raise_opset(model: onnx.ModelProto, version: int) -> None:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < version:
-            opset.version = version
+def with_opset_at_least(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """A copy of ``model`` at default-domain opset ``version`` or above. Raising the number alone is not enough: ops
+    whose signature changed in between (ReduceMean's axes became an input at 18) must be rewritten, which
+    onnx.version_converter does; tensor names are kept, so the plan still applies."""
+    current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=version)
+    if current >= version:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    return version_converter.convert_version(model, version)

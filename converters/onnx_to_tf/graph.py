@@ -7,6 +7,7 @@ are sanitized and the mapping kept.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -72,13 +73,14 @@ def lower_to_tf(prepared: PreparedModel, fake_quant: dict[str, tuple[float, floa
 
 
 def apply_fake_quant(env: dict[str, Value], name: str, fake_quant: dict[str, tuple[float, float, int]]) -> None:
-    """Per-tensor fake-quant keeps the stored layout: the range is the same whichever axis order holds the data."""
+    """Per-tensor fake-quant keeps what the stored value says of its data: the range is the same whichever axis order
+    holds it, and a flattened value keeps its feature order (the dense layer reading it permutes its weights)."""
     if name not in fake_quant or env[name].is_constant:
         return
     low, high, bits = fake_quant[name]
     value = env[name]
     quantized = tf.quantization.fake_quant_with_min_max_vars(value.data, low, high, num_bits=bits, narrow_range=False)
-    env[name] = Value(quantized, value.perm)
+    env[name] = dataclasses.replace(value, data=quantized)
 
 
 def check_all_supported(graph: onnx.GraphProto) -> None:

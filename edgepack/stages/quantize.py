@@ -126,7 +126,7 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
 
     precision = Precision(config.precision)
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.tflite")
-    ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
+    ranges = calibration.fake_quant_ranges()
     bits = 16 if precision == Precision.INT16X8 else 8
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
     quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights)

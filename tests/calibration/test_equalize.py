@@ -146,7 +146,7 @@ def per_tensor_files(model: onnx.ModelProto, folder, tag: str) -> tuple:
     onnx.save(model, str(folder / f"{tag}.float.onnx"))
     weights = write_qdq_model(model, folder / f"{tag}.int8.onnx", calibration.plan, calibration.activations,
                               per_channel_weights=False)  # fmt: skip
-    ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
+    ranges = calibration.fake_quant_ranges()
     convert_onnx_to_tflite(folder / f"{tag}.float.onnx", folder / f"{tag}.int8.tflite", {"image": [1, 1, 8, 8]},
                            FakeQuantization(ranges, per_channel_weights=False))  # fmt: skip
     return folder / f"{tag}.int8.onnx", folder / f"{tag}.int8.tflite", weights

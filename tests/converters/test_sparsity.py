@@ -44,7 +44,7 @@ def int8_files(onnx_path, folder) -> tuple:
     calibration = calibrate(onnx.load(str(onnx_path)), load_digits_dataset("image", "train"), QuantScheme())
     qdq_path, tflite_path = folder / "pruned.int8.onnx", folder / "pruned.int8.tflite"
     write_qdq_model(onnx.load(str(onnx_path)), qdq_path, calibration.plan, calibration.activations)
-    ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
+    ranges = calibration.fake_quant_ranges()
     convert_onnx_to_tflite(onnx_path, tflite_path, {"image": SHAPE}, FakeQuantization(ranges, 8))
     return qdq_path, tflite_path
 
