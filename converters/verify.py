@@ -7,10 +7,22 @@ before comparing, so the comparison is element for element.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.sources import ArrayDataset
 from edgepack.artifacts import TensorSpec, from_runtime_layout, to_runtime_layout
+
+
+class IntegerTolerance(BaseModel):
+    """What quantization can explain: an integer file further from its float reference than this is broken (a
+    wrong weight order, a kernel given the wrong grid), not merely rounded. The defaults hold with margin for
+    per-channel int8 of trained nets (cosine 0.999+ on the digits CNNs, MobileNet-class 0.98-0.995)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_cosine: float = Field(0.99, ge=-1, le=1, description="Each output's cosine similarity to the reference.")
+    min_top1_agreement: float = Field(
+        0.9, ge=0, le=1, description="Classification: the fraction of samples whose top-1 class is the reference's."
+    )
 
 
 class OutputComparison(BaseModel):
@@ -18,9 +30,16 @@ class OutputComparison(BaseModel):
     max_abs_error: float
     mean_abs_error: float
     cosine_similarity: float
+    sqnr_db: float | None = None  # signal-to-error power ratio against the reference; None: no error at all
     reference_range: float
-    tolerance: float | None  # None: reported only, not enforced (integer artifacts before PTQ defines bounds)
+    tolerance: float | None  # float files: allowed max abs error; None for integer files (min_cosine instead)
+    min_cosine: float | None = None  # integer files: the floor on cosine_similarity
     passed: bool
+
+    def describe_failure(self) -> str:
+        if self.tolerance is not None and self.max_abs_error > self.tolerance:
+            return f"max abs error {self.max_abs_error:.3g} > {self.tolerance:.3g}"
+        return f"cosine {self.cosine_similarity:.5f} < {self.min_cosine}"
 
 
 class Verification(BaseModel):
@@ -29,7 +48,16 @@ class Verification(BaseModel):
     runtime_version: str
     outputs: list[OutputComparison]
     top1_agreement: float | None = None
+    min_top1_agreement: float | None = None  # integer files of a classifier: the floor on top1_agreement
     passed: bool
+
+    def failures(self) -> list[str]:
+        """Each figure outside its tolerance, as 'what measured vs allowed' (empty when passed)."""
+        found = [f"output {c.output!r}: {c.describe_failure()}" for c in self.outputs if not c.passed]
+        floor = self.min_top1_agreement
+        if floor is not None and self.top1_agreement is not None and self.top1_agreement < floor:
+            found.append(f"top-1 agreement {self.top1_agreement:.3f} < {floor}")
+        return found
 
 
 def predict(session, dataset: ArrayDataset, batch_size: int) -> dict[str, np.ndarray]:
@@ -82,31 +110,49 @@ def compare(
     actual: dict[str, np.ndarray],
     *,
     relative_tolerance: float | None,
+    integer: IntegerTolerance | None = None,
     classifier: bool,
 ) -> tuple[list[OutputComparison], float | None]:
-    """Per-output error figures; tolerance = relative_tolerance x the reference output's range."""
-    comparisons = [_compare_one(name, ref, actual[name], relative_tolerance) for name, ref in reference.items()]
+    """Per-output error figures, judged by ``relative_tolerance`` x the reference output's range (float files) or
+    by ``integer``'s cosine floor (integer files); neither: measured only."""
+    min_cosine = integer.min_cosine if integer else None
+    comparisons = [
+        _compare_one(name, ref, actual[name], relative_tolerance, min_cosine) for name, ref in reference.items()
+    ]
     first = next(iter(reference))
     top1 = _top1_agreement(reference[first], actual[first]) if classifier else None
     return comparisons, top1
 
 
-def _compare_one(name: str, ref: np.ndarray, out: np.ndarray, relative_tolerance: float | None) -> OutputComparison:
+def _compare_one(
+    name: str, ref: np.ndarray, out: np.ndarray, relative_tolerance: float | None, min_cosine: float | None
+) -> OutputComparison:
     ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
     error = np.abs(ref64 - out64)
     value_range = float(ref64.max() - ref64.min()) if ref64.size else 0.0
     # A floor keeps a constant output (range 0) from demanding bit-exactness.
     tolerance = None if relative_tolerance is None else relative_tolerance * max(value_range, 1e-3)
     max_error = float(error.max()) if error.size else 0.0
+    cosine = _cosine(ref64.ravel(), out64.ravel())
+    within = (tolerance is None or max_error <= tolerance) and (min_cosine is None or cosine >= min_cosine)
     return OutputComparison(
         output=name,
         max_abs_error=max_error,
         mean_abs_error=float(error.mean()) if error.size else 0.0,
-        cosine_similarity=_cosine(ref64.ravel(), out64.ravel()),
+        cosine_similarity=cosine,
+        sqnr_db=_sqnr_db(ref64, error),
         reference_range=value_range,
         tolerance=tolerance,
-        passed=tolerance is None or max_error <= tolerance,
+        min_cosine=min_cosine,
+        passed=within,
     )
+
+
+def _sqnr_db(ref64: np.ndarray, error: np.ndarray) -> float | None:
+    noise = float(np.mean(error**2)) if error.size else 0.0
+    if noise == 0:
+        return None  # identical outputs: no finite figure (JSON has no infinity)
+    return float(10 * np.log10(max(float(np.mean(ref64**2)), 1e-30) / noise))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,15 +171,21 @@ def verify_session(
     *,
     batch_size: int,
     relative_tolerance: float | None,
+    integer: IntegerTolerance | None = None,
     classifier: bool,
 ) -> Verification:
+    """``relative_tolerance`` for float files, ``integer`` for integer ones (cosine and top-1 agreement floors)."""
     actual = predict(session, dataset, batch_size)
-    comparisons, top1 = compare(reference, actual, relative_tolerance=relative_tolerance, classifier=classifier)
+    comparisons, top1 = compare(
+        reference, actual, relative_tolerance=relative_tolerance, integer=integer, classifier=classifier
+    )
+    min_top1 = integer.min_top1_agreement if integer and top1 is not None else None
     return Verification(
         samples=len(dataset),
         runtime=session.runtime,
         runtime_version=session.version,
         outputs=comparisons,
         top1_agreement=top1,
-        passed=all(c.passed for c in comparisons),
+        min_top1_agreement=min_top1,
+        passed=all(c.passed for c in comparisons) and (min_top1 is None or top1 >= min_top1),
     )

@@ -45,7 +45,17 @@ def arguments(device_model: str, options: BenchOptions) -> list[str]:
         f"--warmup_runs={options.warmup}",
         "--warmup_min_secs=0",  # warm-up by count only, as the Python runner does
         "--report_peak_memory_footprint=true",
+        *input_shape_arguments(options.input_shapes),
     ]
+
+
+def input_shape_arguments(shapes: dict[str, list[int]]) -> list[str]:
+    """benchmark_model's spelling: --input_layer=a,b --input_layer_shape=1,224,224,3:1,10."""
+    if not shapes:
+        return []
+    layers = ",".join(shapes)
+    dims = ":".join(",".join(str(d) for d in shape) for shape in shapes.values())
+    return [f"--input_layer={layers}", f"--input_layer_shape={dims}"]
 
 
 def microseconds_to_ms(text: str | None) -> float | None:

@@ -21,6 +21,11 @@ class BenchOptions(BaseModel):
         "gives one record per thread count.",
     )
     seed: int = Field(0, description="Seed of the random input data.")
+    input_shapes: dict[str, list[int]] = Field(
+        {},
+        description="Input name -> shape in the file's own layout, for inputs with dynamic dimensions (a dynamic "
+        "batch alone runs at 1; any other dynamic dimension must be given). A pack fills it from model.inputs.",
+    )
     timeout_seconds: float = Field(300, gt=0, description="Seconds before the runner process is stopped.")
     remote_python: str = Field("python3", description="Python command on an ssh or adb device.")
     ssh_identity_file: Path | None = Field(

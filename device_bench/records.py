@@ -27,6 +27,7 @@ def runner_arguments(model_path: str, options: BenchOptions) -> list[str]:
         *("--runs", str(options.runs), "--warmup", str(options.warmup)),
         *("--min-seconds", repr(options.min_seconds), "--threads", str(threads)),
         *("--seed", str(options.seed)),
+        *(f"--input-shape={name}={'x'.join(map(str, shape))}" for name, shape in options.input_shapes.items()),
     ]
 
 

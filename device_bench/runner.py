@@ -91,13 +91,63 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="least wall time of the timed runs")
     parser.add_argument("--threads", type=count_at_least(1), default=1, help="CPU threads for the runtime")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input data")
+    parser.add_argument("--input-shape", type=input_shape, action="append", default=[], metavar="NAME=DIMS",
+                        help="shape of an input with dynamic dimensions, e.g. image=1x3x224x224")  # fmt: skip
     parser.add_argument("--sys-root", default="/sys", help="where sysfs is (tests point it at a fake tree)")
     return parser.parse_args(argv)
 
 
+def input_shape(text: str) -> tuple[str, list[int]]:
+    """'image=1x3x224x224' -> ('image', [1, 3, 224, 224])."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = [int(dim) for dim in dims.lower().split("x")]
+    except ValueError:
+        shape = []
+    if not name or not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIMxDIMx..., e.g. image=1x3x224x224")
+    return name, shape
+
+
+def is_dynamic(dim: object) -> bool:
+    """onnxruntime gives a dynamic dimension as None or a name, LiteRT's shape signature as -1."""
+    return not isinstance(dim, int | np.integer) or dim <= 0
+
+
+def concrete_shape(names: list[str], shape: list, given: dict[str, list[int]]) -> list[int]:
+    """The shape to run an input with: the one given for any of its ``names``, else its own with a dynamic batch
+    (first axis) as 1. Any other dynamic dimension has no honest default: timing a detector on a 1x1 image measures
+    nothing, so it must be given."""
+    name = next((n for n in names if n in given), None)
+    if name is not None:
+        wanted = given[name]
+        fits = len(wanted) == len(shape) and all(is_dynamic(d) or w == d for w, d in zip(wanted, shape, strict=True))
+        if not fits:
+            raise RunnerError(f"--input-shape {name}={'x'.join(map(str, wanted))} does not fit input {name!r} of "
+                              f"shape {shape_text(shape)}: give every dimension, keeping the fixed ones")  # fmt: skip
+        return wanted
+    if any(is_dynamic(dim) for dim in shape[1:]):
+        example = "x".join("1" if is_dynamic(dim) else str(dim) for dim in shape)
+        raise RunnerError(f"input {names[0]!r} has dynamic dimensions {shape_text(shape)}; give its shape, e.g. "
+                          f"--input-shape {names[0]}={example} with the sizes it will run at")  # fmt: skip
+    return [1 if is_dynamic(dim) else int(dim) for dim in shape]
+
+
+def shape_text(shape: list) -> str:
+    return "[" + ", ".join("?" if is_dynamic(dim) and not isinstance(dim, str) else str(dim) for dim in shape) + "]"
+
+
+def check_input_names(given: dict[str, list[int]], names: list[list[str]]) -> None:
+    known = {name for aliases in names for name in aliases}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise RunnerError(f"--input-shape names {unknown}, not inputs of the model; its inputs: "
+                          f"{[aliases[-1] for aliases in names]}")  # fmt: skip
+
+
 def random_input(shape: list[int], dtype: type, rng: np.random.Generator) -> np.ndarray:
-    """Seeded data for one input; a dynamic dimension (-1, None or a name) becomes 1."""
-    concrete = [int(dim) if isinstance(dim, int | np.integer) and dim > 0 else 1 for dim in shape]
+    """Seeded data for one input of a concrete ``shape``."""
+    concrete = [int(dim) for dim in shape]
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return rng.standard_normal(concrete).astype(dtype)
@@ -158,12 +208,22 @@ def tflite_delegate(interpreter: object) -> str:
     return "xnnpack" if any(op["op_name"] == "DELEGATE" for op in ops_details()) else "none"
 
 
-def set_tflite_inputs(interpreter: object, rng: np.random.Generator) -> list[dict]:
-    """Fix dynamic dimensions to 1, allocate, and fill every input once."""
-    for detail in interpreter.get_input_details():
+def tflite_input_names(detail: dict) -> list[str]:
+    """A TFLite input's tensor name and the name it was given (the converter writes 'serving_default_NAME:0')."""
+    name = detail["name"]
+    plain = name.removeprefix("serving_default_").rsplit(":", 1)[0]
+    return [name, plain] if plain != name else [name]
+
+
+def set_tflite_inputs(interpreter: object, rng: np.random.Generator, given: dict[str, list[int]]) -> list[dict]:
+    """Give dynamic dimensions their sizes, allocate, and fill every input once."""
+    details = interpreter.get_input_details()
+    check_input_names(given, [tflite_input_names(d) for d in details])
+    for detail in details:
         signature = [int(dim) for dim in detail.get("shape_signature", detail["shape"])]
-        if -1 in signature:
-            interpreter.resize_tensor_input(detail["index"], [max(dim, 1) for dim in signature])
+        shape = concrete_shape(tflite_input_names(detail), signature, given)
+        if shape != signature:
+            interpreter.resize_tensor_input(detail["index"], shape)
     interpreter.allocate_tensors()
     inputs = []
     for detail in interpreter.get_input_details():
@@ -177,17 +237,17 @@ def describe_input(name: str, data: np.ndarray) -> dict:
     return {"name": name, "shape": list(data.shape), "dtype": data.dtype.name}
 
 
-def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Generator) -> LoadedModel:
+def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
     try:
         interpreter = runtime.module.Interpreter(model_path=path, num_threads=threads)
-        inputs = set_tflite_inputs(interpreter, rng)
+        inputs = set_tflite_inputs(interpreter, rng, given)
     except (ValueError, RuntimeError) as error:
         raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: {error}") from error
     delegate = tflite_delegate(interpreter)
     return LoadedModel(interpreter.invoke, runtime.name, runtime.version, delegate, inputs)
 
 
-def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generator) -> LoadedModel:
+def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
     ort = runtime.module
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -198,7 +258,10 @@ def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generato
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception classes, unrelated to ValueError
         raise RunnerError(f"onnxruntime {runtime.version} could not load {path}: {error}") from error
-    feed = {arg.name: random_input(arg.shape, ORT_DTYPES[arg.type], rng) for arg in session.get_inputs()}
+    arguments = session.get_inputs()
+    check_input_names(given, [[arg.name] for arg in arguments])
+    feed = {arg.name: random_input(concrete_shape([arg.name], arg.shape, given), ORT_DTYPES[arg.type], rng)
+            for arg in arguments}  # fmt: skip
     inputs = [describe_input(name, data) for name, data in feed.items()]
     return LoadedModel(lambda: session.run(None, feed), runtime.name, runtime.version, "cpu", inputs)
 
@@ -504,7 +567,7 @@ def measure(args: argparse.Namespace) -> Measurement:
     # The baseline is taken after the imports so that the growth is what the model itself costs.
     baseline_rss = current_rss_mib()
     start = time.perf_counter()
-    model = load(runtime, args.model, args.threads, np.random.default_rng(args.seed))
+    model = load(runtime, args.model, args.threads, np.random.default_rng(args.seed), dict(args.input_shape))
     init_ms = (time.perf_counter() - start) * 1000.0
     first_inference_ms = milliseconds_of(model.invoke)
     for _ in range(args.warmup):

@@ -79,15 +79,23 @@ def bench(
     benchmark_model: Annotated[
         Path | None, typer.Option(help="ssh/adb: TFLite's benchmark_model binary for the device, for .tflite files.")
     ] = None,
+    input_shapes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape", help="name=1x3x224x224 for an input with dynamic dimensions (the file's layout)."
+        ),
+    ] = None,
 ):
     """Benchmark a model file in a separate process (latency percentiles, memory, energy)."""
     from pydantic import ValidationError
 
     from device_bench import BenchOptions, bench_each_thread_count
+    from edgepack.convert_file import parse_input_shapes
     from edgepack.errors import UserError
     from edgepack.recipe_errors import describe_validation_error
 
     fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}
+    fields["input_shapes"] = parse_input_shapes(input_shapes or [])
     fields |= {"ssh_identity_file": identity_file, "ssh_known_hosts": known_hosts, "remote_python": remote_python}
     try:
         options = BenchOptions(**fields, benchmark_model=benchmark_model)
@@ -139,6 +147,13 @@ def convert(
     min_output_sqnr: Annotated[
         float | None, typer.Option(help="Mixed precision: keep sensitive layers high until the output SQNR is this.")
     ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="Integer files: the lowest cosine of each output to the source that counts as verified "
+            "(default 0.99); below it nothing is written and the command fails."
+        ),  # fmt: skip
+    ] = None,
 ):
     """Convert one file directly, verified against the source in both runtimes, without a recipe."""
     from edgepack.convert_file import convert_file
@@ -149,15 +164,16 @@ def convert(
     if min_output_sqnr is not None:
         options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}
     result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision,
-                          calib=calib, quant_options=options)  # fmt: skip
+                          calib=calib, quant_options=options, min_cosine=min_cosine)  # fmt: skip
     check = (
-        f"<= tolerance {result['tolerance']:.2e}"
+        f"max abs error {result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e}"
         if result["tolerance"] is not None
-        else f"(integer: measured, no float tolerance; cosine {result['cosine_similarity']:.5f})"
+        else f"cosine {result['cosine_similarity']:.5f} >= {result['min_cosine']} (max abs error "
+        f"{result['max_abs_error']:.2e})"
     )
     out.print(
         f"wrote {result['path']} ({result['bytes']:,} bytes, {result['precision']}), verified against the source: "
-        f"max abs error {result['max_abs_error']:.2e} {check} on {result['samples']} samples",
+        f"{check} on {result['samples']} samples",
         soft_wrap=True,
     )
 

@@ -33,10 +33,12 @@ PRECISIONS = ("fp32", "int8", "int16x8")
 
 
 def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], precision: str = "fp32",
-                 calib: Path | None = None, quant_options: dict | None = None) -> dict:  # fmt: skip
+                 calib: Path | None = None, quant_options: dict | None = None,
+                 min_cosine: float | None = None) -> dict:  # fmt: skip
     """Convert (and with ``precision`` int8/int16x8, quantize from ``calib``) one file; verified like a packed one.
 
-    ``quant_options``: more quantize-stage fields (per_channel_weights, cross_layer_equalization, bias_correction)."""
+    ``quant_options``: more quantize-stage fields (per_channel_weights, cross_layer_equalization, bias_correction).
+    ``min_cosine``: an integer file's floor on each output's cosine to the source (default 0.99)."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
     _check_precision(precision, calib)
@@ -46,6 +48,8 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], pr
     recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes))
     if precision != "fp32":
         recipe = _quantizing(recipe, to, precision, Path(calib).resolve(), quant_options or {})
+    if min_cosine is not None:
+        recipe = _with_min_cosine(recipe, precision, min_cosine)
     from edgepack.pipeline import pack
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
@@ -53,16 +57,28 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], pr
         artifact = [a for a in result.artifacts if a["format"] == to][-1]
         with atomic_path(Path(out)) as staged:
             shutil.copyfile(Path(tmp) / artifact["path"], staged)
-    worst = max(artifact["verification"]["outputs"], key=lambda o: o["max_abs_error"])
+    outputs = artifact["verification"]["outputs"]
+    worst = max(outputs, key=lambda o: o["max_abs_error"])
     return {
         "path": str(out),
         "bytes": artifact["bytes"],
         "precision": artifact["precision"],
         "max_abs_error": worst["max_abs_error"],
         "tolerance": worst["tolerance"],
-        "cosine_similarity": worst["cosine_similarity"],
+        "cosine_similarity": min(o["cosine_similarity"] for o in outputs),
+        "min_cosine": worst.get("min_cosine"),
         "samples": artifact["verification"]["samples"],
     }
+
+
+def _with_min_cosine(recipe: Recipe, precision: str, min_cosine: float) -> Recipe:
+    if precision == "fp32":
+        raise UserError("--min-cosine is the floor for integer files (--precision int8 or int16x8); a float file is "
+                        "held to a max abs error instead")  # fmt: skip
+    if not -1 <= min_cosine <= 1:
+        raise UserError(f"--min-cosine {min_cosine}: a cosine lies in [-1, 1]; the default is 0.99")
+    verify = recipe.verify.model_dump() | {"integer_tolerance": {"min_cosine": min_cosine}}
+    return Recipe.model_validate(recipe.model_dump() | {"verify": verify})
 
 
 def _check_precision(precision: str, calib: Path | None) -> None:

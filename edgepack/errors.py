@@ -67,12 +67,17 @@ class StageError(EdgepackError):
 class VerificationError(EdgepackError):
     """An artifact's outputs differ from the reference by more than the tolerance."""
 
-    def __init__(self, artifact: str, metric: str, measured: float, tolerance: float, detail: str = ""):
+    def __init__(self, artifact: str, metric: str, measured: float, tolerance: float, detail: str = "",
+                 floor: bool = False):  # fmt: skip
+        """``floor``: the tolerance is a lowest allowed value (a cosine), not a highest (an error)."""
         self.artifact = artifact
         self.metric = metric
         self.measured = measured
         self.tolerance = tolerance
-        message = f"{artifact}: {metric} {measured:.3g} exceeds the tolerance {tolerance:.3g}"
+        if floor:  # cosines and agreements near 1: enough digits that 0.99997 never prints as 1
+            message = f"{artifact}: {metric} {measured:.6g} is below the floor {tolerance:.7g}"
+        else:
+            message = f"{artifact}: {metric} {measured:.3g} exceeds the tolerance {tolerance:.3g}"
         super().__init__(message + (f" ({detail})" if detail else ""))
 
 

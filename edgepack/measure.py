@@ -38,29 +38,76 @@ def artifact_outputs(ctx, artifact: Artifact, dataset: ArrayDataset) -> dict[str
     return predict(ctx.open_session(artifact), dataset, batch_size(ctx.recipe))
 
 
-def verify_artifact(ctx, artifact: Artifact) -> Verification:
-    """Compare with the reference on held-out samples; a float artifact outside tolerance fails the run."""
+def verify_artifact(ctx, artifact: Artifact, siblings: list[Artifact] = ()) -> Verification:
+    """Compare with the reference on held-out samples; an artifact outside its tolerance fails the run: a float one
+    by max abs error, an integer one by cosine and top-1 agreement (``verify.integer_tolerance``). ``siblings``: the
+    other files of the same stage, whose per-layer SQNR a failure message also names (the ONNX and TFLite files of
+    one calibration)."""
     recipe = ctx.recipe
-    is_float = artifact.precision == Precision.FP32
+    integer = None if artifact.precision == Precision.FP32 else recipe.verify.integer_tolerance
     verification = verify_session(
         ctx.open_session(artifact),
         ctx.verify_data,
         ctx.reference_outputs(ctx.reference_artifact(artifact)),
         batch_size=batch_size(recipe),
-        relative_tolerance=recipe.verify.float_tolerance if is_float else None,
+        relative_tolerance=recipe.verify.float_tolerance if integer is None else None,
+        integer=integer,
         classifier=recipe.task == Task.CLASSIFICATION,
     )
     if not verification.passed:
-        worst = max(verification.outputs, key=lambda c: c.max_abs_error / (c.tolerance or 1))
-        raise VerificationError(
-            artifact.name,
-            f"max abs error of output {worst.output!r} vs the reference",
-            worst.max_abs_error,
-            worst.tolerance or 0.0,
-            f"{verification.runtime} {verification.runtime_version}, "
-            f"{verification.samples} samples, tolerance = {recipe.verify.float_tolerance} x output range",
-        )
+        raise _verification_error(ctx, artifact, verification, [artifact, *[s for s in siblings if s != artifact]])
     return verification
+
+
+def _verification_error(ctx, artifact: Artifact, verification: Verification, localised: list[Artifact]):
+    where = f"{verification.runtime} {verification.runtime_version}, {verification.samples} samples"
+    failures = verification.failures()
+    if artifact.precision == Precision.FP32:
+        worst = max(verification.outputs, key=lambda c: c.max_abs_error / (c.tolerance or 1))
+        rule = f"tolerance = {ctx.recipe.verify.float_tolerance} x output range"
+        return VerificationError(artifact.name, f"max abs error of output {worst.output!r} vs the reference",
+                                 worst.max_abs_error, worst.tolerance or 0.0, f"{where}, {rule}")  # fmt: skip
+    floor = ctx.recipe.verify.integer_tolerance
+    worst = min(verification.outputs, key=lambda c: c.cosine_similarity)
+    if worst.passed:  # every output's cosine is within the floor: the top-1 agreement is what failed
+        metric, measured, limit = "top-1 agreement", verification.top1_agreement, floor.min_top1_agreement
+    else:
+        metric, measured, limit = f"cosine of output {worst.output!r}", worst.cosine_similarity, floor.min_cosine
+    also = [f"all outside it: {', '.join(failures)}"] if len(failures) > 1 else []
+    detail = "; ".join([where, *also, f"verify.integer_tolerance {floor.model_dump()}", *worst_layers(ctx, localised)])
+    return VerificationError(artifact.name, metric, measured, limit, detail, floor=True)
+
+
+LOCALISED_BELOW_DB = 20.0  # a layer below this SQNR has lost most of its signal: where to look first
+
+
+def worst_layers(ctx, artifacts: list[Artifact]) -> list[str]:
+    """For each integer file: the first layer (in graph order) below LOCALISED_BELOW_DB and the lowest three.
+    Errors add up along the graph, so the first layer that drops is the likely culprit."""
+    from edgepack.stages import quantize
+
+    found = []
+    for artifact in artifacts:
+        if not quantize.measures_layer_sqnr(artifact):
+            continue
+        try:
+            layers = quantize.layer_sqnr(ctx, artifact)
+        except Exception as e:  # a hint only: the verification failure stays the error
+            found.append(f"per-layer SQNR of {artifact.name} could not be measured: {e}")
+            continue
+        found.append(_describe_layers(artifact.name, layers))
+    return found
+
+
+def _describe_layers(name: str, layers: list[dict]) -> str:
+    def named(layer: dict) -> str:
+        op = f" ({layer['op']})" if layer.get("op") else ""
+        return f"{layer['layer']!r}{op} {layer['sqnr_db']:.1f} dB"
+
+    first = next((layer for layer in layers if layer["sqnr_db"] < LOCALISED_BELOW_DB), None)
+    lowest = sorted(layers, key=lambda layer: layer["sqnr_db"])[:3]
+    start = f"first below {LOCALISED_BELOW_DB:.0f} dB {named(first)}; " if first else ""
+    return f"per-layer SQNR in {name}: {start}lowest {', '.join(named(layer) for layer in lowest)}"
 
 
 def evaluate_artifact(ctx, artifact: Artifact) -> dict | None:

@@ -185,7 +185,7 @@ def _run_stage(ctx: RunContext, config) -> None:
             new = entry.run(config, ctx)
             ctx.cache.save_artifacts(entry.name, key, new)
     for artifact in new:
-        _check_new_artifact(ctx, artifact)
+        _check_new_artifact(ctx, artifact, new)
         ctx.artifacts.append(artifact)
 
 
@@ -215,8 +215,9 @@ def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, 
     return entry
 
 
-def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
-    """Verify against the reference before the artifact counts as done; a failed one is removed.
+def _check_new_artifact(ctx: RunContext, artifact: Artifact, stage_outputs: list[Artifact]) -> None:
+    """Verify against the reference before the artifact counts as done. When one fails, it and the files of its stage
+    not yet verified are removed (they never count as done), and the error names the worst layers of each.
 
     A torch model written by a compression stage is not verified against anything: it is meant to differ from its
     parent. It becomes the reference of what is exported from it; its accuracy is measured like every artifact's."""
@@ -231,10 +232,13 @@ def _check_new_artifact(ctx: RunContext, artifact: Artifact) -> None:
                     ctx.data_key)  # fmt: skip
 
     def verify() -> dict:
+        unverified = stage_outputs[stage_outputs.index(artifact) :]
         try:
-            return measure.verify_artifact(ctx, artifact).model_dump()
+            return measure.verify_artifact(ctx, artifact, stage_outputs).model_dump()
         except Exception:
-            ctx.artifact_path(artifact).unlink(missing_ok=True)
+            for removed in unverified:
+                if removed.path:
+                    ctx.artifact_path(removed).unlink(missing_ok=True)
             raise
 
     verification = _cached_record(ctx, "verify", key, f"verify {artifact.name}", f"verifying {artifact.name}", verify)
@@ -301,7 +305,8 @@ def _bench_all(ctx: RunContext) -> None:
         if options is None or artifact.format not in (Format.ONNX, Format.TFLITE):
             continue
         # One record per (target, thread count); with only one, the step keeps its plain name.
-        runs = [(target, options.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
+        shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
+        runs = [(target, shaped.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
         for target, one in runs:
             key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256())
             step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
@@ -309,6 +314,15 @@ def _bench_all(ctx: RunContext) -> None:
             path = ctx.artifact_path(artifact)
             record = _cached_record(ctx, "bench", key, step, about, lambda: bench(path, target=target, options=one))  # noqa: B023
             ctx.records[artifact.name]["bench"].append(record)
+
+
+def _bench_shapes(ctx: RunContext, artifact: Artifact) -> dict[str, list[int]]:
+    """An ONNX artifact may keep the source's dynamic dimensions: it is timed at the recipe's input shapes. (TFLite
+    files are converted at those shapes, so theirs are fixed already.)"""
+    if artifact.format != Format.ONNX:
+        return {}
+    names = {spec.name for spec in artifact.inputs}
+    return {i.name: list(i.shape) for i in ctx.recipe.model.inputs if i.name in names}
 
 
 @functools.cache

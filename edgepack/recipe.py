@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from calibration.data_config import DataConfig, DataSourceKind, Preprocessing, Strict  # noqa: F401  (re-exported)
+from converters.verify import IntegerTolerance
 from device_bench import BenchOptions, parse_target
 from edgepack.errors import RecipeError, UserError
 from edgepack.gate import GateConfig
@@ -102,6 +103,11 @@ class VerifyConfig(Strict):
     samples: int = Field(32, gt=0, description="Held-out samples each artifact is compared on against the reference.")
     float_tolerance: float = Field(
         1e-4, gt=0, description="Float artifacts: allowed max abs error as a fraction of the reference output range."
+    )
+    integer_tolerance: IntegerTolerance = Field(
+        default_factory=IntegerTolerance,
+        description="int8 and int16x8 artifacts: {min_cosine: 0.99, min_top1_agreement: 0.9} against the reference; "
+        "outside it the file is removed and the run fails, naming the layers where the error starts.",
     )
 
 

@@ -33,10 +33,13 @@ def _summary_row(artifact: dict) -> list[str]:
 def _verified(verification: dict | None) -> str:
     if verification is None:
         return "(reference)"
-    worst = max(o["max_abs_error"] for o in verification["outputs"])
-    if all(o["tolerance"] is None for o in verification["outputs"]):
-        return f"{worst:.1e} (int)"  # integer artifacts: measured and reported, no float tolerance applies
-    return f"{worst:.1e} {'ok' if verification['passed'] else 'FAILED'}"
+    outputs, verdict = verification["outputs"], "ok" if verification["passed"] else "FAILED"
+    if any(o.get("min_cosine") is not None for o in outputs):  # integer files: held to a cosine floor
+        return f"cos {min(o['cosine_similarity'] for o in outputs):.4f} {verdict}"
+    worst = max(o["max_abs_error"] for o in outputs)
+    if all(o["tolerance"] is None for o in outputs):
+        return f"{worst:.1e} (int)"  # results.json written before integer files had a tolerance
+    return f"{worst:.1e} {verdict}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -82,13 +85,19 @@ def render_markdown(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _tolerance_text(output: dict) -> str:
+    if output["tolerance"] is not None:
+        return f"{output['tolerance']:.1e}"
+    return "reported only" if output.get("min_cosine") is None else f"cosine >= {output['min_cosine']}"
+
+
 def _verification_rows(results: dict) -> list[list[str]]:
     rows = []
     for artifact in results["artifacts"]:
         verification = artifact.get("verification")
         for out in (verification or {}).get("outputs", []):
-            tolerance = f"{out['tolerance']:.1e}" if out["tolerance"] is not None else "reported only"
-            agree = verification.get("top1_agreement")
+            tolerance = _tolerance_text(out)
+            agree, floor = verification.get("top1_agreement"), verification.get("min_top1_agreement")
             rows.append(
                 [
                     artifact["name"],
@@ -97,7 +106,7 @@ def _verification_rows(results: dict) -> list[list[str]]:
                     f"{out['mean_abs_error']:.2e}",
                     f"{out['cosine_similarity']:.6f}",
                     tolerance,
-                    "-" if agree is None else f"{agree:.3f}",
+                    "-" if agree is None else f"{agree:.3f}" + ("" if floor is None else f" (>= {floor})"),
                 ]
             )
     return rows

@@ -4,6 +4,12 @@ Always present (the spine): ``recipe``, ``inputs``, ``environment``, ``steps``, 
 ``format``, ``precision``, ``path``, ``sha256``, ``bytes``, ``parent``, ``inputs``/``outputs`` (TensorSpec),
 ``details``, ``verification``, ``accuracy`` ({top1, samples, runtime} or null) and ``bench`` (device_bench records).
 
+``verification`` (converters/verify.py ``Verification``): per output ``max_abs_error``, ``mean_abs_error``,
+``cosine_similarity``, ``sqnr_db`` and the tolerance it was held to (``tolerance``: the max abs error allowed of a
+float file; ``min_cosine``: the cosine floor of an integer file); ``top1_agreement`` and, for integer files of a
+classifier, ``min_top1_agreement``; ``passed``. An artifact in results.json always passed: one that did not failed
+the run.
+
 Optional: a report shows a section only when its key is there. Figures are plain floats; percentages are not
 pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp`` (percentage points).
 

@@ -114,10 +114,26 @@ def test_convert_quantizes_from_a_calibration_file(packed, tmp_path, to, precisi
                     "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert out.is_file() and f"bytes, {precision}), verified against the source" in done.stdout
-    cosine = float(done.stdout.split("cosine ")[1].split(")")[0])
-    assert cosine > 0.99  # on in-distribution samples of the calibration file
+    cosine = float(done.stdout.split("cosine ")[1].split()[0])
+    assert cosine > 0.99 and f"cosine {cosine:.5f} >= 0.99" in done.stdout  # in-distribution samples of the calib file
     missing = edgepack("convert", source, "--to", to, "--precision", precision, "--out", str(out))
     assert missing.returncode == 1 and "needs calibration data: --calib" in missing.stderr
+
+
+def test_convert_refuses_an_integer_file_below_the_cosine_floor(packed, tmp_path):
+    import numpy as np
+
+    from calibration.sources import digits_split
+
+    np.savez(tmp_path / "calib.npz", image=digits_split("train")[0][:64])
+    out = tmp_path / "mlp.int8.tflite"
+    source = str(packed[1] / "artifacts" / "mlp.fp32.onnx")
+    done = edgepack("convert", source, "--to", "tflite", "--precision", "int8", "--calib", str(tmp_path / "calib.npz"),
+                    "--out", str(out), "--min-cosine", "0.9999999")  # fmt: skip
+    assert done.returncode == 1 and not out.exists(), done.stdout
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: tflite-int8: cosine of output 'logits' ") and "below the floor 0.9999999" in error
+    assert "per-layer SQNR in tflite-int8: " in error and "lowest " in error and " dB" in error
 
 
 def test_convert_torch_file_needs_input_shapes(tmp_path):
