@@ -69,7 +69,8 @@ def onnx_tensor_reader(model: onnx.ModelProto, tensors: list[str]) -> TensorRead
     fetched = [t for t in tensors if t not in inputs]
 
     def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = dict(zip(fetched, session.run(fetched, batch), strict=True))
+        # onnxruntime reads an empty list of names as "every output": with only graph inputs asked, run nothing
+        values = dict(zip(fetched, session.run(fetched, batch), strict=True)) if fetched else {}
         return values | {t: batch[t] for t in tensors if t in inputs}
 
     return read

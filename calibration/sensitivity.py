@@ -17,8 +17,10 @@ stated on it), so the drop it reports is measured, not predicted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -28,8 +30,21 @@ from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
 from calibration.params import activation_params
 from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
+from calibration.precision import (
+    MIN_OWN_PRECISION_MACS,
+    carries_its_name,
+    integer_nodes,
+    mac_fractions,
+    node_macs,
+    node_precisions,
+    own_precision,
+)
 from calibration.ptq import Calibration, without_tensors
 from calibration.sources import ArrayDataset
+from edgepack.errors import QuantizationError
+
+if TYPE_CHECKING:
+    from calibration.bias_correction import BiasCorrection
 
 
 class HighPrecision(StrEnum):
@@ -47,6 +62,10 @@ class AccuracyTarget(BaseModel):
                                       "of the outputs against float, in dB.")  # fmt: skip
     samples: int | None = Field(None, gt=0, description="Search on the first N evaluation samples only (default: "
                                 "all); each layer costs one pass over them in onnxruntime.")  # fmt: skip
+    best_effort: bool = Field(False, description="When no plan whose files stay integer (at least half of their "
+        "MACs at the file's precision, calibration/precision.py) meets the target, write the best such plan, "
+        "named as missing the target in its details and the reports; default: stop with an error naming the "
+        "best figure reached, before anything is written.")  # fmt: skip
 
 
 @dataclass
@@ -86,6 +105,10 @@ class MixedPrecision:
     samples: int
     met: bool = False
     tflite_float: dict[str, str] = field(default_factory=dict)  # layer -> why it is float in TFLite
+    integer_macs: list[dict[str, float | None]] = field(default_factory=list)  # per step: format -> share of MACs
+    # at the file's own precision (settle_plan)
+    written_step: int | None = None  # the step the files are written from
+    best_effort: bool = False  # written although it misses the target (AccuracyTarget.best_effort)
 
 
 def plan_layers(model: onnx.ModelProto, plan: QuantPlan) -> list[Layer]:
@@ -137,21 +160,29 @@ class RuntimeScorer:
     """Scores quantized candidates against the float model, both run in onnxruntime on the same samples."""
 
     def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, *, unsigned_activations: bool = True,
-                 per_channel_weights: bool = True):  # fmt: skip
-        self.model, self.dataset = float_model, dataset
+                 per_channel_weights: bool = True, bias_correction: BiasCorrection | None = None):  # fmt: skip
+        self.model, self.dataset, self.bias_correction = float_model, dataset, bias_correction
         self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
-        self.reference = self.outputs(float_model)
+        self.reference = self.outputs(float_model)  # the float model's, never the bias-corrected one's
         self.output = float_model.graph.output[0].name
         self.float_top1 = None if dataset.labels is None else self._top1(self.reference)
+        self.macs = node_macs(float_model, {name: [1, *a.shape[1:]] for name, a in dataset.inputs.items()})
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         """Many samples a call where the batch can be freed: one candidate costs one pass over the data."""
         return model_outputs(model, self.dataset)
 
+    def quantized_from(self, calibration: Calibration) -> onnx.ModelProto:
+        """The float model a file of ``calibration`` is written from: bias-corrected where its weights are int8."""
+        if self.bias_correction is None:
+            return self.model
+        return self.bias_correction.only(integer_nodes(self.model, calibration)).model
+
     def score(self, calibration: Calibration) -> Score:
         from converters.qdq import build_qdq_model
 
-        model, _ = build_qdq_model(self.model, calibration.plan, calibration.activations, **self.writer_options)
+        model, _ = build_qdq_model(self.quantized_from(calibration), calibration.plan, calibration.activations,
+                                   **self.writer_options)  # fmt: skip
         return self.score_outputs(self.outputs(model))
 
     def score_outputs(self, outputs: dict[str, np.ndarray]) -> Score:
@@ -203,6 +234,109 @@ def search_mixed_precision(calibration: Calibration, scorer: RuntimeScorer, targ
     return result
 
 
+@dataclass
+class FilePlans:
+    """What each file of one plan is written from."""
+
+    onnx: Calibration  # the kept layers at ``high``
+    tflite: Calibration  # the kept layers float, and the layers they take along (``tflite_float``)
+    tflite_float: dict[str, str]
+
+
+def file_plans(calibration: Calibration, layers: list[Layer], kept: list[Layer], high: HighPrecision) -> FilePlans:
+    tflite_float = tflite_float_layers(layers, kept)
+    tflite = without_tensors(calibration, tflite_float_tensors(layers, tflite_float))
+    return FilePlans(with_layers_high(calibration, kept, high), tflite, tflite_float)
+
+
+def settle_plan(result: MixedPrecision, calibration: Calibration, model: onnx.ModelProto, macs: dict[str, int],
+                formats: list[str]) -> MixedPrecision:  # fmt: skip
+    """The step the files are written from: the first that meets the target with every file in ``formats`` still
+    carrying its integer name (calibration/precision.py); else, with ``best_effort``, the best-scoring step whose
+    files do; else a QuantizationError naming the best figure reached, raised before anything is written."""
+    layers = plan_layers(model, calibration.plan)
+    dtype = calibration.scheme.activation_dtype
+    shares = [_own_shares(model, file_plans(calibration, layers, _kept_at(result, step), result.high), macs, dtype)
+              for step in range(len(result.steps))]  # fmt: skip
+    integer = [step for step, share in enumerate(shares) if all(carries_its_name(share[f]) for f in formats)]
+    reaching = [step for step in integer if meets(result.steps[step][1], result.target)]
+    if not reaching and not (result.target.best_effort and integer):
+        raise QuantizationError(_unreachable(result, shares, integer, formats, dtype))
+    chosen = reaching[0] if reaching else min(integer, key=lambda step: _worse_first(result.steps[step][1]))
+    kept = _kept_at(result, chosen)
+    return replace(result, kept=kept, met=bool(reaching), tflite_float=tflite_float_layers(layers, kept),
+                   integer_macs=shares, written_step=chosen, best_effort=not reaching)  # fmt: skip
+
+
+def _kept_at(result: MixedPrecision, step: int) -> list[Layer]:
+    """Step k keeps the k most sensitive layers high (step 0: none)."""
+    return [cost.layer for cost in result.ranking[:step]]
+
+
+def _own_shares(model: onnx.ModelProto, plans: FilePlans, macs: dict[str, int], dtype: str) -> dict:
+    own = own_precision(dtype)
+    return {fmt: mac_fractions(macs, node_precisions(model, getattr(plans, fmt)))[own] for fmt in ("onnx", "tflite")}
+
+
+def _worse_first(score: Score) -> tuple:
+    """Sort key, best score first: the top-1 drop when there are labels (then SQNR), else the SQNR."""
+    return (score.top1_drop_pp if score.top1_drop_pp is not None else 0.0, -score.output_sqnr_db)
+
+
+def _unreachable(result: MixedPrecision, shares: list[dict], integer: list[int], formats: list[str],
+                 dtype: str) -> str:  # fmt: skip
+    own, target = own_precision(dtype), _target_text(result)
+    best = min(range(len(result.steps)), key=lambda step: _worse_first(result.steps[step][1]))
+    head = (f"accuracy_target {target} cannot be reached with files that stay {own} (at least "
+            f"{MIN_OWN_PRECISION_MACS:.0%} of their MACs {own}): plain {own} measured "
+            f"{_figure(result.steps[0][1])}; the best plan, {_plan_text(result, best, shares, formats, own)}, "
+            f"reached {_figure(result.steps[best][1])}")  # fmt: skip
+    if not integer:
+        return head + "; no plan keeps its files integer: keep fewer nodes float (skip_nodes). Nothing was written"
+    chosen = min(integer, key=lambda step: _worse_first(result.steps[step][1]))
+    if chosen != best:
+        head += (f"; the best plan that stays {own}, {_plan_text(result, chosen, shares, formats, own)}, reached "
+                 f"{_figure(result.steps[chosen][1])}")  # fmt: skip
+    return (f"{head}. Nothing was written. Lower the target (accuracy_target.{_target_key(result)} "
+            f"to {_reachable_target(result.steps[chosen][1])}), or set accuracy_target.best_effort: true to write "
+            "that plan, named as missing the target")  # fmt: skip
+
+
+def _plan_text(result: MixedPrecision, step: int, shares: list[dict], formats: list[str], own: str) -> str:
+    shown = [(f, shares[step][f]) for f in formats if shares[step][f] is not None]
+    share = ", ".join(f"{value:.0%} in {'ONNX' if f == 'onnx' else 'TFLite'}" for f, value in shown)
+    macs = f" ({own} MACs: {share})" if share else ""
+    return f"{step} of {len(result.ranking)} layers kept {result.high}{macs}"
+
+
+def _labelled(result: MixedPrecision) -> bool:
+    return result.steps[0][1].top1_drop_pp is not None
+
+
+def _target_key(result: MixedPrecision) -> str:
+    return "max_accuracy_drop_pp" if _labelled(result) else "min_output_sqnr_db"
+
+
+def _target_text(result: MixedPrecision) -> str:
+    target = result.target
+    if _labelled(result):
+        return f"top-1 drop <= {target.max_accuracy_drop_pp} pp"
+    return f"output SQNR >= {target.min_output_sqnr_db} dB"
+
+
+def _figure(score: Score) -> str:
+    if score.top1_drop_pp is not None:
+        return f"{score.top1_drop_pp:.2f} pp top-1 drop"
+    return f"{score.output_sqnr_db:.1f} dB output SQNR"
+
+
+def _reachable_target(score: Score) -> str:
+    """The figure rounded the way that keeps it met: a drop up, an SQNR down."""
+    if score.top1_drop_pp is not None:
+        return f"{math.ceil(score.top1_drop_pp * 100 - 1e-6) / 100:.2f}"
+    return f"{math.floor(score.output_sqnr_db * 10 + 1e-6) / 10:.1f}"
+
+
 def tflite_float_layers(layers: list[Layer], kept: list[Layer]) -> dict[str, str]:
     """Layer -> why it is float in the TFLite file. A TFLite file cannot mix int8 and int16, so a layer kept high
     is float there; and where the converter gives an op its input's grid (a mean, a pad, ...), a float output needs
@@ -245,15 +379,24 @@ def mixed_precision_record(result: MixedPrecision, file_format: str, measured: S
     kept = [layer.name for layer in result.kept]
     names = kept + [n for n in result.tflite_float if n not in kept]  # TFLite may need more float: listed in both
     layers = [_layer_entry(n, rank[n], costs[n], result, file_format) for n in names]
+    written = len(result.steps) - 1 if result.written_step is None else result.written_step
     return {
         "target": result.target.model_dump(),
         "target_met": result.met if measured is None else meets(measured, result.target),
+        "best_effort": result.best_effort,  # written although the plan missed the target
         "searched_in": "onnxruntime, ONNX QDQ candidates built in memory from the one calibration",
         "samples": result.samples,
         "layers": layers,
-        "steps": [{"kept_high": names_, **score.as_json()} for names_, score in result.steps],
-        "measured": (measured or result.steps[-1][1]).as_json(),
+        "steps": [_step_entry(result, step) for step in range(len(result.steps))],
+        "written_step": written,
+        "measured": (measured or result.steps[written][1]).as_json(),
     }
+
+
+def _step_entry(result: MixedPrecision, step: int) -> dict:
+    names, score = result.steps[step]
+    shares = result.integer_macs[step] if result.integer_macs else None
+    return {"kept_high": names, **score.as_json(), "own_precision_macs": shares}
 
 
 def _layer_entry(name: str, rank: int, cost: Score, result: MixedPrecision, file_format: str) -> dict:

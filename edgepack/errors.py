@@ -56,6 +56,11 @@ class FinetuneError(UserError):
     """A fine-tuning setting (teacher, feature-matching layers and their shapes) that does not fit the models."""
 
 
+class QuantizationError(UserError):
+    """A quantization that cannot be written as asked: an accuracy target no integer file reaches, or a file that
+    would run most of its MACs outside the precision it is named after. Says the figures and what to change."""
+
+
 class StageError(EdgepackError):
     """A tool failed inside a stage; the stage is named and the cause chained."""
 

@@ -52,8 +52,19 @@ def slower_than_float(artifacts: list[dict]) -> list[str]:
 
 
 def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:
-    """Artifact name -> the quantize stage's mixed-precision record (accuracy_target), where there is one."""
-    return {a["name"]: a["details"]["mixed_precision"] for a in artifacts if a["details"].get("mixed_precision")}
+    """Artifact name -> the quantize stage's mixed-precision record (accuracy_target), with the file's MACs by
+    precision (details.macs), where there is one."""
+    return {a["name"]: a["details"]["mixed_precision"] | {"macs": a["details"].get("macs")}
+            for a in artifacts if a["details"].get("mixed_precision")}  # fmt: skip
+
+
+def mixed_precision_notes(artifacts: list[dict]) -> list[str]:
+    """One line per mixed-precision file for the terminal summary: whether it met its target, and its MACs."""
+    from edgepack.report_markdown import macs_text, mixed_precision_outcome
+
+    records = mixed_precision_records(artifacts)
+    return [f"{name} mixed precision: {mixed_precision_outcome(record)}; MACs {macs_text(record['macs'])}"
+            for name, record in records.items()]  # fmt: skip
 
 
 def compression_lines(artifacts: list[dict]) -> list[str]:

@@ -85,12 +85,28 @@ def layer_sections(data: dict) -> list[str]:
 
 
 def mixed_precision_line(name: str, record: dict) -> str:
-    """One line per integer artifact: the layers kept high, at what precision and why, and whether the target held."""
+    """One line per integer artifact: the layers kept high, at what precision and why, whether the target held, and
+    the share of MACs in each precision."""
+    layers = "; ".join(f"{r['layer']} {r['precision']} ({r['why']})" for r in record["layers"]) or "none needed"
+    macs = f"; MACs {macs_text(record['macs'])}" if record.get("macs") else ""
+    return f"**{name}** mixed precision, {mixed_precision_outcome(record)}{macs}: {layers}"
+
+
+def mixed_precision_outcome(record: dict) -> str:
+    """'target met (...)', or 'target MISSED (...)', with 'best effort' when the file was written as such."""
     target, measured = record["target"], record["measured"]
     if measured["top1_drop_pp"] is not None:
         outcome = f"top-1 drop {measured['top1_drop_pp']:.2f} pp, target <= {target['max_accuracy_drop_pp']} pp"
     else:
         outcome = f"output SQNR {measured['output_sqnr_db']:.1f} dB, target >= {target['min_output_sqnr_db']} dB"
     verdict = "met" if record["target_met"] else "MISSED"
-    layers = "; ".join(f"{r['layer']} {r['precision']} ({r['why']})" for r in record["layers"]) or "none needed"
-    return f"**{name}** mixed precision, target {verdict} ({outcome}): {layers}"
+    effort = ", written as best effort" if record.get("best_effort") else ""
+    return f"target {verdict} ({outcome}{effort})"
+
+
+def macs_text(macs: dict | None) -> str:
+    """'88.3% int8, 11.7% float of 83,680' (precisions with no MACs left out)."""
+    if not macs or not macs.get("total"):
+        return "-"
+    shares = ", ".join(f"{macs[p]:.1%} {p}" for p in ("int8", "int16", "float") if macs.get(p))
+    return f"{shares} of {macs['total']:,}"

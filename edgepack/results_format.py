@@ -29,7 +29,12 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   has an ``accuracy_target`` (calibration/sensitivity.py), in its artifacts' ``details.sensitivity``; the first one.
 - ``artifacts[].details.mixed_precision``: ``MixedPrecisionRecord`` - which layers that integer artifact keeps high,
   at what precision and why, and whether the accuracy target was met (measured in the artifact's own runtime for
-  TFLite, in onnxruntime for ONNX).
+  TFLite, in onnxruntime for ONNX); ``best_effort`` when it was written although it misses the target.
+- ``artifacts[].details.macs``: ``MacShares`` - every integer file the quantize stage writes: its multiply-
+  accumulates (Conv/Gemm/MatMul at the recipe's input shapes) and the fraction run in int8, int16 (16x8) and float
+  (calibration/precision.py; a file runs at least half of them at its own precision, or is not written).
+- ``artifacts[].details.bias_correction``: the layers whose bias was corrected in this file, and
+  ``float_bias_kept``: those that run float in it and keep their float bias (calibration/bias_correction.py).
 - ``artifacts[].robustness``: ``Robustness`` - top-1 under input perturbations, measured in the artifact's own
   runtime (edgepack/robustness.py).
 - ``gate``: ``GateOutcome`` (top level) - the recipe's ``gate:`` budgets checked at the end of ``pack``
@@ -78,13 +83,22 @@ class MixedPrecisionLayer(TypedDict):
 
 
 class MixedPrecisionRecord(TypedDict):
-    target: dict  # AccuracyTarget: max_accuracy_drop_pp, min_output_sqnr_db (used without labels)
+    target: dict  # AccuracyTarget: max_accuracy_drop_pp, min_output_sqnr_db (used without labels), best_effort
     target_met: bool
+    best_effort: bool  # written although its plan missed the target (accuracy_target.best_effort)
     searched_in: str
     samples: int
     layers: list[MixedPrecisionLayer]
-    steps: list[dict]  # {kept_high: [layer, ...], top1_drop_pp, output_sqnr_db}, all-int8 first
+    steps: list[dict]  # {kept_high: [layer, ...], top1_drop_pp, output_sqnr_db, own_precision_macs: {onnx, tflite}}
+    written_step: int  # the index in ``steps`` of the plan this file holds
     measured: dict  # {top1_drop_pp, output_sqnr_db} of this artifact
+
+
+class MacShares(TypedDict):
+    total: int  # multiply-accumulates of one inference
+    int8: float | None  # fractions of ``total`` (None when the model has no Conv/Gemm/MatMul)
+    int16: float | None
+    float: float | None
 
 
 class RobustnessCondition(TypedDict):

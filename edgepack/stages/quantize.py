@@ -10,6 +10,7 @@ source names its calibration file, so the accuracy reported is on samples the ra
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ from calibration.sensitivity import AccuracyTarget
 from edgepack.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig
 from edgepack.stages.quantize_accuracy import apply_bias_correction, prepare_float_model
-from edgepack.stages.quantize_mixed import mixed_calibrations
+from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
 from edgepack.stages.registry import register_stage
 
 
@@ -66,17 +67,38 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
         calibration = calibrate(prepared.model, dataset, config, description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, batch_size(ctx.recipe))
     seconds = time.perf_counter() - started
-    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name)  # accuracy_target
-    with prepared.float_file(ctx) as float_path:
-        written = [_write_onnx(config, ctx, prepared.source, prepared.model, mixed.onnx, seconds)]
-        if "tflite" in config.formats:
+    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction)
+    plans = {"onnx": mixed.onnx} | ({"tflite": mixed.tflite} if "tflite" in config.formats else {})
+    files = {fmt: _integer_file(config, ctx, prepared, plan, fmt) for fmt, plan in plans.items()}  # before writing
+    written = [_write_onnx(config, ctx, prepared.source, files["onnx"].model, mixed.onnx, seconds)]
+    if "tflite" in config.formats:
+        with prepared.model_file(ctx, files["tflite"].model) as float_path:
             written.append(_write_tflite(config, ctx, prepared.source, mixed.tflite, written[0], float_path))
-        mixed.record(ctx, written)
+    for artifact in written:
+        artifact.details.update(files[str(artifact.format)].details)
+    mixed.record(ctx, written)
     if "onnx" not in config.formats:
         ctx.artifact_path(written[0]).unlink()  # written only for the agreement figure of the TFLite file
         written = written[1:]
     prepared.record(written)
     return prepared.artifacts + written
+
+
+@dataclass
+class IntegerFile:
+    model: object  # the onnx.ModelProto it is written from: bias-corrected where its weights are int8
+    details: dict  # its MACs by precision, and which biases were corrected
+
+
+def _integer_file(config: QuantizeConfig, ctx, prepared, calibration: Calibration, fmt: str) -> IntegerFile:
+    """Checked before anything is written: the file must run most of its MACs at its own precision."""
+    from calibration.precision import integer_nodes
+
+    name = f"{fmt}-{config.precision}"
+    shipped = fmt in config.formats  # the ONNX file of a TFLite-only stage is only written for the agreement figure
+    details = {"macs": file_macs(ctx, prepared.model, calibration, name, shipped)}
+    integer = integer_nodes(prepared.model, calibration)
+    return IntegerFile(prepared.model_for(integer), details | prepared.correction_details(integer))
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):

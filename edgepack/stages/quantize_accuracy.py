@@ -3,7 +3,8 @@
 Equalization keeps the float model's function, so its result is a float ONNX artifact of its own
 (``onnx-fp32-equalized``), verified against the reference like any float file, and the integer files name it as
 their parent. Bias correction deliberately moves the float model (towards what the integer one computes), so its
-model is only the input of the two integer writers, never an artifact.
+model is only the input of the two integer writers, never an artifact; each file gets the correction of the layers
+whose int8 weights run in an integer kernel in it (int8 or 16x8), a layer that runs float there keeps its float bias.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from edgepack.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from calibration.bias_correction import BiasCorrection
 
 
 @dataclass
@@ -24,20 +29,31 @@ class FloatPreparation:
     """The float model the integer files are written from, and what was done to it."""
 
     source: Artifact  # the integer files' parent: the equalized artifact when equalization changed the model
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # the float reference (equalized, never bias-corrected)
     artifacts: list[Artifact] = field(default_factory=list)  # written here, returned before the integer files
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
-    bias_corrected: bool = False
+    correction: BiasCorrection | None = None
+
+    def model_for(self, integer_nodes: set[str]) -> onnx.ModelProto:
+        """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only."""
+        return self.model if self.correction is None else self.correction.only(integer_nodes).model
+
+    def correction_details(self, integer_nodes: set[str]) -> dict:
+        """For one file's details: the layers corrected in it, and those that kept their float bias (run float)."""
+        if self.correction is None:
+            return {}
+        kept = [n for n in self.correction.corrections if n not in integer_nodes]
+        return {"bias_correction": self.correction.only(integer_nodes).summary() | {"float_bias_kept": kept}}
 
     @contextmanager
-    def float_file(self, ctx) -> Iterator[Path]:
+    def model_file(self, ctx, model: onnx.ModelProto) -> Iterator[Path]:
         """A file holding ``model`` for the TFLite converter, which reads ONNX from disk."""
-        if not self.bias_corrected:
+        if model is self.model:
             yield ctx.artifact_path(self.source)
             return
         with tempfile.TemporaryDirectory(prefix="edgepack-bias-corrected-") as folder:
             path = Path(folder) / "bias_corrected.onnx"
-            onnx.save(self.model, str(path))
+            onnx.save(model, str(path))
             yield path
 
     def record(self, integer_artifacts: list[Artifact]) -> None:
@@ -79,13 +95,12 @@ def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: 
 
 
 def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int):
-    """Bias-correct ``prepared.model`` when the scheme asks; returns the calibration planned on the new model."""
+    """Measure the bias correction of every quantized Conv/Gemm when the scheme asks (each file applies it where its
+    layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
     if not config.bias_correction:
         return calibration
     from calibration.bias_correction import correct_biases, with_corrected_model
 
-    correction = correct_biases(prepared.model, calibration.plan, dataset.head(config.samples), batch_size,
-                         per_channel_weights=config.per_channel_weights)  # fmt: skip
-    prepared.model, prepared.bias_corrected = correction.model, True
-    prepared.details["bias_correction"] = correction.summary()
-    return with_corrected_model(calibration, correction.model)
+    prepared.correction = correct_biases(prepared.model, calibration.plan, dataset.head(config.samples), batch_size,
+                                         per_channel_weights=config.per_channel_weights)  # fmt: skip
+    return with_corrected_model(calibration, prepared.correction.model)

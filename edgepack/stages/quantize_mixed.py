@@ -5,28 +5,45 @@ ONNX holds a kept layer at int16 QDQ (float when the scheme is already int16x8);
 int16, so there the layer is float: its output tensor gets no fake-quant, the ops reading it run in float, and the
 island is bounded by DEQUANTIZE/QUANTIZE on tensors that keep edgepack's calibrated grids. After conversion every
 integer grid in the .tflite is checked against edgepack's: one the converter chose itself fails the stage.
+
+A plan is written only when its files keep their name: at least half of each file's MACs at its own precision
+(calibration/precision.py). When no such plan meets the target the stage stops before writing, naming the best
+figure reached and by which plan, unless ``accuracy_target.best_effort`` asks for the best such plan instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 
-from calibration.ptq import Calibration, without_tensors
+from calibration.precision import (
+    MIN_OWN_PRECISION_MACS,
+    PRECISIONS,
+    carries_its_name,
+    mac_fractions,
+    node_macs,
+    node_precisions,
+    own_precision,
+)
+from calibration.ptq import Calibration
 from calibration.sensitivity import (
     MixedPrecision,
     RuntimeScorer,
+    file_plans,
     mixed_precision_record,
     plan_layers,
     search_mixed_precision,
     sensitivity_record,
-    tflite_float_tensors,
-    with_layers_high,
+    settle_plan,
 )
 from calibration.sources import ArrayDataset
 from edgepack.artifacts import Artifact, Format
-from edgepack.errors import StageError
+from edgepack.errors import QuantizationError, StageError
+
+if TYPE_CHECKING:
+    from calibration.bias_correction import BiasCorrection
 
 
 @dataclass
@@ -55,9 +72,11 @@ class MixedCalibrations:
             artifact.details["sensitivity"] = sensitivity_record(self.search, self.source)  # how it was decided
 
 
-def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str) -> MixedCalibrations:
+def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str,
+                       correction: BiasCorrection | None = None) -> MixedCalibrations:  # fmt: skip
     """Search only when the stage has an ``accuracy_target``; on the evaluation data (the random verification
-    inputs when there is none: then the target is the output SQNR)."""
+    inputs when there is none: then the target is the output SQNR). Candidates carry ``correction`` where their
+    layers run int8, as the files will; the reference is ``model``, the float model."""
 
     if config.accuracy_target is None:
         return MixedCalibrations(calibration, calibration)
@@ -67,11 +86,27 @@ def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibra
         dataset = ArrayDataset(dataset.inputs)
     options = {"unsigned_activations": config.unsigned_onnx_activations,
                "per_channel_weights": config.per_channel_weights}  # fmt: skip
-    scorer = RuntimeScorer(model, dataset, **options)
+    scorer = RuntimeScorer(model, dataset, **options, bias_correction=correction)
     search = search_mixed_precision(calibration, scorer, config.accuracy_target)
-    float_tensors = tflite_float_tensors(plan_layers(model, calibration.plan), search.tflite_float)
-    onnx_calibration = with_layers_high(calibration, search.kept, search.high)
-    return MixedCalibrations(onnx_calibration, without_tensors(calibration, float_tensors), search, scorer, source)
+    search = settle_plan(search, calibration, model, scorer.macs, list(config.formats))  # or raise, before writing
+    plans = file_plans(calibration, plan_layers(model, calibration.plan), search.kept, search.high)
+    return MixedCalibrations(plans.onnx, plans.tflite, search, scorer, source)
+
+
+def file_macs(ctx, model: onnx.ModelProto, calibration: Calibration, name: str, shipped: bool = True) -> dict:
+    """The file's MACs by precision (details.macs); a ``shipped`` file that would run under half of them at its own
+    precision is refused by name, before it is written: it would be a float file called integer."""
+    shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
+    fractions = mac_fractions(node_macs(model, shapes), node_precisions(model, calibration))
+    own = own_precision(calibration.scheme.activation_dtype)
+    if carries_its_name(fractions[own]) or not shipped:
+        return fractions
+    others = ", ".join(f"{fractions[p]:.0%} {p}" for p in PRECISIONS if p != own)
+    raise QuantizationError(
+        f"{name} would run {fractions[own]:.0%} of its {fractions['total']:,} MACs in {own} ({others}): a file "
+        f"named {calibration.scheme.precision} runs at least {MIN_OWN_PRECISION_MACS:.0%} of them in {own}; keep "
+        "fewer nodes float (skip_nodes), or ship the float file; nothing was written"
+    )
 
 
 def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:

@@ -1,23 +1,23 @@
-"""Sensitivity analysis and mixed precision on a conv net made sensitive on purpose.
+"""Sensitivity analysis and mixed precision on a conv net made sensitive on purpose (tests/calibration/outlier_case.py).
 
-How the model is made sensitive: the digits-trained ``conv_net`` gets a ninth channel in its first conv, a copy of
-channel 0 scaled x100 (filter, BatchNorm gamma and beta), that the second conv ignores (zero weights). The float
-model computes exactly what the trained net computes, but the first conv's output now spans ~100x its useful range,
-so its one per-tensor int8 grid is far too coarse for the eight channels that matter: plain int8 loses ~10 points.
-Keeping that layer high (ONNX int16, TFLite float) recovers it; every other tensor keeps edgepack's int8 grid.
+The digits-trained ``conv_net`` gets a ninth channel in its first conv, a copy of channel 0 scaled x100 (filter,
+BatchNorm gamma and beta), that the second conv ignores (zero weights). The float model computes exactly what the
+trained net computes, but the first conv's output now spans ~100x its useful range, so its one per-tensor int8 grid
+is far too coarse for the eight channels that matter: plain int8 loses ~10 points. Keeping that layer high (ONNX
+int16, TFLite float) recovers it; every other tensor keeps edgepack's int8 grid. The quantize stage refuses to write
+that plan as int8 files (the second conv, 94% of the MACs, then runs 16x8 or float): the files, the MAC rule and the
+pipeline are tested on the bridged variant in test_mixed_precision_files.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from torch import nn
 
 from calibration.params import activation_params, weight_params
 from calibration.ptq import QuantScheme, calibrate
@@ -25,33 +25,9 @@ from calibration.sensitivity import AccuracyTarget, RuntimeScorer, mixed_precisi
 from calibration.sources import ArrayDataset, load_digits_dataset
 from converters.torch_to_onnx import export_to_onnx
 from edgepack.report_markdown import mixed_precision_line
+from tests.calibration.outlier_case import HIDDEN, SENSITIVE, TRAIN_EPOCHS, outlier_net, outlier_state
 from tests.calibration.test_ptq_onnx import qdq_parameters
 from tests.calibration.test_quantize_stage import tflite_parameters
-
-OUTLIER_FACTOR = 100.0
-TRAIN_EPOCHS = 15
-SENSITIVE = "/0/Conv"  # the first conv (+ BatchNorm + ReLU), as the legacy exporter names it
-HIDDEN = "/2/Relu_output_0"  # its output: the tensor with the outlier channel
-
-
-def outlier_net() -> nn.Module:
-    """conv_net with a ninth first-layer channel (the factory the pipeline test loads)."""
-    from tests import models
-
-    net = models.conv_net()
-    net[0], net[1], net[3] = nn.Conv2d(1, 9, 3, padding=1), nn.BatchNorm2d(9), nn.Conv2d(9, 16, 3, padding=1)
-    return net
-
-
-def outlier_state(conv_net_state: dict) -> dict:
-    """The trained conv_net's weights plus the outlier channel 8 = 100 x channel 0, which conv 2 does not read."""
-    state = {k: v.clone() for k, v in conv_net_state.items()}
-    for key in ("0.weight", "0.bias", "1.running_mean", "1.running_var"):
-        state[key] = torch.cat([state[key], state[key][:1]])
-    for key in ("1.weight", "1.bias"):  # BN(x) = gamma (x - mean) / std + beta: x100 on gamma and beta
-        state[key] = torch.cat([state[key], state[key][:1] * OUTLIER_FACTOR])
-    state["3.weight"] = torch.cat([state["3.weight"], torch.zeros_like(state["3.weight"][:, :1])], dim=1)
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +123,12 @@ def test_an_unreachable_target_is_reported_missed_with_every_layer_kept_high(out
 
 @pytest.fixture(scope="module")
 def mixed(searched, outlier_onnx):
-    """What the quantize stage writes each file from, as ``run_quantize`` builds it."""
-    from edgepack.stages.quantize_mixed import mixed_calibrations
+    """What each file of the search's plan is written from (the stage itself refuses this plan as int8 files: the
+    second conv would run 16x8 or float; the float island's mechanics are the same in the bridged net it writes)."""
+    from calibration.sensitivity import file_plans, plan_layers
 
-    calibration, scorer, _ = searched
-    config = SimpleNamespace(accuracy_target=AccuracyTarget(), unsigned_onnx_activations=True, per_channel_weights=True)
-    recipe = SimpleNamespace(model=SimpleNamespace(inputs=[SimpleNamespace(shape=[1, 1, 8, 8])]), task="classification")
-    ctx = SimpleNamespace(eval_data=scorer.dataset, recipe=recipe)
-    return mixed_calibrations(config, ctx, outlier_onnx, calibration, "onnx-fp32")
+    calibration, _, result = searched
+    return file_plans(calibration, plan_layers(outlier_onnx, calibration.plan), result.kept, result.high)
 
 
 def test_onnx_file_holds_the_outlier_layer_at_int16_and_the_rest_at_int8(mixed, outlier_onnx, searched, tmp_path):
@@ -208,38 +182,6 @@ def drop_pp(session, scorer: RuntimeScorer) -> float:
     return (scorer.float_top1 - float(np.mean(logits.argmax(1) == scorer.dataset.labels))) * 100
 
 
-def test_pack_with_an_accuracy_target_records_the_decisions_in_both_files_and_the_report(outlier_weights, tmp_path):
-    import edgepack
-    from edgepack.recipe import parse_recipe
-    from tests.edgepack.helpers import artifact, image_recipe
-
-    stages = [{"stage": "export", "exporter": "legacy"},
-              {"stage": "quantize", "accuracy_target": {"max_accuracy_drop_pp": 0.5}}]  # fmt: skip
-    recipe = image_recipe("outlier_net", outlier_weights, stages=stages) | {"bench": None, "verify": {"samples": 64}}
-    recipe["model"]["factory"] = "tests.calibration.test_sensitivity:outlier_net"
-    run = edgepack.pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
-    assert [a["name"] for a in run.artifacts] == ["torch-fp32", "onnx-fp32", "onnx-int8", "tflite-int8"]
-    assert run.results["sensitivity"]["layers"][0]["layer"] == SENSITIVE
-    assert run.results["sensitivity"]["layers"][0]["value"] > 5.0  # pp, measured: 10.3
-    float_top1 = artifact(run.results, "torch-fp32")["accuracy"]["top1"]
-    for name, precision in (("onnx-int8", "int16"), ("tflite-int8", "float")):
-        a = artifact(run.results, name)
-        record = a["details"]["mixed_precision"]
-        assert record["target_met"]
-        assert [(r["layer"], r["precision"]) for r in record["layers"]] == [(SENSITIVE, precision)]
-        assert record["layers"][0]["onnx"] == "int16" and record["layers"][0]["tflite"] == "float"
-        assert record["steps"][0]["top1_drop_pp"] > 5.0 and record["measured"]["top1_drop_pp"] <= 0.5
-        assert (float_top1 - a["accuracy"]["top1"]) * 100 <= 0.5 and a["accuracy"]["samples"] == 360  # the pipeline's
-    tflite_a = artifact(run.results, "tflite-int8")
-    assert HIDDEN not in tflite_a["details"]["activations"]
-    assert artifact(run.results, "onnx-int8")["details"]["activations"][HIDDEN]["dtype"] == "int16"
-    grids, _ = tflite_parameters(run.run_dir / tflite_a["path"])
-    ours = tflite_a["details"]["activations"].values()
-    assert grids == {(np.float32(p["scale"][0]), p["zero_point"][0]) for p in ours}  # read back from the file
-    report = (run.run_dir / "report.md").read_text()
-    assert "**tflite-int8** mixed precision, target met" in report and f"{SENSITIVE} float (rank 1" in report
-
-
 def test_a_float_mean_takes_its_feeding_layer_float_too(searched, outlier_onnx, tmp_path):
     """TFLite gives MEAN (GlobalAveragePool) its input's grid when its output has no fake-quant: keeping the pool's
     output float alone would leave an int8 tensor on a grid edgepack never computed for it (the blocker, shown)."""
@@ -276,19 +218,3 @@ def mean_output(path) -> tuple:
 
 def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
     return next(t for t in model.graph.initializer if t.name == name)
-
-
-def test_convert_with_an_sqnr_target_keeps_the_outlier_layer_float(outlier_onnx, searched, tmp_path):
-    """What ``edgepack convert --precision int8 --calib DATA.npz --min-output-sqnr 25`` runs (no labels there)."""
-    from edgepack.convert_file import convert_file
-
-    first_256 = load_digits_dataset("image", "train").inputs["image"][:256]  # what the fixture calibrated on
-    np.savez(tmp_path / "calib.npz", image=first_256)
-    onnx.save(outlier_onnx, str(tmp_path / "outlier.onnx"))
-    options = {"accuracy_target": {"min_output_sqnr_db": 25.0}}
-    result = convert_file(tmp_path / "outlier.onnx", to="tflite", out=tmp_path / "out.tflite", input_shapes=[],
-                          precision="int8", calib=tmp_path / "calib.npz", quant_options=options)  # fmt: skip
-    assert result["precision"] == "int8" and result["cosine_similarity"] > 0.99  # measured against the float source
-    grids, _ = tflite_parameters(tmp_path / "out.tflite")
-    ours = {t: (np.float32(p.scale), int(p.zero_point)) for t, p in searched[0].activations.items()}
-    assert grids == set(ours.values()) - {ours[HIDDEN]}  # the same calibration, the coarse grid left out
