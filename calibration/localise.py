@@ -69,11 +69,8 @@ def onnx_layer_sqnr(float_model: onnx.ModelProto, quantized_model: onnx.ModelPro
 
 def dequantized_name(graph: onnx.GraphProto, tensor: str) -> str:
     """The name consumers of ``tensor`` read in a QDQ graph: ``tensor`` itself, except for a graph input, whose
-    consumers read the output of its QuantizeLinear -> DequantizeLinear pair."""
-    if all(i.name != tensor for i in graph.input):
-        return tensor
-    quantized = next(n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
-    return next(n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantized)
+    consumers read ``tensor``_dequantized (converters.qdq names it so)."""
+    return tensor if all(i.name != tensor for i in graph.input) else f"{tensor}_dequantized"
 
 
 def onnx_layers(graph: onnx.GraphProto, sqnr: dict[str, float]) -> list[LayerSqnr]:

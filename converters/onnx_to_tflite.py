@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
 from converters.tflite_patch import widen_16x8_biases
@@ -31,6 +33,10 @@ class FakeQuantization:
     bits: int = 8  # 8: full int8; 16: 16-bit activations with int8 weights (16x8)
     integer_io: bool = False  # int8/int16 model inputs and outputs instead of float ones
     per_channel_weights: bool = True  # False: one scale per weight tensor, as calibration.params.weight_params(w, None)
+    # Weights and biases already on edgepack's integer grids (converters.qdq.dequantized_constants), by initializer
+    # name: the converter rounds them back to exactly the QDQ file's integers. Left out, it rounds the float values
+    # its own way, and a few weights (ties) and biases end one integer apart from the QDQ file's.
+    constants: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -61,6 +67,8 @@ def convert_onnx_to_tflite(
     if quantization is not None:
         fake_quant = {name: (lo, hi, quantization.bits) for name, (lo, hi) in quantization.ranges.items()}
     prepared = prepare_model(Path(onnx_path), input_shapes)
+    if quantization is not None and quantization.constants:
+        prepared.constants.update({k: v for k, v in quantization.constants.items() if k in prepared.constants})
     per_tensor = quantization is not None and not quantization.per_channel_weights
     if per_tensor:
         snap_weights_to_tensor_grid(prepared.graph, prepared.constants)

@@ -6,7 +6,11 @@ is optional and 0 for int32: per-channel int32 zeros cost 2% of MobileNetV2's in
 same QLinearConv without them; a weight's int8 zero point stays, since without it onnxruntime no longer fuses
 Gemm into QGemm); each planned activation T
 becomes producer -> T_float -> QuantizeLinear -> DequantizeLinear -> T, so consumers and graph outputs keep
-their names.
+their names; a float graph input X becomes X -> Mul(1 / scale) -> QuantizeLinear(scale 1) -> DequantizeLinear ->
+X_dequantized, which rounds exactly as TFLite's QUANTIZE does (``_quantize_as_tflite``).
+
+The integers of weights and biases are decided here once (``quantized_constants``); the TFLite conversion is handed
+the same values, so both files hold the same int8 weights and int32 biases, not two roundings of the float ones.
 """
 
 from __future__ import annotations
@@ -50,43 +54,61 @@ def build_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[s
     int16 = any(p.dtype == "int16" for p in activations.values())
     quantized = with_opset_at_least(model, INT16_QDQ_OPSET if int16 else 0)
     graph = quantized.graph
-    weights = _quantize_weights(graph, plan, per_channel_weights)
-    _quantize_biases(graph, plan, activations, weights)
+    constants = quantized_constants(graph, plan, activations, per_channel_weights)
+    for name, (q, params) in constants.items():
+        _replace_with_dequantized(graph, name, q, params, zero_point=params.dtype != "int32")
     for tensor, params in activations.items():
         _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
     onnx.checker.check_model(quantized)
-    return quantized, weights
+    return quantized, {name: params for name, (_, params) in constants.items() if params.dtype != "int32"}
+
+
+def quantized_constants(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
+                        per_channel_weights: bool = True) -> dict[str, tuple[np.ndarray, QuantParams]]:  # fmt: skip
+    """Every planned weight and bias: (its integers, their parameters). The one place both files' integer
+    constants are decided: the TFLite path hands the converter these values dequantized, so it re-derives exactly
+    these integers instead of rounding the float weights its own way."""
+    weights = _quantize_weights(graph, plan, per_channel_weights)
+    return weights | _quantize_biases(graph, plan, activations, {n: p for n, (_, p) in weights.items()})
+
+
+def dequantized_constants(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
+                          per_channel_weights: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+    """``quantized_constants`` as the float values the TFLite converter rounds back to the same integers."""
+    constants = quantized_constants(graph, plan, activations, per_channel_weights)
+    return {name: params.dequantize(q) for name, (q, params) in constants.items()}
 
 
 def _onnx_grid(params: QuantParams, unsigned: bool) -> QuantParams:
     return params.as_unsigned() if unsigned and params.dtype == "int8" and not params.narrow else params
 
 
-def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan, per_channel: bool) -> dict[str, QuantParams]:
+def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan,
+                      per_channel: bool) -> dict[str, tuple[np.ndarray, QuantParams]]:  # fmt: skip
     initializers = {t.name: t for t in graph.initializer}
-    done: dict[str, QuantParams] = {}
+    done: dict[str, tuple[np.ndarray, QuantParams]] = {}
     for weight in plan.weights:
         if weight.initializer in done:
             continue
         values = numpy_helper.to_array(initializers[weight.initializer])
         params = weight_params(values, weight.axis if per_channel else None)
-        _replace_with_dequantized(graph, weight.initializer, params.quantize(values), params)
-        done[weight.initializer] = params
+        done[weight.initializer] = (params.quantize(values), params)
     return done
 
 
 def _quantize_biases(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
-                     weights: dict[str, QuantParams]) -> None:  # fmt: skip
+                     weights: dict[str, QuantParams]) -> dict[str, tuple[np.ndarray, QuantParams]]:  # fmt: skip
     initializers = {t.name: t for t in graph.initializer}
+    done: dict[str, tuple[np.ndarray, QuantParams]] = {}
     for bias in plan.biases:
         source = activations.get(bias.activation)
-        if source is None or bias.initializer not in initializers:
+        if source is None or bias.initializer not in initializers or bias.initializer in done:
             continue  # the input stays float: so does the bias
         values = numpy_helper.to_array(initializers[bias.initializer])
         scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(values.shape, np.float32)
         params = QuantParams(scale, np.zeros(values.shape, np.int64), "int32", axis=0)
-        q = np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        _replace_with_dequantized(graph, bias.initializer, q, params, zero_point=False)
+        done[bias.initializer] = (np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32), params)
+    return done
 
 
 def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams, *,
@@ -118,15 +140,32 @@ def _insert_qdq(graph: onnx.GraphProto, tensor: str, params: QuantParams) -> Non
     if any(i.name == tensor for i in graph.input):
         source, target, position = tensor, f"{tensor}_dequantized", 0
         _rename_inputs(graph, tensor, target)
+        nodes = _quantize_as_tflite(graph, source, tensor, scale, zero_point.name)
     else:
         source, target = f"{tensor}_float", tensor
         position = _rename_output(graph, tensor, source) + 1
-    quantize = helper.make_node("QuantizeLinear", [source, scale.name, zero_point.name], [f"{tensor}_quantized"],
-                                name=f"{tensor}_QuantizeLinear")  # fmt: skip
-    dequantize = helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale.name, zero_point.name],
-                                  [target], name=f"{tensor}_DequantizeLinear")  # fmt: skip
-    graph.node.insert(position, quantize)
-    graph.node.insert(position + 1, dequantize)
+        nodes = [helper.make_node("QuantizeLinear", [source, scale.name, zero_point.name], [f"{tensor}_quantized"],
+                                  name=f"{tensor}_QuantizeLinear")]  # fmt: skip
+    nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale.name, zero_point.name],
+                                  [target], name=f"{tensor}_DequantizeLinear"))  # fmt: skip
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+
+
+def _quantize_as_tflite(graph: onnx.GraphProto, source: str, tensor: str, scale: onnx.TensorProto,
+                        zero_point: str) -> list[onnx.NodeProto]:  # fmt: skip
+    """A float graph input quantized as TFLite's QUANTIZE (LiteRT's builtin and XNNPACK kernels alike) does it:
+    round(x * (1 / scale)), where onnxruntime's QuantizeLinear computes round(x / scale). The two differ on about
+    one value in 10^6 (the last bit of the quotient), and in a deep net one input step reaches many output values.
+    So: Mul by float32(1 / scale), then a QuantizeLinear with scale 1, which rounds that product as it is; the
+    DequantizeLinear keeps the real scale, which is what consumers (and onnxruntime's fused kernels) read."""
+    reciprocal = np.float32(1.0) / numpy_helper.to_array(scale).astype(np.float32)
+    graph.initializer.extend([numpy_helper.from_array(reciprocal, f"{tensor}_inverse_scale"),
+                              numpy_helper.from_array(np.float32(1.0), f"{tensor}_unit_scale")])  # fmt: skip
+    scaled = helper.make_node("Mul", [source, f"{tensor}_inverse_scale"], [f"{tensor}_scaled"], name=f"{tensor}_Scale")
+    quantize = helper.make_node("QuantizeLinear", [f"{tensor}_scaled", f"{tensor}_unit_scale", zero_point],
+                                [f"{tensor}_quantized"], name=f"{tensor}_QuantizeLinear")  # fmt: skip
+    return [scaled, quantize]
 
 
 def _rename_inputs(graph: onnx.GraphProto, old: str, new: str) -> None:

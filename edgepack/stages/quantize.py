@@ -73,7 +73,8 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
     written = [_write_onnx(config, ctx, prepared.source, files["onnx"].model, mixed.onnx, seconds)]
     if "tflite" in config.formats:
         with prepared.model_file(ctx, files["tflite"].model) as float_path:
-            written.append(_write_tflite(config, ctx, prepared.source, mixed.tflite, written[0], float_path))
+            written.append(_write_tflite(config, ctx, prepared.source, files["tflite"].model, mixed.tflite, written[0],
+                                         float_path))  # fmt: skip
     for artifact in written:
         artifact.details.update(files[str(artifact.format)].details)
     mixed.record(ctx, written)
@@ -141,9 +142,12 @@ def _check_int16_kernels(model_path: Path) -> None:
             raise UnsupportedOperatorError(node.op_type, node.name, detail)
 
 
-def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Calibration, onnx_twin: Artifact,
-                  float_path: Path):  # fmt: skip
+def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration,
+                  onnx_twin: Artifact, float_path: Path):  # fmt: skip
+    """``model``: the float ONNX model (bias-corrected where this file's layers run int8) whose weights and biases
+    the file holds, as the same integers as the ONNX file."""
     from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from converters.qdq import dequantized_constants
     from edgepack.stages.convert import tflite_artifact
 
     precision = Precision(config.precision)
@@ -151,7 +155,9 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
     ranges = calibration.fake_quant_ranges()
     bits = 16 if precision == Precision.INT16X8 else 8
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
-    quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights)
+    constants = dequantized_constants(model.graph, calibration.plan, calibration.activations,
+                                      config.per_channel_weights)  # fmt: skip
+    quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights, constants)
     conversion = convert_onnx_to_tflite(float_path, out, input_shapes=shapes, quantization=quantization)
     return tflite_artifact(
         ctx,
@@ -168,21 +174,33 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, calibration: Ca
 
 
 def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: Calibration) -> dict:
-    """How far the TFLite outputs are from the ONNX ones, in units of each output's quantization step."""
+    """How far the TFLite outputs are from the ONNX ones, in units of each output's quantization step, and under
+    ``layers`` where the two files part (calibration/agreement.py: first differing activation, where disagreement
+    starts afresh, worst layers), measured on the first LAYER_SAMPLES verification samples."""
+    import onnx
+
+    from calibration.agreement import divergence_summary, layer_agreement
     from converters.runtime import open_session
     from converters.verify import predict
     from edgepack.measure import batch_size
 
-    size = batch_size(ctx.recipe)
-    onnx_out = predict(open_session(ctx.artifact_path(onnx_twin)), ctx.verify_data, size)
-    tflite_out = predict(open_session(tflite_path), ctx.verify_data, size)
+    size, onnx_path, tflite = batch_size(ctx.recipe), ctx.artifact_path(onnx_twin), open_session(tflite_path)
+    onnx_out = predict(open_session(onnx_path), ctx.verify_data, size)
+    tflite_out = predict(tflite, ctx.verify_data, size)
+    layers = layer_agreement(onnx_path, tflite_path, calibration.activations, tflite.inputs,
+                             ctx.verify_data.head(LAYER_SAMPLES), size)  # fmt: skip
+    graph, layer_samples = onnx.load(str(onnx_path)).graph, min(LAYER_SAMPLES, len(ctx.verify_data))
     figures = {}
     for name, values in onnx_out.items():
         step = float(np.max(calibration.activations[name].scale)) if name in calibration.activations else None
         steps = np.abs(values - tflite_out[name]) / step if step else np.full(values.shape, np.nan)
         figures[name] = {"output_step": step, "within_one_step": float(np.mean(steps <= 1.0 + 1e-3)),
-                         "max_steps": float(np.max(steps)), "samples": len(ctx.verify_data)}  # fmt: skip
+                         "max_steps": float(np.max(steps)), "samples": len(ctx.verify_data),
+                         "layers": divergence_summary(layers, graph, name) | {"samples": layer_samples}}  # fmt: skip
     return figures
+
+
+LAYER_SAMPLES = 16  # enough to find where the files part; each sample runs both files with every activation exposed
 
 
 def measures_layer_sqnr(artifact: Artifact) -> bool:

@@ -70,6 +70,11 @@ def test_onnx_and_tflite_int8_agree_within_one_output_step(run):
     assert agreement["within_one_step"] >= 0.99 and agreement["samples"] == 128
     sixteen = artifact(run.results, "tflite-int16x8")["details"]["agreement_with_onnx"]["logits"]
     assert sixteen["output_step"] < agreement["output_step"] / 100  # 16-bit steps are ~256x finer
+    # Where the files part, layer by layer (calibration/agreement.py): nowhere on this net, in int8.
+    layers = agreement["layers"]
+    assert layers["layers_compared"] >= 4 and layers["samples"] == 16
+    assert layers["first_divergence"] is None and layers["layers_identical"] == layers["layers_compared"]
+    assert sixteen["layers"]["layers_compared"] >= 4
 
 
 def test_int8_tflite_is_full_integer_with_float_io(run):

@@ -196,10 +196,12 @@ def test_qat_ranges_are_the_ranges_in_the_onnx_file(qat_run):
         expected = activation_params(low, high, "int8")
         assert written[tensor]["scale"] == [pytest.approx(float(expected.scale), rel=1e-6)]
         assert written[tensor]["zero_point"] == [int(expected.zero_point)]
-    # And in the file itself: the scale feeding each QuantizeLinear, read back from the initializers.
+    # And in the file itself: the scale of each activation's DequantizeLinear (the grid its consumers read; a graph
+    # input's QuantizeLinear has scale 1 after a Mul by 1 / scale), read back from the initializers.
     model = onnx.load(str(qat_run.run_dir / artifact(qat_run.results, "onnx-int8")["path"]))
     values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    file_scales = np.array([values[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"])
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and values[n.input[1]].size == 1]
+    file_scales = np.array([values[n.input[1]] for n in dequantize])
     for low, high in qat["ranges"].values():
         assert np.isclose(file_scales, activation_params(low, high, "int8").scale, rtol=1e-6).any()
 

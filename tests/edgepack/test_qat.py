@@ -83,10 +83,11 @@ def accuracy(logits: np.ndarray) -> float:
 
 
 def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
-    """tensor -> the scale stored in its QuantizeLinear node."""
+    """tensor -> the scale of its DequantizeLinear node: the grid its consumers read (a graph input's QuantizeLinear
+    has scale 1 after a Mul by 1 / scale, converters.qdq)."""
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    return {n.name.removesuffix("_QuantizeLinear"): float(initializers[n.input[1]]) for n in nodes}
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and initializers[n.input[1]].size == 1]
+    return {n.name.removesuffix("_DequantizeLinear"): float(initializers[n.input[1]]) for n in nodes}
 
 
 @pytest.mark.parametrize(("dtype", "symmetric"), [("int8", False), ("int8", True), ("int16", True)])
