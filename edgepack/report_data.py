@@ -59,8 +59,8 @@ def qat_below_ptq(artifacts: list[dict]) -> list[str]:
     for artifact in artifacts:
         vs = (artifact["details"].get("qat") or {}).get("vs_ptq")
         if vs and vs["qat_below_ptq"]:
-            lines.append(f"{artifact['name']}: QAT int8 top-1 {vs['qat']['top1']:.2%} is below PTQ's "
-                         f"{vs['ptq']['top1']:.2%} of {artifact['parent']} ({vs['data']}, {vs['qat']['runtime']}); "
+            lines.append(f"{artifact['name']}: QAT int8 top-1 {vs['qat']['top1']:.2%} is below the PTQ int8 top-1 "
+                         f"{vs['ptq']['top1']:.2%} from {artifact['parent']} ({vs['data']}, {vs['qat']['runtime']}); "
                          "quantize without the qat stage, or lower its learning rate")  # fmt: skip
     return lines
 

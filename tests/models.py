@@ -127,4 +127,3 @@ def train_and_save(name: str, path: Path, epochs: int = 25) -> Path:
             optimizer.step()
     torch.save(model.state_dict(), path)
     return path
-
