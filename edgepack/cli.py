@@ -261,11 +261,13 @@ def _finish_gate(outcome: dict) -> None:
 
 def _print_summary(results: dict, run_dir: Path) -> None:
     from edgepack.cli_tables import summary_table
-    from edgepack.report_data import mixed_precision_notes, slower_than_float
+    from edgepack.report_data import mixed_precision_notes, qat_below_ptq, slower_than_float
 
     out.print(summary_table(results))
     for line in mixed_precision_notes(results["artifacts"]) + slower_than_float(results["artifacts"]):
         out.print(f"note: {line}", soft_wrap=True)
+    for line in qat_below_ptq(results["artifacts"]):
+        out.print(f"warning: {line}", soft_wrap=True)
     if results.get("all_cached"):
         out.print("Nothing changed since the last run: every step came from the cache.")
     out.print(f"Run folder: {run_dir}  (results.json, manifest.json, report.md, report.html)", soft_wrap=True)

@@ -73,11 +73,13 @@ def finetune(
     teacher: nn.Module | None = None,
     input_names: list[str],
     on_step: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FinetuneReport:
     """Train ``student`` in place on ``data`` (distilling from ``teacher`` when given); it ends in eval mode.
 
     ``on_step(step)`` runs once with step 0 before training, then after every optimizer step (1, 2, ...): a gradual
-    pruner hooks in there. Without a teacher, alpha must be 0 and there is no feature matching.
+    pruner hooks in there. ``on_epoch(epoch)`` runs after each pass (1, 2, ...) with the student in eval mode: QAT
+    scores each epoch there. Without a teacher, alpha must be 0 and there is no feature matching.
     """
     labels = _check_inputs(data, input_names, config, teacher)
     notify = on_step or (lambda step: None)
@@ -99,6 +101,9 @@ def finetune(
                 report.steps += 1
                 notify(report.steps)
             report.epoch_losses.append(float(np.mean(losses)))
+            if on_epoch is not None:
+                student.eval()
+                on_epoch(len(report.epoch_losses))
     student.eval()
     report.train_accuracy = accuracy(student, data, input_names, config.batch_size)
     return report

@@ -82,7 +82,9 @@ class _Recorder(fx.Interpreter):
     def run_node(self, node: fx.Node):
         result = super().run_node(node)
         if isinstance(result, torch.Tensor) and result.is_floating_point():
-            self.values[node.name] = result.detach().cpu().numpy()
+            # A copy: an in-place op later in the graph (torchvision's ReLU(inplace=True)) would otherwise rewrite
+            # this value, so a conv's output would read as its ReLU's and the fake-quant land before the ReLU.
+            self.values[node.name] = result.detach().cpu().numpy().copy()
         return result
 
 

@@ -61,6 +61,7 @@ def render_markdown(results: dict) -> str:
         "Accuracy is top-1 on the evaluation data, measured in each artifact's own runtime.",
         *sections.cost_section(data),
         *sections.slower_section(data),
+        *sections.qat_warning_section(data),
         *sections.compression_section(data),
         *sections.robustness_section(data),
         *sections.layer_sections(data),

@@ -30,6 +30,7 @@ def build_report_data(results: dict) -> dict:
         "mixed_precision": mixed_precision_records(artifacts),
         "compression": compression_lines(artifacts),
         "slower_than_float": slower_than_float(artifacts),
+        "qat_below_ptq": qat_below_ptq(artifacts),
         "gate": results.get("gate"),
     }
 
@@ -48,6 +49,19 @@ def slower_than_float(artifacts: list[dict]) -> list[str]:
                 lines.append(f"{artifact['name']} runs {ours / theirs:.2f}x slower than {baseline['name']} on "
                              f"{record['target']} with {record['threads']} thread(s) (p50 {ours:.3g} ms vs "
                              f"{theirs:.3g} ms)")  # fmt: skip
+    return lines
+
+
+def qat_below_ptq(artifacts: list[dict]) -> list[str]:
+    """One line per QAT model whose int8 file measured below the PTQ file of the model it started from (the qat
+    stage's held-out comparison in onnxruntime): QAT must never make a model worse without saying so."""
+    lines = []
+    for artifact in artifacts:
+        vs = (artifact["details"].get("qat") or {}).get("vs_ptq")
+        if vs and vs["qat_below_ptq"]:
+            lines.append(f"{artifact['name']}: QAT int8 top-1 {vs['qat']['top1']:.2%} is below the PTQ int8 top-1 "
+                         f"{vs['ptq']['top1']:.2%} from {artifact['parent']} ({vs['data']}, {vs['qat']['runtime']}); "
+                         "quantize without the qat stage, or lower its learning rate")  # fmt: skip
     return lines
 
 
@@ -109,7 +123,9 @@ def _qat_text(artifact: dict, artifacts: list[dict]) -> str:
     packed = int(qat["packed_weight_bytes"])
     head = f"QAT {qat['scheme']['precision']} ({qat['weight_bits']} weights, {packed:,} B packed)"
     simulated_text = f", simulated top-1 {simulated:.2%}" if simulated is not None else ""
-    return head + simulated_text + (f" vs measured {measured}" if measured else "")
+    vs = qat.get("vs_ptq")
+    ptq_text = f"; held-out int8 top-1 QAT {vs['qat']['top1']:.2%} vs PTQ {vs['ptq']['top1']:.2%}" if vs else ""
+    return head + simulated_text + (f" vs measured {measured}" if measured else "") + ptq_text
 
 
 def _descends(artifact: dict, ancestor: str, artifacts: list[dict]) -> bool:

@@ -49,6 +49,11 @@ def slower_section(data: dict) -> list[str]:
     return ["**Slower than float:**\n\n" + "\n".join(f"- {line}" for line in lines)]
 
 
+def qat_warning_section(data: dict) -> list[str]:
+    lines = data["qat_below_ptq"]
+    return ["**Warning, QAT below PTQ:**\n\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
+
+
 def compression_section(data: dict) -> list[str]:
     lines = data["compression"]
     return ["## Compression", "\n".join(f"- {line}" for line in lines)] if lines else []

@@ -34,7 +34,36 @@ def _low_rank(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Modu
 def _fold_batchnorm(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
     from edgepack.qat import fold_batch_norm
 
+    _size_batch_norms_to_their_layers(module)
     return fold_batch_norm(module)
+
+
+def _size_batch_norms_to_their_layers(module: torch.nn.Module) -> None:
+    """A folded BatchNorm is absent from the saved state, so a channel-pruned rebuild left it at the source's size
+    and the fold failed on the shapes; give it its conv's channels (its values vanish into the saved folded conv)."""
+    from torch import fx, nn
+
+    traced = fx.symbolic_trace(module)  # shares the submodules: a replacement lands in ``module``
+    layers = dict(traced.named_modules())
+    for node in traced.graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        norm = layers.get(node.target) if node.op == "call_module" else None
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and getattr(source, "op", None) == "call_module":
+            channels = _out_channels(layers[source.target])
+            if channels is not None and channels != norm.num_features:
+                _replace(module, node.target, type(norm)(channels, norm.eps, norm.momentum, norm.affine))
+
+
+def _out_channels(layer: torch.nn.Module) -> int | None:
+    """What the resize set (``update_layer_attributes``), for convs transposed or not."""
+    if isinstance(layer, torch.nn.Linear):
+        return layer.out_features
+    return layer.out_channels if isinstance(layer, torch.nn.modules.conv._ConvNd) else None
+
+
+def _replace(root: torch.nn.Module, target: str, module: torch.nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 # Structural edit kind -> how to redo it on a fresh module (given the final state_dict for shapes).

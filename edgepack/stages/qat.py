@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, Precision, QuantScheme
 from calibration.sources import ArrayDataset
+from edgepack import qat_guard
 from edgepack.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.qat import QatOptions
@@ -43,6 +44,17 @@ class QatConfig(StageConfig, QatOptions):
     train_data: DataConfig | Path | None = Field(
         None, description=TRAIN_DATA_HELP + " Also calibrates the starting ranges."
     )
+    holdout: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of the training data kept out of the fine-tune: the epoch (0 = the "
+        "PTQ starting point) scoring best on it is kept, and the PTQ and QAT int8 ONNX files are compared on it.",
+    )  # fmt: skip
+
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _qat_defaults(cls, value):
+        """A partial finetune block keeps QAT's gentle defaults for what it leaves out (a block naming only the
+        epochs used to get the generic learning rate 3e-3, enough to wreck a BatchNorm-folded ResNet)."""
+        return {**QAT_FINETUNE.model_dump(), **value} if isinstance(value, dict) else value
 
     def scheme(self) -> QuantScheme:
         return QuantScheme(
@@ -58,7 +70,7 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)
-    data = train_dataset(ctx, config.train_data, "qat")
+    data, held_out = _split(config, ctx)
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         float_onnx = _export(ctx, module, Path(tmp) / "before.onnx")
         start, example = _starting_calibration(config, ctx, float_onnx, data)
@@ -72,9 +84,14 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
             weight_bits=config.weight_bits,
             momentum=config.momentum,
         )
-        finetuned = distill(ctx, model, parent, config.finetune, data)
+        best = qat_guard.BestEpoch(model, held_out, _input_names(ctx))
+        finetuned = distill(ctx, model, parent, config.finetune, data, on_epoch=best)
+        finetuned["kept"] = best.restore()
+        verification = _verify_against_float(config, ctx, model, module)  # before anything is exported from it
         trained = model.float_module()
-        calibration = model.calibration_for(_export(ctx, trained, Path(tmp) / "after.onnx"))
+        after_onnx = _export(ctx, trained, Path(tmp) / "after.onnx")
+        calibration = model.calibration_for(after_onnx)
+        vs_ptq = _compare_with_ptq(ctx, module, (float_onnx, start), (after_onnx, calibration), held_out, data[1])
     record = {
         "scheme": config.scheme().model_dump(mode="json"),
         "ranges": {t: [float(lo), float(hi)] for t, (lo, hi) in calibration.ranges.items()},
@@ -82,9 +99,41 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
         "weight_bits": config.weight_bits,
         "packed_weight_bytes": packed_weight_bytes(trained, config.weight_bits),
         "finetune": finetuned,
+        "vs_ptq": vs_ptq,
+        "verification": verification,
     }
     return [save_torch_artifact(ctx, trained, name="torch-qat", stage="qat", parent=parent,
                                 edits=[{"kind": "fold_batchnorm"}], qat=record)]  # fmt: skip
+
+
+def _split(config: QatConfig, ctx) -> tuple[tuple[ArrayDataset, str], ArrayDataset]:
+    """((the samples to train and calibrate on, description), the held-out ones), from the training data."""
+    dataset, description = train_dataset(ctx, config.train_data, "qat")
+    train, held_out = qat_guard.split_holdout(dataset, config.holdout, ctx.recipe.seed)
+    return (train, description), held_out
+
+
+def _verify_against_float(config: QatConfig, ctx, model: torch.nn.Module, start: torch.nn.Module) -> dict:
+    """The QAT model vs the float model it started from, on the verification samples, with the int8 tolerance.
+    Binary and ternary weights change the model on purpose: their figures are recorded, not enforced."""
+    from edgepack.measure import torch_outputs
+    from edgepack.recipe import Task
+
+    tolerance = ctx.recipe.verify.integer_tolerance if config.weight_bits == "int8" else None
+    outputs, reference = (torch_outputs(m, ctx.recipe, ctx.verify_data) for m in (model, start))
+    classifier = ctx.recipe.task == Task.CLASSIFICATION
+    return qat_guard.check_against_float("torch-qat", outputs, reference, tolerance=tolerance, classifier=classifier)
+
+
+def _compare_with_ptq(ctx, start: torch.nn.Module, ptq: tuple, qat: tuple, held_out: ArrayDataset,
+                      description: str) -> dict:  # fmt: skip
+    """PTQ's and QAT's int8 ONNX files (each a (float ONNX, calibration) pair) in onnxruntime on held-out data."""
+    from edgepack.measure import batch_size
+
+    reference = qat_guard.module_logits(start, held_out, _input_names(ctx))
+    ptq_figures, qat_figures = (qat_guard.int8_onnx_figures(*pair, held_out, reference, batch_size(ctx.recipe))
+                                for pair in (ptq, qat))  # fmt: skip
+    return qat_guard.vs_ptq_record(ptq_figures, qat_figures, description, len(held_out))
 
 
 def _export(ctx, module: torch.nn.Module, out: Path):

@@ -26,7 +26,7 @@ def finetune_steps(config: FinetuneConfig, data: ArrayDataset) -> int:
 
 
 def distill(ctx, module: torch.nn.Module, teacher: Artifact, config: FinetuneConfig, data: tuple[ArrayDataset, str],
-            on_step=None) -> dict:  # fmt: skip
+            on_step=None, on_epoch=None) -> dict:  # fmt: skip
     """Fine-tune ``module`` in place on ``data`` (a dataset and its description), distilling from ``teacher`` (the
     model before this stage) unless alpha is 0 and no features are matched; returns the record for results.json."""
     from edgepack.finetune import finetune
@@ -35,7 +35,8 @@ def distill(ctx, module: torch.nn.Module, teacher: Artifact, config: FinetuneCon
     dataset, description = data
     uses_teacher = config.alpha > 0 or bool(config.feature_matching)
     report = finetune(module, dataset, config, teacher=module_of(ctx, teacher) if uses_teacher else None,
-                      input_names=[i.name for i in ctx.recipe.model.inputs], on_step=on_step)  # fmt: skip
+                      input_names=[i.name for i in ctx.recipe.model.inputs], on_step=on_step,
+                      on_epoch=on_epoch)  # fmt: skip
     return {**report.to_dict(), "data": description, "teacher": teacher.name if uses_teacher else None}
 
 

@@ -238,3 +238,52 @@ def test_taylor_importance_ranks_channels_with_training_gradients(tmp_path, trai
     channels = artifact(run.results, "torch-pruned")["details"]["pruning"]["channels"]["channels"]
     assert channels == {"0": [16, 12], "3": [16, 12], "6": [32, 24], "12": [10, 10]}  # floor(n x 0.75); head kept
     assert artifact(run.results, "onnx-fp32")["verification"]["passed"]
+
+
+@pytest.fixture(scope="module")
+def resnet_runs(tmp_path_factory, trained_weights):
+    """small_resnet (residual Adds, in-place ReLUs, BatchNorm) packed twice from the same weights: PTQ, and QAT with a
+    learning rate that wrecks its BatchNorm-folded weights in one epoch (held-out top-1 ~0.4 after it, logits in
+    the thousands at 1e-2 over three), the issue's collapse."""
+    weights, folder = trained_weights("small_resnet"), tmp_path_factory.mktemp("resnet")
+    ptq = pack(folder / "ptq", weights, [{"stage": "export"}, {"stage": "quantize"}], name="small_resnet")
+    stages = [{"stage": "qat", "finetune": {"epochs": 1, "learning_rate": 1e-2}}, {"stage": "export"},
+              {"stage": "quantize"}]  # fmt: skip
+    return ptq, pack(folder / "qat", weights, stages, name="small_resnet")
+
+
+@pytest.mark.slow
+def test_qat_on_a_resnet_never_ends_below_ptq(resnet_runs):
+    ptq, qat = resnet_runs
+    assert [a["name"] for a in qat.artifacts] == ["torch-fp32", "torch-qat", "onnx-fp32", "onnx-int8", "tflite-int8"]
+    for name, runtime in (("onnx-int8", "onnxruntime"), ("tflite-int8", "ai_edge_litert")):
+        ours, theirs = (artifact(run.results, name)["accuracy"] for run in (qat, ptq))
+        assert ours["runtime"].startswith(runtime) and ours["samples"] == theirs["samples"] == 360
+        assert ours["top1"] >= theirs["top1"] - 0.01, (name, ours["top1"], theirs["top1"])  # measured 99.44 both
+    record = artifact(qat.results, "torch-qat")["details"]["qat"]
+    kept = record["finetune"]["kept"]
+    assert kept["kept_epoch"] == 0 and kept["samples"] == 144  # 10 % of 1437 train samples held out
+    assert kept["held_out_top1_by_epoch"][1] < kept["held_out_top1_by_epoch"][0] - 0.2  # the epoch that diverged
+    vs = record["vs_ptq"]
+    assert vs["data"] == "144 held-out samples of digits (train split)" and vs["ptq"]["runtime"].startswith("onnx")
+    assert not vs["qat_below_ptq"] and vs["qat"]["top1"] >= vs["ptq"]["top1"]
+    assert record["verification"]["cosine_similarity"] >= 0.99 and record["verification"]["top1_agreement"] >= 0.9
+
+
+def test_structured_prune_then_qat_reruns_from_the_cache(tmp_path, trained_weights):
+    """The cached torch-qat is rebuilt (pruned source, then BatchNorm folded) for a changed export: the fold used to
+    fail on the unpruned BatchNorms ('size of tensor a (8) must match the size of tensor b (16)')."""
+    weights = trained_weights("small_resnet")
+    prune = {"stage": "prune", "method": "structured", "amount": 0.5, "finetune": {"epochs": 2}}
+    qat = {"stage": "qat", "finetune": {"epochs": 1}}
+    first = pack(tmp_path, weights, [prune, qat, {"stage": "export"}], name="small_resnet")
+    second = pack(tmp_path, weights, [prune, qat, {"stage": "export", "exporter": "legacy", "opset": 17}],
+                  name="small_resnet")  # fmt: skip
+    steps = {s["name"]: s["cached"] for s in second.results["steps"]}
+    assert steps["prune"] and steps["qat"] and not steps["export"]
+    for run in (first, second):
+        record = artifact(run.results, "onnx-fp32")
+        assert record["verification"]["passed"] and record["parent"] == "torch-qat"
+        assert onnx_conv_out_channels(run.run_dir / record["path"]) == [8, 8, 8, 8, 8, 16, 16, 16]
+    assert artifact(second.results, "torch-qat")["details"]["structure"] == [
+        {"kind": "channels_removed"}, {"kind": "fold_batchnorm"}]  # fmt: skip

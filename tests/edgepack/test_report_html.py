@@ -165,3 +165,23 @@ def test_a_few_percent_slower_is_run_to_run_noise_and_not_named(full_results):
     onnx_int8 = next(a for a in full_results["artifacts"] if a["name"] == "onnx-int8")
     onnx_int8["bench"][0]["latency_ms"]["p50"] = 0.0113  # 1.09x the float file's
     assert build_report_data(full_results)["slower_than_float"] == []
+
+
+def test_a_qat_model_below_ptq_is_a_warning_in_every_report(full_results, tmp_path):
+    source = full_results["artifacts"][0]
+    vs = {"data": "144 held-out samples of digits (train split)", "qat_below_ptq": True,
+          "ptq": {"top1": 0.99, "agreement": 1.0, "runtime": "onnxruntime 1.32.0"},
+          "qat": {"top1": 0.9, "agreement": 0.9, "runtime": "onnxruntime 1.32.0"}}  # fmt: skip
+    qat = {**source, "name": "torch-qat", "parent": source["name"], "stage": "qat",
+           "details": {"qat": {"vs_ptq": vs, "scheme": {"precision": "int8"}, "weight_bits": "int8",
+                               "packed_weight_bytes": 100}}}  # fmt: skip
+    full_results["artifacts"].insert(1, qat)
+    line = (f"torch-qat: QAT int8 top-1 90.00% is below the PTQ int8 top-1 99.00% from {source['name']} (144 "
+            "held-out samples of digits (train split), onnxruntime 1.32.0); quantize without the qat stage, or lower "
+            "its learning rate")  # fmt: skip
+    assert build_report_data(full_results)["qat_below_ptq"] == [line]
+    write_reports(tmp_path, full_results)
+    assert f"**Warning, QAT below PTQ:**\n\n- {line}" in (tmp_path / "report.md").read_text()
+    assert f'<li class="drop">{line}</li>' in (tmp_path / "report.html").read_text()
+    vs["qat_below_ptq"] = False
+    assert build_report_data(full_results)["qat_below_ptq"] == []
