@@ -8,7 +8,7 @@ Outputs of ops whose TFLite int8 kernels fix the output grid (Softmax, Sigmoid, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -48,6 +48,11 @@ class QuantPlan:
 
     def quantized_tensors(self) -> list[str]:
         return self.activations + list(self.shared) + list(self.fixed)
+
+    def for_nodes(self, nodes: set[str]) -> QuantPlan:
+        """The same plan with only the weights and biases of ``nodes`` (the layers a file runs integer)."""
+        return replace(self, weights=[w for w in self.weights if w.node in nodes],
+                       biases=[b for b in self.biases if b.node in nodes])  # fmt: skip
 
 
 def plan_quantization(model: onnx.ModelProto, skip: set[str] = frozenset()) -> QuantPlan:

@@ -146,6 +146,7 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibrat
                   onnx_twin: Artifact, float_path: Path):  # fmt: skip
     """``model``: the float ONNX model (bias-corrected where this file's layers run int8) whose weights and biases
     the file holds, as the same integers as the ONNX file."""
+    from calibration.precision import integer_nodes
     from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
     from converters.qdq import dequantized_constants
     from edgepack.stages.convert import tflite_artifact
@@ -155,8 +156,9 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibrat
     ranges = calibration.fake_quant_ranges()
     bits = 16 if precision == Precision.INT16X8 else 8
     shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
-    constants = dequantized_constants(model.graph, calibration.plan, calibration.activations,
-                                      config.per_channel_weights)  # fmt: skip
+    # Only the layers this file runs integer get edgepack's integers: a layer kept float keeps its float weights.
+    plan = calibration.plan.for_nodes(integer_nodes(model, calibration))
+    constants = dequantized_constants(model.graph, plan, calibration.activations, config.per_channel_weights)
     quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights, constants)
     conversion = convert_onnx_to_tflite(float_path, out, input_shapes=shapes, quantization=quantization)
     return tflite_artifact(
