@@ -88,7 +88,7 @@ def planned_tensors(model_path: Path):
 def calibration_batch(model, tensors, data: np.ndarray) -> int:
     """Samples a call that calibration's reader picks for this model (the first batch is its probe)."""
     from calibration.collect import read_tensors
-    from calibration.sources import ArrayDataset
+    from edgepack.core.dataset import ArrayDataset
 
     return [b.samples for b in read_tensors(model, tensors, ArrayDataset({INPUT: data[:64]}))][1]
 
@@ -108,7 +108,7 @@ def batched_inference(model_path: Path, data: np.ndarray, size: int) -> None:
 def exposed_inference(model_path: Path, data: np.ndarray) -> None:
     """Calibration's own reader (every planned tensor exposed, many samples a call), nothing done with the values."""
     from calibration.collect import read_tensors
-    from calibration.sources import ArrayDataset
+    from edgepack.core.dataset import ArrayDataset
 
     model, tensors = planned_tensors(model_path)
     for _ in read_tensors(model, tensors, ArrayDataset({INPUT: data})):
@@ -119,7 +119,7 @@ def calibration_run(model_path: Path, data: np.ndarray, method: str) -> None:
     import onnx
 
     from calibration.ptq import QuantScheme, calibrate
-    from calibration.sources import ArrayDataset
+    from edgepack.core.dataset import ArrayDataset
 
     scheme = QuantScheme(method=method, samples=len(data))
     calibrate(onnx.load(str(model_path)), ArrayDataset({INPUT: data}), scheme)

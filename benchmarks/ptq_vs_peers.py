@@ -33,11 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.sources import ArrayDataset, digits_split  # noqa: E402
+from calibration.sources import digits_split  # noqa: E402
 from converters.runtime import open_session  # noqa: E402
 from converters.verify import predict  # noqa: E402
 from device_bench import BenchOptions, bench  # noqa: E402
-from edgepack.artifacts import to_runtime_layout  # noqa: E402
+from edgepack.core.artifacts import to_runtime_layout  # noqa: E402
+from edgepack.core.dataset import ArrayDataset
 from edgepack.examples import digits  # noqa: E402
 from edgepack.pipeline import pack  # noqa: E402
 from edgepack.recipe import parse_recipe  # noqa: E402

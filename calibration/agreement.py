@@ -23,9 +23,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from calibration.collect import padded_batches
-from calibration.params import QuantParams
-from calibration.sources import ArrayDataset
-from edgepack.artifacts import TensorSpec
+from edgepack.core.artifacts import TensorSpec
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.quantization import QuantParams
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 WORST_LAYERS = 5

@@ -24,10 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from calibration.params import weight_params
-from calibration.plan import QuantPlan, plan_quantization
+from calibration.plan import plan_quantization
 from calibration.ptq import Calibration
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.quantization import QuantPlan, weight_params
 
 CORRECTABLE = {"Conv", "Gemm"}
 

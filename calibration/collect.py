@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 
 from calibration.estimators import RangeEstimator
-from calibration.sources import ArrayDataset
-from edgepack.errors import DataError
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import DataError
 
 MIN_CALIBRATION_SAMPLES = 8
 BATCH_BYTES = 24 << 20  # tensor values fetched per call at the most: memory stays bounded, whatever the sample count

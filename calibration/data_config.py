@@ -8,13 +8,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Strict(BaseModel):
-    """Config is data: unknown keys are refused, enums serialise as their values (the recipe uses it too)."""
-
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+from edgepack.core.config import Strict
 
 
 class DataSourceKind(StrEnum):

@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 
 from calibration.collect import onnx_tensor_reader, padded_batches
-from calibration.sources import ArrayDataset
-from edgepack.artifacts import TensorSpec
-from edgepack.errors import ModelFileError
-from edgepack.results_format import LayerSqnr
+from edgepack.core.artifacts import TensorSpec
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import ModelFileError
+from edgepack.core.results_format import LayerSqnr
 
 # No error at all (or a float tensor that is all zeros) has no finite SQNR; results.json must stay valid JSON.
 SQNR_LIMIT_DB = 300.0

@@ -8,12 +8,10 @@ Outputs of ops whose TFLite int8 kernels fix the output grid (Softmax, Sigmoid, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
 import numpy as np
 import onnx
 
-from calibration.params import INTEGER_RANGES, QuantParams
+from edgepack.core.quantization import INTEGER_RANGES, BiasPlan, QuantParams, QuantPlan, WeightPlan
 
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 FUSING_PRODUCERS = {"Conv", "Gemm", "MatMul", "Add"}
@@ -21,38 +19,6 @@ SAME_GRID_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqu
                  "Slice", "Split", "GlobalMaxPool"}  # fmt: skip
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 BIAS_INPUTS = {"Conv": 2, "Gemm": 2}
-
-
-@dataclass
-class WeightPlan:
-    initializer: str
-    axis: int  # the output-channel axis of the stored tensor
-    node: str
-
-
-@dataclass
-class BiasPlan:
-    initializer: str
-    activation: str  # the quantized input whose scale times the weight's gives the bias scale
-    weight: str
-    node: str
-
-
-@dataclass
-class QuantPlan:
-    activations: list[str] = field(default_factory=list)  # calibrated points, in graph order
-    shared: dict[str, str] = field(default_factory=dict)  # tensor -> the point whose grid it reuses
-    fixed: dict[str, str] = field(default_factory=dict)  # tensor -> op type with a fixed output grid
-    weights: list[WeightPlan] = field(default_factory=list)
-    biases: list[BiasPlan] = field(default_factory=list)
-
-    def quantized_tensors(self) -> list[str]:
-        return self.activations + list(self.shared) + list(self.fixed)
-
-    def for_nodes(self, nodes: set[str]) -> QuantPlan:
-        """The same plan with only the weights and biases of ``nodes`` (the layers a file runs integer)."""
-        return replace(self, weights=[w for w in self.weights if w.node in nodes],
-                       biases=[b for b in self.biases if b.node in nodes])  # fmt: skip
 
 
 def plan_quantization(model: onnx.ModelProto, skip: set[str] = frozenset()) -> QuantPlan:

@@ -1,13 +1,13 @@
 """Post-training quantization, written once: plan the tensors, collect ranges, decide parameters.
 
 The result, a ``Calibration``, is all any backend consumes: the ONNX QDQ writer and the TFLite fake-quant
-lowering both read ``Calibration.activations`` and derive weights the same way (``calibration.params``).
+lowering both read ``Calibration.activations`` and derive weights the same way (``edgepack.core.quantization``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from typing import Literal
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,21 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, softmax_inputs
 from calibration.collect import check_calibration_data, collect_ranges
 from calibration.estimators import Method, make_estimator
-from calibration.params import QuantParams, activation_params
-from calibration.plan import QuantPlan, fixed_output_params, plan_quantization
-from calibration.sources import ArrayDataset
-
-
-class Precision(StrEnum):
-    INT8 = "int8"
-    INT16X8 = "int16x8"  # 16-bit activations, 8-bit weights
+from calibration.plan import fixed_output_params, plan_quantization
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.quantization import QuantParams, QuantPlan, activation_params
 
 
 class QuantScheme(BaseModel):
     """What 'quantized' means for one artifact; QAT simulates exactly this."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
-    precision: Precision = Field(Precision.INT8, description="int8, or int16x8 (16-bit activations, 8-bit weights).")
+    precision: Literal["int8", "int16x8"] = Field(
+        "int8", description="int8, or int16x8 (16-bit activations, 8-bit weights)."
+    )
     method: Method = Field(Method.MINMAX, description="Range estimator: minmax, moving_average, percentile, "
                                                       "entropy (KL) or mse.")  # fmt: skip
     percentile: float = Field(99.99, gt=50, le=100, description="For method 'percentile'.")
@@ -46,7 +43,7 @@ class QuantScheme(BaseModel):
 
     @property
     def activation_dtype(self) -> str:
-        return "int16" if self.precision == Precision.INT16X8 else "int8"
+        return "int16" if self.precision == "int16x8" else "int8"
 
 
 @dataclass

@@ -28,8 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
-from calibration.params import activation_params
-from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS, QuantPlan
+from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from calibration.precision import (
     MIN_OWN_PRECISION_MACS,
     carries_its_name,
@@ -40,8 +39,9 @@ from calibration.precision import (
     own_precision,
 )
 from calibration.ptq import Calibration, without_tensors
-from calibration.sources import ArrayDataset
-from edgepack.errors import QuantizationError
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import QuantizationError
+from edgepack.core.quantization import QuantPlan, activation_params
 
 if TYPE_CHECKING:
     from calibration.bias_correction import BiasCorrection

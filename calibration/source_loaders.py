@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from calibration.data_config import DataConfig, DataSourceKind, Preprocessing
-from calibration.sources import ArrayDataset, check_dataset, load_digits_dataset, load_npz_dataset
-from edgepack.errors import DataError
+from calibration.sources import load_digits_dataset, load_npz_dataset
+from edgepack.core.dataset import ArrayDataset, check_dataset
+from edgepack.core.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

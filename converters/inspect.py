@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgepack.errors import ModelFileError
+from edgepack.core.errors import ModelFileError
 
 
 def describe_model(path: Path) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edgepack.artifacts import Artifact, Format, Precision, TensorSpec, sha256_file
-from edgepack.errors import ModelFileError
+from edgepack.core.artifacts import Artifact, Format, Precision, TensorSpec, sha256_file
+from edgepack.core.errors import ModelFileError
 
 LAYOUT_BY_RANK = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 

@@ -16,8 +16,8 @@ from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
 from converters.tflite_patch import widen_16x8_biases
 from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
-from edgepack.artifacts import TensorSpec, write_bytes_atomic
-from edgepack.errors import StageError
+from edgepack.core.artifacts import TensorSpec, write_bytes_atomic
+from edgepack.core.errors import StageError
 
 
 @dataclass

@@ -21,9 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from calibration.params import QuantParams, weight_params
-from calibration.plan import QuantPlan
-from edgepack.artifacts import atomic_path
+from edgepack.core.artifacts import atomic_path
+from edgepack.core.quantization import QuantParams, QuantPlan, weight_params
 
 INT16_QDQ_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
 

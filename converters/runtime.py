@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.tflite_metadata import read_io_metadata, tflite_precision
-from edgepack.artifacts import Quantization, TensorSpec
-from edgepack.errors import ModelFileError
+from edgepack.core.artifacts import Quantization, TensorSpec
+from edgepack.core.errors import ModelFileError
 
 _ORT_DTYPES = {
     "float": "float32", "double": "float64", "float16": "float16", "int64": "int64", "int32": "int32",

@@ -14,8 +14,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from calibration.params import weight_params
 from converters.tflite_patch import BIAS_INPUT
+from edgepack.core.quantization import weight_params
 
 WEIGHT_INPUT = {  # onnx op -> weight input; TFLite op -> weight input
     "Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepack.artifacts import atomic_path
-from edgepack.errors import StageError
+from edgepack.core.artifacts import atomic_path
+from edgepack.core.errors import StageError
 
 
 def export_to_onnx(

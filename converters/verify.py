@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.sources import ArrayDataset
-from edgepack.artifacts import TensorSpec, from_runtime_layout, to_runtime_layout
+from edgepack.core.artifacts import TensorSpec, from_runtime_layout, to_runtime_layout
+from edgepack.core.dataset import ArrayDataset
 
 
 class IntegerTolerance(BaseModel):

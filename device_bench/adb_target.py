@@ -15,7 +15,7 @@ from pathlib import Path
 
 from device_bench.options import BenchOptions
 from device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 
 PLATFORM_TOOLS = "https://developer.android.com/tools/releases/platform-tools"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from device_bench.options import BenchOptions
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 
 NUMBER = r"([-+\d.eE]+)"
 TIMED_RUNS = re.compile(

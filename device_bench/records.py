@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from device_bench.options import BenchOptions
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 # What a device gets: the runner and the one module it imports from beside itself.

@@ -14,7 +14,7 @@ import paramiko
 
 from device_bench.options import BenchOptions
 from device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 
 # Expanded by the device's sh, never built from user input: the user's temporary folder, as mktemp would pick.
 REMOTE_TEMP_BASE = '"${TMPDIR:-/tmp}"'

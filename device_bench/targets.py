@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from device_bench.energy_proxy import energy_proxy
 from device_bench.options import BenchOptions
 from device_bench.records import RUNNER_PATH, bench_failure, record_from_process, runner_arguments
-from edgepack.errors import UserError
+from edgepack.core.errors import UserError
 
 TARGET_FORMS = ("host", "ssh://user@host[:port]", "adb://SERIAL")
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgepack.artifacts import Artifact, atomic_path, sha256_file, write_text_atomic
+from edgepack.core.artifacts import Artifact, atomic_path, sha256_file, write_text_atomic
 
 
 def cache_key(*parts: object) -> str:

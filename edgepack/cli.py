@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgepack.errors import EdgepackError
+from edgepack.core.errors import EdgepackError
 
 app = typer.Typer(
     add_completion=False,
@@ -91,7 +91,7 @@ def bench(
 
     from device_bench import BenchOptions, bench_each_thread_count
     from edgepack.convert_file import parse_input_shapes
-    from edgepack.errors import UserError
+    from edgepack.core.errors import UserError
     from edgepack.recipe_errors import describe_validation_error
 
     fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}

@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgepack.artifacts import atomic_path
-from edgepack.errors import ModelFileError, UserError
+from edgepack.core.artifacts import atomic_path
+from edgepack.core.errors import ModelFileError, UserError
 from edgepack.recipe import SUFFIX_FORMATS, InputSpec, ModelFormat, Recipe, Task
 
 TARGETS = ("onnx", "tflite")

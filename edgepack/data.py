@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.source_loaders import load_dataset
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import Recipe
 
 
@@ -41,7 +41,7 @@ def stage_dataset(recipe: Recipe, source, *, stage: str, key: str, labels: bool 
     from pathlib import Path
 
     from calibration.data_config import DataConfig
-    from edgepack.errors import DataError
+    from edgepack.core.errors import DataError
 
     if isinstance(source, Path):
         source = DataConfig(source="npz", path=source)

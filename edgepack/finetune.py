@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.sources import ArrayDataset
-from edgepack.errors import DataError, FinetuneError, closest_names
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import DataError, FinetuneError, closest_names
 
 
 class Optimizer(StrEnum):

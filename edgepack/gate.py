@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgepack.errors import UserError
+from edgepack.core.errors import UserError
 
 DEPLOYABLE = ("onnx", "tflite")
 BUDGETS = ("max_accuracy_drop", "max_robustness_drop", "max_latency_ms", "max_bytes")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepack.artifacts import sha256_file
-from edgepack.errors import ModelFileError, RecipeError
+from edgepack.core.artifacts import sha256_file
+from edgepack.core.errors import ModelFileError, RecipeError
 from edgepack.recipe import ModelConfig, ModelFormat
 
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from edgepack.errors import LowRankError, closest_names
+from edgepack.core.errors import LowRankError, closest_names
 
 
 class ConvDecomposition(StrEnum):

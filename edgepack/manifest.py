@@ -14,8 +14,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from edgepack.artifacts import write_text_atomic
-from edgepack.errors import StageError
+from edgepack.core.artifacts import write_text_atomic
+from edgepack.core.errors import StageError
 
 MANIFEST_VERSION = 1
 # Oldest onnxruntime release that runs each opset (onnxruntime's published compatibility table).

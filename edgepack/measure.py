@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.sources import ArrayDataset
 from converters.verify import Verification, pad_batch, predict, verify_session
-from edgepack.artifacts import Artifact, Format, Precision
-from edgepack.errors import VerificationError
+from edgepack.core.artifacts import Artifact, Format, Precision
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import VerificationError
 from edgepack.loading import run_torch
 from edgepack.recipe import ModelFormat, Recipe, Task
 
@@ -136,7 +136,7 @@ def runtime_name(ctx, artifact: Artifact) -> str:
 
 def descends_from(ctx, artifact: Artifact, stage: str) -> bool:
     """Whether ``artifact`` or one of its ancestors was written by ``stage``."""
-    from edgepack.artifacts import ancestors
+    from edgepack.core.artifacts import ancestors
 
     return any(a.stage == stage for a in [artifact, *ancestors(ctx.artifacts, artifact)])
 

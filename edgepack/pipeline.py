@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 import edgepack
-from calibration.sources import ArrayDataset
 from edgepack import measure
-from edgepack.artifacts import Artifact, Format, TensorSpec, sha256_file
 from edgepack.cache import StepCache, cache_key
+from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file
+from edgepack.core.dataset import ArrayDataset
 from edgepack.data import load_eval_data, verification_samples
 from edgepack.loading import LoadedModel, load_model
 from edgepack.progress import Steps

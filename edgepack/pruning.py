@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from edgepack.errors import PruningError, closest_names
+from edgepack.core.errors import PruningError, closest_names
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 PRUNABLE_TYPE_NAMES = "Conv1d, Conv2d, Conv3d, ConvTranspose1d/2d/3d, Linear"

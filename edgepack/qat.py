@@ -25,9 +25,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import fx, nn
 
-from calibration.plan import QuantPlan, fixed_output_params
+from calibration.plan import fixed_output_params
 from calibration.ptq import Calibration, activation_parameters
-from edgepack.errors import StageError, UnsupportedOperatorError
+from edgepack.core.errors import StageError, UnsupportedOperatorError
+from edgepack.core.quantization import QuantPlan
 from edgepack.qat_matching import match_layers, match_tensors, onnx_producers, run_torch
 from edgepack.qat_modules import ActivationQuantizer, QuantizedLayer, WeightMode, packed_weight_bytes
 

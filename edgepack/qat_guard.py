@@ -22,9 +22,9 @@ import onnx
 import torch
 
 from calibration.ptq import Calibration
-from calibration.sources import ArrayDataset
 from converters.verify import IntegerTolerance, compare
-from edgepack.errors import VerificationError
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import VerificationError
 
 
 def split_holdout(data: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:

@@ -14,8 +14,8 @@ import torch
 from onnx import numpy_helper
 from torch import fx
 
-from calibration.plan import QuantPlan
-from edgepack.errors import UnsupportedOperatorError
+from edgepack.core.errors import UnsupportedOperatorError
+from edgepack.core.quantization import QuantPlan
 from edgepack.qat_modules import WEIGHTED_LAYERS
 
 # Float differences between torch's and onnxruntime's kernels (summation order) stay far below these.

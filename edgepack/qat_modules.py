@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.params import INTEGER_RANGES, QuantParams, activation_params, weight_params
+from edgepack.core.quantization import INTEGER_RANGES, QuantParams, activation_params, weight_params
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 

@@ -18,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from calibration.data_config import DataConfig, DataSourceKind, Preprocessing, Strict  # noqa: F401  (re-exported)
+from calibration.data_config import DataConfig
 from converters.verify import IntegerTolerance
 from device_bench import BenchOptions, parse_target
-from edgepack.errors import RecipeError, UserError
+from edgepack.core.config import Strict  # noqa: F401  (re-exported)
+from edgepack.core.errors import RecipeError, UserError
 from edgepack.gate import GateConfig
 from edgepack.recipe_errors import describe_validation_error
 from edgepack.robustness import RobustnessConfig

@@ -6,7 +6,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from edgepack.errors import closest_names
+from edgepack.core.errors import closest_names
 
 
 def describe_validation_error(error: ValidationError, source: str, root: type[BaseModel]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgepack.artifacts import write_text_atomic
+from edgepack.core.artifacts import write_text_atomic
 
 SUMMARY_COLUMNS = ["artifact", "format", "precision", "bytes", "accuracy", "measured in", "p50 ms", "max err vs ref"]
 

@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 
 import edgepack
-from edgepack.artifacts import write_text_atomic
+from edgepack.core.artifacts import write_text_atomic
 from edgepack.recipe import recipe_to_yaml
 
 RECORDED_PACKAGES = [
@@ -79,7 +79,7 @@ def write_run_outputs(ctx) -> dict:
 def read_results(run_dir) -> dict:
     from pathlib import Path
 
-    from edgepack.errors import UserError
+    from edgepack.core.errors import UserError
 
     path = Path(run_dir) / "results.json"
     if not path.is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
 
 
 class RobustnessConfig(BaseModel):

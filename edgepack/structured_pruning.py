@@ -16,7 +16,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from edgepack.errors import PruningError, closest_names
+from edgepack.core.errors import PruningError, closest_names
 from edgepack.pruning import PRUNABLE_TYPES, Scope, check_fraction, parse_choice
 
 TaylorBatch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, class labels)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgepack.artifacts import Artifact, Format, ancestors, atomic_path, sha256_file
+from edgepack.core.artifacts import Artifact, Format, ancestors, atomic_path, sha256_file
 
 
 def _resize(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgepack.errors import UnsupportedOperatorError
+from edgepack.core.errors import UnsupportedOperatorError
 
 
 def inline_constant_ifs(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> bool:

@@ -18,8 +18,8 @@ import tensorflow as tf
 from converters.onnx_to_tf import layout
 from converters.onnx_to_tf.prepare import PreparedModel, real_inputs
 from converters.onnx_to_tf.registry import LOWERINGS, Node, Value
-from edgepack.artifacts import TensorSpec
-from edgepack.errors import UnsupportedOperatorError
+from edgepack.core.artifacts import TensorSpec
+from edgepack.core.errors import UnsupportedOperatorError
 
 # Ops that work on NCHW/NCW spatial data, and elementwise ops that keep whatever layout they get.
 SPATIAL_OPS = {

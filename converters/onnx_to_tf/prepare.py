@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 from converters.onnx_to_tf.control_flow import inline_constant_ifs, reject_computed_ifs
 from converters.onnx_to_tf.fuse import fuse_gelu
-from edgepack.errors import ModelFileError
+from edgepack.core.errors import ModelFileError
 
 # Ops whose result is not a pure function of their inputs, and ops whose subgraphs may read values from the
 # enclosing graph (an If with a constant condition is inlined instead): never folded.

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import UnsupportedOperatorError
+from edgepack.core.errors import UnsupportedOperatorError
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from calibration.sources import digits_split
-from edgepack.artifacts import atomic_path
+from edgepack.core.artifacts import atomic_path
 
 RECIPE = Path(__file__).with_name("digits.yaml")
 

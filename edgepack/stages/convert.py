@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgepack.artifacts import Artifact, Format, Precision, sha256_file
+from edgepack.core.artifacts import Artifact, Format, Precision, sha256_file
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 

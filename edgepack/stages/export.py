@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgepack.artifacts import Artifact, Format
+from edgepack.core.artifacts import Artifact, Format
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 
@@ -66,8 +66,8 @@ def export_module(ctx, model, out: Path, config: ExportConfig | None = None) -> 
 
 def example_feeds(ctx) -> dict:
     """One batch of real samples at the recipe's batch size (exporters trace with it)."""
-    from calibration.sources import ArrayDataset
     from converters.verify import pad_batch
+    from edgepack.core.dataset import ArrayDataset
 
     batch = ctx.recipe.model.inputs[0].shape[0]
     first: ArrayDataset = ctx.verify_data

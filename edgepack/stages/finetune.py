@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from calibration.data_config import DataConfig
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.lowrank import ConvDecomposition
 from edgepack.stages.base import StageConfig

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
 from edgepack.finetune import FinetuneConfig
 from edgepack.pruning import Scope
 from edgepack.stages.base import StageConfig

@@ -17,10 +17,10 @@ import torch
 from pydantic import Field, field_validator
 
 from calibration.data_config import DataConfig
-from calibration.ptq import Calibration, Precision, QuantScheme
-from calibration.sources import ArrayDataset
+from calibration.ptq import Calibration, QuantScheme
 from edgepack import qat_guard
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
+from edgepack.core.dataset import ArrayDataset
 from edgepack.finetune import FinetuneConfig
 from edgepack.qat import QatOptions
 from edgepack.stages.base import StageConfig
@@ -32,8 +32,8 @@ QAT_FINETUNE = FinetuneConfig(epochs=3, learning_rate=5e-4)  # a short, gentle f
 
 class QatConfig(StageConfig, QatOptions):
     stage: Literal["qat"] = "qat"
-    precision: Precision = Field(
-        Precision.INT8,
+    precision: Literal["int8", "int16x8"] = Field(
+        "int8",
         description="The scheme simulated: int8, or int16x8; the quantize stage after it must ask for the same.",
     )
     symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
@@ -172,7 +172,7 @@ def qat_calibration(ctx, source: Artifact, model, scheme: QuantScheme) -> Calibr
     """The trained ranges when ``source`` (a float ONNX) was exported from a QAT model; None otherwise."""
     from calibration.plan import plan_quantization
     from calibration.ptq import activation_parameters
-    from edgepack.errors import RecipeError, StageError
+    from edgepack.core.errors import RecipeError, StageError
     from edgepack.torch_artifacts import nearest_torch_ancestor
 
     trained = nearest_torch_ancestor(ctx, source)

@@ -20,7 +20,7 @@ from pydantic import Field
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
 from calibration.sensitivity import AccuracyTarget
-from edgepack.artifacts import Artifact, Format, Precision
+from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig
 from edgepack.stages.quantize_accuracy import apply_bias_correction, prepare_float_model
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
@@ -131,7 +131,7 @@ NO_INT16_TFLITE_KERNEL = {"HardSwish": "HARD_SWISH", "Gelu": "GELU"}
 def _check_int16_kernels(model_path: Path) -> None:
     import onnx
 
-    from edgepack.errors import UnsupportedOperatorError
+    from edgepack.core.errors import UnsupportedOperatorError
 
     for node in onnx.load(str(model_path), load_external_data=False).graph.node:
         if node.op_type in NO_INT16_TFLITE_KERNEL:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
 
 if TYPE_CHECKING:
     from calibration.bias_correction import BiasCorrection
@@ -84,7 +84,7 @@ def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto) -
 
 def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: dict) -> Artifact:
     from converters.onnx_info import onnx_artifact
-    from edgepack.artifacts import atomic_path
+    from edgepack.core.artifacts import atomic_path
 
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.fp32-equalized.onnx")
     with atomic_path(out) as tmp:

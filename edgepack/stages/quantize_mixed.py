@@ -38,9 +38,9 @@ from calibration.sensitivity import (
     sensitivity_record,
     settle_plan,
 )
-from calibration.sources import ArrayDataset
-from edgepack.artifacts import Artifact, Format
-from edgepack.errors import QuantizationError, StageError
+from edgepack.core.artifacts import Artifact, Format
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import QuantizationError, StageError
 
 if TYPE_CHECKING:
     from calibration.bias_correction import BiasCorrection

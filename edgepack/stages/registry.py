@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from edgepack.errors import RecipeError, closest_names
+from edgepack.core.errors import RecipeError, closest_names
 
 
 @dataclass(frozen=True)

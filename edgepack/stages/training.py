@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from calibration.sources import ArrayDataset
-from edgepack.artifacts import Artifact
+from edgepack.core.artifacts import Artifact
+from edgepack.core.dataset import ArrayDataset
 from edgepack.finetune import FinetuneConfig
 
 TRAIN_DATA_HELP = ("Labelled training data for fine-tuning: a .npz (one array per input + 'labels') or a data "

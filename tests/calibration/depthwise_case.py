@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import torch
 
-from calibration.sources import ArrayDataset
 from converters.runtime import open_session
 from converters.verify import predict
+from edgepack.core.dataset import ArrayDataset
 from tests import models
 
 EPOCHS = 15

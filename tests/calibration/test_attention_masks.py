@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from calibration.attention_masks import FLAG_LIMIT, SoftmaxInputEstimator, flag_tensors
 from calibration.estimators import MinMaxEstimator
 from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
 from tests.converters.arch_sequence import MiniBert
 from tests.converters.torch_check import export
 from tests.edgepack.test_cli import edgepack

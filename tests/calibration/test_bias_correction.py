@@ -15,10 +15,11 @@ from calibration.bias_correction import correct_biases, quantized_weight, with_c
 from calibration.equalize import equalize_model
 from calibration.plan import plan_quantization
 from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import ArrayDataset, load_digits_dataset
+from calibration.sources import load_digits_dataset
 from converters.qdq import write_qdq_model
 from converters.runtime import open_session
 from converters.verify import predict
+from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import parse_recipe
 from tests.calibration import depthwise_case as case
 from tests.edgepack.helpers import artifact, image_recipe
@@ -136,7 +137,7 @@ def test_quantize_stage_equalizes_corrects_and_recovers_float_accuracy_in_both_r
 
 def test_convert_command_takes_the_same_options(tmp_path_factory, tmp_path):
     from edgepack.convert_file import convert_file
-    from edgepack.errors import UserError
+    from edgepack.core.errors import UserError
 
     spread = case.load_model(case.trained_weights(tmp_path_factory), spread=True)
     case.export(spread, tmp_path / "spread.onnx")

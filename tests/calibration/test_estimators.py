@@ -15,7 +15,7 @@ from calibration.estimators import (
     make_estimator,
 )
 from calibration.histogram import StreamingHistogram
-from calibration.params import activation_params, weight_params
+from edgepack.core.quantization import activation_params, weight_params
 
 RNG = np.random.default_rng(0)
 

@@ -12,8 +12,9 @@ import edgepack
 from calibration.localise import SQNR_LIMIT_DB, SqnrSums, onnx_layer_sqnr
 from calibration.plan import plan_quantization
 from calibration.ptq import QuantScheme, activation_parameters, calibrate
-from calibration.sources import ArrayDataset, load_digits_dataset
+from calibration.sources import load_digits_dataset
 from converters.qdq import write_qdq_model
+from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import artifact, image_recipe
 

@@ -20,7 +20,7 @@ from calibration.ptq import QuantScheme, calibrate, without_tensors
 from calibration.sensitivity import plan_layers
 from calibration.sources import load_digits_dataset
 from converters.torch_to_onnx import export_to_onnx
-from edgepack.errors import UserError
+from edgepack.core.errors import UserError
 from edgepack.recipe import parse_recipe
 from tests.calibration import outlier_case as case
 from tests.edgepack.helpers import artifact, image_recipe

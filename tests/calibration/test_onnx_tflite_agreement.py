@@ -18,11 +18,11 @@ from onnx import numpy_helper
 
 from calibration.agreement import divergence_summary, layer_agreement
 from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import ArrayDataset
 from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
 from converters.qdq import dequantized_constants, write_qdq_model
 from converters.runtime import open_session
 from converters.verify import predict
+from edgepack.core.dataset import ArrayDataset
 from tests.converters.arch_vision import MobileNetV2
 from tests.converters.torch_check import calibrate_batchnorm, export
 

@@ -8,11 +8,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import ArrayDataset, load_digits_dataset
+from calibration.sources import load_digits_dataset
 from converters.qdq import write_qdq_model
 from converters.runtime import OnnxSession
 from converters.verify import predict
-from edgepack.errors import DataError
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import DataError
 
 
 def test_plan_follows_tflite_fusions():

@@ -101,7 +101,7 @@ def test_integer_io_feeds_the_model_through_its_own_scales(tmp_path, trained_wei
 
 
 def test_quantize_without_calibration_data_is_refused(tmp_path, trained_weights):
-    from edgepack.errors import DataError
+    from edgepack.core.errors import DataError
 
     recipe = image_recipe("mlp", trained_weights("mlp"), stages=[{"stage": "export"}, {"stage": "quantize"}])
     recipe |= {"data": None, "bench": None}
@@ -110,7 +110,7 @@ def test_quantize_without_calibration_data_is_refused(tmp_path, trained_weights)
 
 
 def test_int16x8_tflite_of_an_op_without_16_bit_kernels_is_refused_by_name(tmp_path, trained_weights):
-    from edgepack.errors import UnsupportedOperatorError
+    from edgepack.core.errors import UnsupportedOperatorError
 
     stages = [{"stage": "export", "exporter": "legacy"}, {"stage": "quantize", "precision": "int16x8"}]
     recipe = image_recipe("depthwise_net", trained_weights("depthwise_net"), stages=stages) | {"bench": None}

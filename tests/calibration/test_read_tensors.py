@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration import collect
 from calibration.collect import collect_ranges, model_batch, onnx_tensor_reader, read_tensors
 from calibration.estimators import MinMaxEstimator, MovingAverageMinMaxEstimator
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.standard_normal((4, 3)).astype(np.float32)

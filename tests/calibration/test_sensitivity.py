@@ -19,11 +19,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from calibration.params import activation_params, weight_params
 from calibration.ptq import QuantScheme, calibrate
 from calibration.sensitivity import AccuracyTarget, RuntimeScorer, mixed_precision_record, search_mixed_precision
-from calibration.sources import ArrayDataset, load_digits_dataset
+from calibration.sources import load_digits_dataset
 from converters.torch_to_onnx import export_to_onnx
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.quantization import activation_params, weight_params
 from edgepack.report_markdown import mixed_precision_line
 from tests.calibration.outlier_case import HIDDEN, SENSITIVE, TRAIN_EPOCHS, outlier_net, outlier_state
 from tests.calibration.test_ptq_onnx import qdq_parameters

@@ -10,7 +10,7 @@ import edgepack
 from calibration.data_config import DataConfig
 from calibration.source_loaders import load_dataset
 from calibration.sources import digits_split
-from edgepack.errors import DataError
+from edgepack.core.errors import DataError
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import artifact, image_recipe
 

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 
 from converters.onnx_to_tflite import TFLiteConversion, convert_onnx_to_tflite  # noqa: E402
 from converters.runtime import OnnxSession, TFLiteSession  # noqa: E402
-from edgepack.artifacts import from_runtime_layout, to_runtime_layout  # noqa: E402
+from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout  # noqa: E402
 
 # LiteRT float32 must match onnxruntime to within this fraction of each output's value range.
 RELATIVE_TOLERANCE = 1e-4

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 
 from calibration.ptq import Calibration, QuantScheme, calibrate
-from calibration.sources import ArrayDataset
 from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
 from converters.qdq import write_qdq_model
 from converters.runtime import OnnxSession, TFLiteSession
-from edgepack.artifacts import from_runtime_layout, to_runtime_layout
+from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout
+from edgepack.core.dataset import ArrayDataset
 
 
 @dataclass

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 from converters.onnx_to_tf.prepare import prepare_model
 from converters.onnx_to_tflite import convert_onnx_to_tflite
 from converters.runtime import OnnxSession
-from edgepack.errors import UnsupportedOperatorError
+from edgepack.core.errors import UnsupportedOperatorError
 from tests.converters.arch_sequence import MiniBert, RecurrentClassifier, TinyViT
 from tests.converters.arch_vision import Detector, MobileNetV3Small, ResNet18, UNet
 from tests.converters.conftest import convert_and_compare, make_model, random_feeds, run_tflite, worst_error

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from calibration.sources import ArrayDataset
+from edgepack.core.dataset import ArrayDataset
 from tests.converters import arch_layout, arch_vision
 from tests.converters.integer_check import cosine, quantize_both, run_onnx, run_tflite_each, sqnr_db
 from tests.converters.test_architectures_vision import cnn

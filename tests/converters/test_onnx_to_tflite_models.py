@@ -16,7 +16,7 @@ from torch import nn
 
 from converters.onnx_to_tflite import convert_onnx_to_tflite
 from converters.runtime import TFLiteSession, open_session
-from edgepack.errors import ModelFileError, UnsupportedOperatorError
+from edgepack.core.errors import ModelFileError, UnsupportedOperatorError
 from tests.converters.conftest import convert_and_compare, make_model
 
 

@@ -10,7 +10,7 @@ from onnx import helper
 
 from converters.onnx_to_tflite import convert_onnx_to_tflite
 from converters.runtime import TFLiteSession, describe_tflite
-from edgepack.errors import ModelFileError
+from edgepack.core.errors import ModelFileError
 from tests.converters.conftest import make_model
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from device_bench import BenchOptions, bench
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 
 FAKE_ADB = Path(__file__).with_name("fake_adb.py")
 SERIAL = "emulator-5554"

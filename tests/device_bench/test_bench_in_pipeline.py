@@ -7,7 +7,7 @@ import json
 import pytest
 
 import edgepack
-from edgepack.errors import RecipeError
+from edgepack.core.errors import RecipeError
 from edgepack.recipe import apply_override, parse_recipe
 from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli
 

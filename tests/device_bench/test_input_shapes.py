@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from device_bench import BenchOptions, bench
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
 from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli

@@ -16,7 +16,7 @@ import pytest
 
 import edgepack
 from device_bench import BenchOptions, bench
-from edgepack.errors import BenchError
+from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
 from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli
 from tests.device_bench.sshd import SSHD, free_port, make_key, start_sshd

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from device_bench import BenchOptions, bench, bench_each_thread_count, parse_target
-from edgepack.errors import BenchError, UserError
+from edgepack.core.errors import BenchError, UserError
 
 QUICK = BenchOptions(runs=20, warmup=2, min_seconds=0.1, threads=2)
 LATENCY_ORDER = ["min", "p50", "p90", "p99", "max"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgepack.errors import DataError, ModelFileError, RecipeError, UnsupportedOperatorError, VerificationError
+from edgepack.core.errors import DataError, ModelFileError, RecipeError, UnsupportedOperatorError, VerificationError
 from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import image_recipe

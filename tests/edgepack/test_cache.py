@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from edgepack.artifacts import sha256_file
+from edgepack.core.artifacts import sha256_file
 from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import image_recipe

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import edgepack
-from edgepack.errors import PruningError, RecipeError
+from edgepack.core.errors import PruningError, RecipeError
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import artifact, image_recipe
 
@@ -187,7 +187,7 @@ def test_qat_exports_measure_what_was_simulated(qat_run):
 
 
 def test_qat_ranges_are_the_ranges_in_the_onnx_file(qat_run):
-    from calibration.params import activation_params
+    from edgepack.core.quantization import activation_params
 
     qat = artifact(qat_run.results, "torch-qat")["details"]["qat"]
     written = artifact(qat_run.results, "onnx-int8")["details"]["activations"]

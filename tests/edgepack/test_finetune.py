@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.sources import ArrayDataset, digits_split
-from edgepack.errors import DataError, FinetuneError
+from calibration.sources import digits_split
+from edgepack.core.dataset import ArrayDataset
+from edgepack.core.errors import DataError, FinetuneError
 from edgepack.finetune import FinetuneConfig, accuracy, distillation_loss, finetune
 from edgepack.lowrank import factorise
 from tests import models

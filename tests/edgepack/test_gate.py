@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from edgepack.errors import RecipeError, UserError
+from edgepack.core.errors import RecipeError, UserError
 from edgepack.gate import GateConfig, evaluate_gate, human_bytes, outcome_lines, parse_size
 from edgepack.recipe import parse_recipe
 from tests.edgepack.test_cli import edgepack

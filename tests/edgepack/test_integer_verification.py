@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgepack.errors import VerificationError
+from edgepack.core.errors import VerificationError
 from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
 from tests.calibration import depthwise_case

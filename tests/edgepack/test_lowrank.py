@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgepack.errors import LowRankError
+from edgepack.core.errors import LowRankError
 from edgepack.lowrank import apply_structure, factorise
 from tests import models
 

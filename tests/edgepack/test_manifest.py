@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from calibration.sources import digits_split
-from edgepack.errors import StageError
+from edgepack.core.errors import StageError
 from edgepack.manifest import build_manifest, manifest_schema, validate_manifest
 from tests.edgepack import manifest_client
 from tests.edgepack.helpers import artifact

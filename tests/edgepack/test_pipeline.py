@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from converters.runtime import count_tflite_ops
-from edgepack.artifacts import sha256_file
+from edgepack.core.artifacts import sha256_file
 from edgepack.pipeline import pack
 from tests.edgepack.helpers import artifact, image_recipe, two_input_recipe
 

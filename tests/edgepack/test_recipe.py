@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from edgepack.errors import RecipeError
+from edgepack.core.errors import RecipeError
 from edgepack.examples.digits import RECIPE
 from edgepack.recipe import apply_override, load_recipe, parse_recipe, recipe_to_yaml
 

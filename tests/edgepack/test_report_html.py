@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from edgepack.core.results_format import OPTIONAL_ARTIFACT_KEYS, OPTIONAL_RUN_KEYS
 from edgepack.report import write_reports
 from edgepack.report_data import build_report_data
-from edgepack.results_format import OPTIONAL_ARTIFACT_KEYS, OPTIONAL_RUN_KEYS
 
 ALL_PLOTS = ["accuracy-vs-size", "accuracy-vs-latency", "latency-distribution", "sqnr-onnx-int8", "sqnr-tflite-int8",
              "sensitivity", "sparsity-tflite-int8", "robustness"]  # fmt: skip

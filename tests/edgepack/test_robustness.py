@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.sources import ArrayDataset, digits_split
+from calibration.sources import digits_split
+from edgepack.core.dataset import ArrayDataset
 from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
 from edgepack.robustness import RobustnessConfig, perturbed_datasets

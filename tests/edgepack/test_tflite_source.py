@@ -9,7 +9,7 @@ import torch
 import edgepack
 from calibration.sources import digits_split
 from edgepack.convert_file import convert_file
-from edgepack.errors import RecipeError, UserError
+from edgepack.core.errors import RecipeError, UserError
 from edgepack.recipe import parse_recipe
 from tests import models
 from tests.edgepack.helpers import FAST_BENCH, image_recipe

@@ -7,7 +7,7 @@ zero point; QAT simulates with ``fake_quantize``. So what was calibrated (or tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -85,3 +85,35 @@ def weight_params(weights: np.ndarray, axis: int | None = 0) -> QuantParams:
     bounds = np.abs(weights).max(axis=reduce).astype(np.float32)
     scales = np.where(bounds > 0, bounds / 127, 1.0).astype(np.float32)
     return QuantParams(scales, np.zeros(scales.shape, np.int64), "int8", axis, narrow=True)
+
+
+@dataclass
+class WeightPlan:
+    initializer: str
+    axis: int  # the output-channel axis of the stored tensor
+    node: str
+
+
+@dataclass
+class BiasPlan:
+    initializer: str
+    activation: str  # the quantized input whose scale times the weight's gives the bias scale
+    weight: str
+    node: str
+
+
+@dataclass
+class QuantPlan:
+    activations: list[str] = field(default_factory=list)  # calibrated points, in graph order
+    shared: dict[str, str] = field(default_factory=dict)  # tensor -> the point whose grid it reuses
+    fixed: dict[str, str] = field(default_factory=dict)  # tensor -> op type with a fixed output grid
+    weights: list[WeightPlan] = field(default_factory=list)
+    biases: list[BiasPlan] = field(default_factory=list)
+
+    def quantized_tensors(self) -> list[str]:
+        return self.activations + list(self.shared) + list(self.fixed)
+
+    def for_nodes(self, nodes: set[str]) -> QuantPlan:
+        """The same plan with only the weights and biases of ``nodes`` (the layers a file runs integer)."""
+        return replace(self, weights=[w for w in self.weights if w.node in nodes],
+                       biases=[b for b in self.biases if b.node in nodes])  # fmt: skip
