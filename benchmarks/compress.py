@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.sources import digits_split  # noqa: E402
 from converters.sparsity import gzip_bytes, tflite_weight_sparsity  # noqa: E402
+from edgepack.compression.distillation import FinetuneConfig, finetune  # noqa: E402
 from edgepack.core.dataset import ArrayDataset
 from edgepack.examples import digits  # noqa: E402
-from edgepack.finetune import FinetuneConfig, finetune  # noqa: E402
-from edgepack.pipeline import pack  # noqa: E402
 from edgepack.recipe import parse_recipe  # noqa: E402
+from edgepack.running.pipeline import pack  # noqa: E402
 
 INPUT = "image"
 STRUCTURED_AMOUNT = 0.5

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from edgepack.examples import digits
-from edgepack.pipeline import pack
+from edgepack.running.pipeline import pack
 
 COLUMNS = ["artifact", "precision", "runtime", "threads", "runs", "p50 ms", "mean ms", "p99 ms", "peak RSS MiB",
            "proxy uJ", "measured uJ"]  # fmt: skip

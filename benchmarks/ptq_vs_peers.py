@@ -40,8 +40,8 @@ from device_bench import BenchOptions, bench  # noqa: E402
 from edgepack.core.artifacts import to_runtime_layout  # noqa: E402
 from edgepack.core.dataset import ArrayDataset
 from edgepack.examples import digits  # noqa: E402
-from edgepack.pipeline import pack  # noqa: E402
 from edgepack.recipe import parse_recipe  # noqa: E402
+from edgepack.running.pipeline import pack  # noqa: E402
 from tests.converters.arch_vision import MobileNetV2  # noqa: E402
 from tests.converters.torch_check import calibrate_batchnorm  # noqa: E402
 

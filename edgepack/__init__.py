@@ -10,7 +10,7 @@ __all__ = ["PackResult", "pack"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from edgepack import pipeline
+        from edgepack.running import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'edgepack' has no attribute {name!r}")

@@ -38,7 +38,7 @@ def pack(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the summary.")] = False,
 ):
     """Run the recipe's pipeline: export, convert, verify, evaluate, bench, report."""
-    from edgepack.pipeline import pack as run_pack
+    from edgepack.running.pipeline import pack as run_pack
 
     result = run_pack(recipe, out=out_dir, overrides=overrides or [], quiet=quiet)
     _print_summary(result.results, result.run_dir)
@@ -53,7 +53,7 @@ def demo(
 ):
     """Train the bundled digits CNN (seconds, offline) and pack it."""
     from edgepack.examples import digits
-    from edgepack.pipeline import pack as run_pack
+    from edgepack.running.pipeline import pack as run_pack
 
     weights = out_dir.resolve() / "digits_cnn.pt"
     if retrain or not weights.is_file():
@@ -105,7 +105,7 @@ def bench(
     if as_json:
         out.print_json(json.dumps(records[0] if len(records) == 1 else records))
         return
-    from edgepack.cli_tables import bench_table
+    from edgepack.reports.tables import bench_table
 
     out.print(bench_table(records))
 
@@ -122,7 +122,7 @@ def inspect(
     if as_json:
         out.print_json(json.dumps(description))
         return
-    from edgepack.cli_tables import inspect_tables
+    from edgepack.reports.tables import inspect_tables
 
     for table in inspect_tables(description):
         out.print(table)
@@ -188,13 +188,13 @@ def report(
     if len(run_dirs) > 2:
         raise typer.BadParameter("give one run folder (rebuild) or two (compare)", param_hint="RUN_DIRS")
     if len(run_dirs) == 2:
-        from edgepack.cli_tables import comparison_table
-        from edgepack.compare import write_comparison
+        from edgepack.reports.compare import write_comparison
+        from edgepack.reports.tables import comparison_table
 
         out.print(comparison_table(write_comparison(*run_dirs)))
         out.print(f"Wrote {run_dirs[1] / 'comparison.md'} and comparison.json", soft_wrap=True)
         return
-    from edgepack.report import rebuild_reports
+    from edgepack.reports.report import rebuild_reports
 
     results = rebuild_reports(run_dirs[0])
     _print_summary(results, run_dirs[0])
@@ -217,7 +217,7 @@ def gate(
     artifact: Annotated[list[str] | None, typer.Option(help="Check only this artifact (repeatable).")] = None,
 ):
     """Check a run against budgets (flags, or the recipe's gate block); exit 1 with one line per violated budget."""
-    from edgepack.gate import check_run
+    from edgepack.reports.gate import check_run
 
     flags = {"max_accuracy_drop": max_accuracy_drop, "max_robustness_drop": max_robustness_drop,
              "max_latency_ms": max_latency_ms, "max_bytes": max_bytes}  # fmt: skip
@@ -251,7 +251,7 @@ def _first_sentence(doc: str | None) -> str:
 
 
 def _finish_gate(outcome: dict) -> None:
-    from edgepack.gate import outcome_lines
+    from edgepack.reports.gate import outcome_lines
 
     for line in outcome_lines(outcome):
         print(line)  # plain print: one line each, never wrapped, for CI logs
@@ -260,8 +260,8 @@ def _finish_gate(outcome: dict) -> None:
 
 
 def _print_summary(results: dict, run_dir: Path) -> None:
-    from edgepack.cli_tables import summary_table
-    from edgepack.report_data import mixed_precision_notes, qat_below_ptq, slower_than_float
+    from edgepack.reports.data import mixed_precision_notes, qat_below_ptq, slower_than_float
+    from edgepack.reports.tables import summary_table
 
     out.print(summary_table(results))
     for line in mixed_precision_notes(results["artifacts"]) + slower_than_float(results["artifacts"]):

@@ -50,7 +50,7 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], pr
         recipe = _quantizing(recipe, to, precision, Path(calib).resolve(), quant_options or {})
     if min_cosine is not None:
         recipe = _with_min_cosine(recipe, precision, min_cosine)
-    from edgepack.pipeline import pack
+    from edgepack.running.pipeline import pack
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp:
         result = pack(recipe, out=tmp)
@@ -184,8 +184,8 @@ def _output_names(model: Path, model_format: ModelFormat, inputs: list[dict]) ->
 def _count_torch_outputs(model: Path, model_format: ModelFormat, inputs: list[dict]) -> int:
     import torch
 
-    from edgepack.loading import load_model
     from edgepack.recipe import ModelConfig
+    from edgepack.running.loading import load_model
 
     config = ModelConfig(path=model, format=model_format, inputs=[InputSpec(**i) for i in inputs])
     loaded = load_model(config)

@@ -23,9 +23,9 @@ from converters.verify import IntegerTolerance
 from device_bench import BenchOptions, parse_target
 from edgepack.core.config import Strict  # noqa: F401  (re-exported)
 from edgepack.core.errors import RecipeError, UserError
-from edgepack.gate import GateConfig
 from edgepack.recipe_errors import describe_validation_error
-from edgepack.robustness import RobustnessConfig
+from edgepack.reports.gate import GateConfig
+from edgepack.running.robustness import RobustnessConfig
 from edgepack.stages import STAGES, StageConfig, get_stage
 
 

@@ -32,7 +32,7 @@ def run_export(config: ExportConfig, ctx) -> list[Artifact]:
     """Reads the latest torch model (the source, or what a compression stage made of it); an ONNX source needs no
     export and passes through."""
     from converters.onnx_info import onnx_artifact
-    from edgepack.torch_artifacts import latest_torch_artifact, module_of
+    from edgepack.running.torch_artifacts import latest_torch_artifact, module_of
 
     if ctx.artifacts[0].format != Format.TORCH:
         return []

@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field
 
 from calibration.data_config import DataConfig
+from edgepack.compression.distillation import FinetuneConfig
 from edgepack.core.artifacts import Artifact
-from edgepack.finetune import FinetuneConfig
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
@@ -35,7 +35,7 @@ class FinetuneStageConfig(StageConfig, FinetuneConfig):
 @register_stage("finetune", FinetuneStageConfig, torch_only=True)
 def run_finetune(config: FinetuneStageConfig, ctx) -> list[Artifact]:
     """Reads the latest torch model."""
-    from edgepack.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
+    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
     parent = latest_torch_artifact(ctx)
     teacher = ctx.artifacts[0] if config.teacher == Teacher.SOURCE else parent

@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
+from edgepack.compression.distillation import FinetuneConfig
+from edgepack.compression.factorisation import ConvDecomposition
 from edgepack.core.artifacts import Artifact
-from edgepack.finetune import FinetuneConfig
-from edgepack.lowrank import ConvDecomposition
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
@@ -51,8 +51,8 @@ class LowRankConfig(StageConfig):
 @register_stage("low_rank", LowRankConfig, torch_only=True)
 def run_low_rank(config: LowRankConfig, ctx) -> list[Artifact]:
     """Reads the latest torch model."""
-    from edgepack.lowrank import factorise
-    from edgepack.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
+    from edgepack.compression.factorisation import factorise
+    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)

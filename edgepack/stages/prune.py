@@ -17,13 +17,13 @@ import torch
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
+from edgepack.compression.distillation import FinetuneConfig
+from edgepack.compression.pruning import Scope
+from edgepack.compression.structured import Importance
 from edgepack.core.artifacts import Artifact
-from edgepack.finetune import FinetuneConfig
-from edgepack.pruning import Scope
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, example_tensors, finetune_steps, train_dataset
-from edgepack.structured_pruning import Importance
 
 
 class PruneMethod(StrEnum):
@@ -99,7 +99,7 @@ class PruneConfig(StageConfig):
 @register_stage("prune", PruneConfig, torch_only=True)
 def run_prune(config: PruneConfig, ctx) -> list[Artifact]:
     """Reads the latest torch model."""
-    from edgepack.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
+    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)
@@ -116,7 +116,14 @@ def run_prune(config: PruneConfig, ctx) -> list[Artifact]:
 
 def _prune_weights(config: PruneConfig, module: torch.nn.Module, ctx, parent: Artifact, data) -> dict:
     """Masks stay on through fine-tuning so pruned weights stay zero; they are folded in at the end."""
-    from edgepack.pruning import GradualPruner, add_masks, prunable_layers, raise_sparsity, remove_masks, zero_fractions
+    from edgepack.compression.pruning import (
+        GradualPruner,
+        add_masks,
+        prunable_layers,
+        raise_sparsity,
+        remove_masks,
+        zero_fractions,
+    )
 
     if config.schedule == Schedule.GRADUAL:
         span = max(1, int(finetune_steps(config.finetune, data[0]) * GRADUAL_SPAN))
@@ -143,7 +150,7 @@ def _prune_weights(config: PruneConfig, module: torch.nn.Module, ctx, parent: Ar
 
 
 def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: Artifact, data) -> dict:
-    from edgepack.structured_pruning import prune_channels
+    from edgepack.compression.structured import prune_channels
 
     taylor = _taylor_batches(ctx, data[0]) if config.importance == Importance.TAYLOR else None
     report = prune_channels(

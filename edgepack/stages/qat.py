@@ -18,11 +18,11 @@ from pydantic import Field, field_validator
 
 from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
-from edgepack import qat_guard
+from edgepack.compression import qat_guard
+from edgepack.compression.distillation import FinetuneConfig
+from edgepack.compression.qat_model import QatOptions
 from edgepack.core.artifacts import Artifact
 from edgepack.core.dataset import ArrayDataset
-from edgepack.finetune import FinetuneConfig
-from edgepack.qat import QatOptions
 from edgepack.stages.base import StageConfig
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
@@ -65,8 +65,8 @@ class QatConfig(StageConfig, QatOptions):
 @register_stage("qat", QatConfig, torch_only=True)
 def run_qat(config: QatConfig, ctx) -> list[Artifact]:
     """Reads the latest torch model."""
-    from edgepack.qat import packed_weight_bytes, prepare_qat
-    from edgepack.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
+    from edgepack.compression.qat_model import packed_weight_bytes, prepare_qat
+    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
     parent = latest_torch_artifact(ctx)
     module = editable_copy(ctx, parent)
@@ -116,8 +116,8 @@ def _split(config: QatConfig, ctx) -> tuple[tuple[ArrayDataset, str], ArrayDatas
 def _verify_against_float(config: QatConfig, ctx, model: torch.nn.Module, start: torch.nn.Module) -> dict:
     """The QAT model vs the float model it started from, on the verification samples, with the int8 tolerance.
     Binary and ternary weights change the model on purpose: their figures are recorded, not enforced."""
-    from edgepack.measure import torch_outputs
     from edgepack.recipe import Task
+    from edgepack.running.measure import torch_outputs
 
     tolerance = ctx.recipe.verify.integer_tolerance if config.weight_bits == "int8" else None
     outputs, reference = (torch_outputs(m, ctx.recipe, ctx.verify_data) for m in (model, start))
@@ -128,7 +128,7 @@ def _verify_against_float(config: QatConfig, ctx, model: torch.nn.Module, start:
 def _compare_with_ptq(ctx, start: torch.nn.Module, ptq: tuple, qat: tuple, held_out: ArrayDataset,
                       description: str) -> dict:  # fmt: skip
     """PTQ's and QAT's int8 ONNX files (each a (float ONNX, calibration) pair) in onnxruntime on held-out data."""
-    from edgepack.measure import batch_size
+    from edgepack.running.measure import batch_size
 
     reference = qat_guard.module_logits(start, held_out, _input_names(ctx))
     ptq_figures, qat_figures = (qat_guard.int8_onnx_figures(*pair, held_out, reference, batch_size(ctx.recipe))
@@ -155,7 +155,7 @@ def _starting_calibration(config: QatConfig, ctx, float_onnx, data: tuple[ArrayD
 
 def _simulated_accuracy(ctx, model: torch.nn.Module) -> dict | None:
     """Top-1 of the fake-quant model on the evaluation data: what the integer files should measure."""
-    from edgepack.measure import top1, torch_outputs
+    from edgepack.running.measure import top1, torch_outputs
 
     data = ctx.eval_data
     if data is None or data.labels is None:
@@ -173,7 +173,7 @@ def qat_calibration(ctx, source: Artifact, model, scheme: QuantScheme) -> Calibr
     from calibration.plan import plan_quantization
     from calibration.ptq import activation_parameters
     from edgepack.core.errors import RecipeError, StageError
-    from edgepack.torch_artifacts import nearest_torch_ancestor
+    from edgepack.running.torch_artifacts import nearest_torch_ancestor
 
     trained = nearest_torch_ancestor(ctx, source)
     if trained is None or trained.stage != "qat":

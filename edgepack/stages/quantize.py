@@ -53,7 +53,7 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
     import onnx
 
     from calibration.ptq import calibrate
-    from edgepack.measure import batch_size
+    from edgepack.running.measure import batch_size
     from edgepack.stages.qat import qat_calibration
 
     source = next(a for a in ctx.artifacts if a.format == Format.ONNX and a.precision == Precision.FP32)
@@ -103,7 +103,7 @@ def _integer_file(config: QuantizeConfig, ctx, prepared, calibration: Calibratio
 
 
 def calibration_dataset(config: QuantizeConfig, ctx):
-    from edgepack.data import stage_dataset
+    from edgepack.running.data import stage_dataset
 
     return stage_dataset(ctx.recipe, config.calibration_data, stage="quantize", key="calibration_data")
 
@@ -184,7 +184,7 @@ def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: C
     from calibration.agreement import divergence_summary, layer_agreement
     from converters.runtime import open_session
     from converters.verify import predict
-    from edgepack.measure import batch_size
+    from edgepack.running.measure import batch_size
 
     size, onnx_path, tflite = batch_size(ctx.recipe), ctx.artifact_path(onnx_twin), open_session(tflite_path)
     onnx_out = predict(open_session(onnx_path), ctx.verify_data, size)
@@ -215,7 +215,7 @@ def layer_sqnr(ctx, artifact: Artifact) -> list:
     import onnx
 
     from calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
-    from edgepack.measure import batch_size
+    from edgepack.running.measure import batch_size
 
     parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
     float_model, size = onnx.load(str(ctx.artifact_path(parent))), batch_size(ctx.recipe)

@@ -123,6 +123,6 @@ def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
 def tflite_outputs(ctx, path, scorer: RuntimeScorer) -> dict:
     from converters.runtime import open_session
     from converters.verify import predict
-    from edgepack.measure import batch_size
+    from edgepack.running.measure import batch_size
 
     return predict(open_session(path), scorer.dataset, batch_size(ctx.recipe))

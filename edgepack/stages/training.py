@@ -7,16 +7,16 @@ import math
 
 import torch
 
+from edgepack.compression.distillation import FinetuneConfig
 from edgepack.core.artifacts import Artifact
 from edgepack.core.dataset import ArrayDataset
-from edgepack.finetune import FinetuneConfig
 
 TRAIN_DATA_HELP = ("Labelled training data for fine-tuning: a .npz (one array per input + 'labels') or a data "
                    "source block; default for 'digits' data: its train split.")  # fmt: skip
 
 
 def train_dataset(ctx, source, stage: str) -> tuple[ArrayDataset, str]:
-    from edgepack.data import stage_dataset
+    from edgepack.running.data import stage_dataset
 
     return stage_dataset(ctx.recipe, source, stage=stage, key="train_data", labels=True)
 
@@ -29,8 +29,8 @@ def distill(ctx, module: torch.nn.Module, teacher: Artifact, config: FinetuneCon
             on_step=None, on_epoch=None) -> dict:  # fmt: skip
     """Fine-tune ``module`` in place on ``data`` (a dataset and its description), distilling from ``teacher`` (the
     model before this stage) unless alpha is 0 and no features are matched; returns the record for results.json."""
-    from edgepack.finetune import finetune
-    from edgepack.torch_artifacts import module_of
+    from edgepack.compression.distillation import finetune
+    from edgepack.running.torch_artifacts import module_of
 
     dataset, description = data
     uses_teacher = config.alpha > 0 or bool(config.feature_matching)

@@ -100,7 +100,7 @@ def test_an_unreachable_target_stops_before_anything_is_written_with_the_best_fi
 def test_best_effort_writes_the_best_integer_plan_named_as_missing_its_target(weights, tmp_path):
     best_effort = {"accuracy_target": SQNR_200["accuracy_target"] | {"best_effort": True}}
     run = pack(weights, "bridged_outlier_net", tmp_path, best_effort, task="other")
-    from edgepack.report_data import mixed_precision_notes  # the terminal summary's lines
+    from edgepack.reports.data import mixed_precision_notes  # the terminal summary's lines
 
     notes = mixed_precision_notes(run.results["artifacts"])
     for name in ("onnx-int8", "tflite-int8"):

@@ -25,7 +25,7 @@ from calibration.sources import load_digits_dataset
 from converters.torch_to_onnx import export_to_onnx
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import activation_params, weight_params
-from edgepack.report_markdown import mixed_precision_line
+from edgepack.reports.markdown import mixed_precision_line
 from tests.calibration.outlier_case import HIDDEN, SENSITIVE, TRAIN_EPOCHS, outlier_net, outlier_state
 from tests.calibration.test_ptq_onnx import qdq_parameters
 from tests.calibration.test_quantize_stage import tflite_parameters

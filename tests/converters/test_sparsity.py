@@ -14,7 +14,7 @@ from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
 from converters.qdq import write_qdq_model
 from converters.sparsity import gzip_bytes, onnx_weight_sparsity, tflite_weight_sparsity
 from converters.torch_to_onnx import export_to_onnx
-from edgepack.pruning import magnitude_prune
+from edgepack.compression.pruning import magnitude_prune
 from tests.edgepack.pruning_helpers import conv_net_with, quick_conv_net_weights
 
 SHAPE = [1, 1, 8, 8]

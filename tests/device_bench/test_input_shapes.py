@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from device_bench import BenchOptions, bench
 from edgepack.core.errors import BenchError
-from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
+from edgepack.running.pipeline import pack
 from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli
 
 QUICK = {"runs": 3, "warmup": 0, "min_seconds": 0.0}

@@ -15,8 +15,8 @@ FULL_RESULTS = Path(__file__).parent / "data" / "results_full.json"
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory, trained_weights):
     """conv_net trained on digits, packed once with the default robustness block: a PackResult."""
-    from edgepack.pipeline import pack
     from edgepack.recipe import parse_recipe
+    from edgepack.running.pipeline import pack
     from tests.edgepack.helpers import image_recipe
 
     out = tmp_path_factory.mktemp("digits_run") / "run"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgepack.core.errors import DataError, ModelFileError, RecipeError, UnsupportedOperatorError, VerificationError
-from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
+from edgepack.running.pipeline import pack
 from tests.edgepack.helpers import image_recipe
 
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from edgepack.core.artifacts import sha256_file
-from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
+from edgepack.running.pipeline import pack
 from tests.edgepack.helpers import image_recipe
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgepack.compare import compare_runs
+from edgepack.reports.compare import compare_runs
 from tests.edgepack.test_cli import edgepack
 
 

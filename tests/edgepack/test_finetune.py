@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from calibration.sources import digits_split
+from edgepack.compression.distillation import FinetuneConfig, accuracy, distillation_loss, finetune
+from edgepack.compression.factorisation import factorise
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError, FinetuneError
-from edgepack.finetune import FinetuneConfig, accuracy, distillation_loss, finetune
-from edgepack.lowrank import factorise
 from tests import models
 
 NAMES = ["image"]

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from edgepack.core.errors import RecipeError, UserError
-from edgepack.gate import GateConfig, evaluate_gate, human_bytes, outcome_lines, parse_size
 from edgepack.recipe import parse_recipe
+from edgepack.reports.gate import GateConfig, evaluate_gate, human_bytes, outcome_lines, parse_size
 from tests.edgepack.test_cli import edgepack
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edgepack.core.errors import VerificationError
-from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
+from edgepack.running.pipeline import pack
 from tests.calibration import depthwise_case
 from tests.edgepack.helpers import artifact, image_recipe
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from edgepack.compression.factorisation import apply_structure, factorise
 from edgepack.core.errors import LowRankError
-from edgepack.lowrank import apply_structure, factorise
 from tests import models
 
 X = torch.from_numpy(np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))

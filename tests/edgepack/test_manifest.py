@@ -14,7 +14,7 @@ import pytest
 
 from calibration.sources import digits_split
 from edgepack.core.errors import StageError
-from edgepack.manifest import build_manifest, manifest_schema, validate_manifest
+from edgepack.reports.manifest import build_manifest, manifest_schema, validate_manifest
 from tests.edgepack import manifest_client
 from tests.edgepack.helpers import artifact
 

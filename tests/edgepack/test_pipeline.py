@@ -9,7 +9,7 @@ import pytest
 
 from converters.runtime import count_tflite_ops
 from edgepack.core.artifacts import sha256_file
-from edgepack.pipeline import pack
+from edgepack.running.pipeline import pack
 from tests.edgepack.helpers import artifact, image_recipe, two_input_recipe
 
 IMAGE_MODELS = ["conv_net", "mlp", "depthwise_net"]

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from edgepack.progress import native_stderr_captured
+from edgepack.running.progress import native_stderr_captured
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_native_output_of_a_step_that_works_is_not_shown():
     done = run_python("""
         import os
-        from edgepack.progress import native_stderr_captured
+        from edgepack.running.progress import native_stderr_captured
         with native_stderr_captured():
             os.write(2, b"I0000 absl banner\\n")
         os.write(2, b"after the step\\n")
@@ -39,7 +39,7 @@ def test_native_output_of_a_failing_step_is_shown_as_its_clue(capfd):
 def test_a_native_abort_inside_a_step_names_the_python_call_that_crashed():
     done = run_python("""
         import os
-        from edgepack.progress import native_stderr_captured
+        from edgepack.running.progress import native_stderr_captured
 
         def allocate_tensors():
             os.abort()  # what a failed CHECK in a kernel does

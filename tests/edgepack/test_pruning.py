@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from calibration.sources import digits_split
+from edgepack.compression.pruning import GradualPruner, magnitude_prune, polynomial_sparsity
 from edgepack.core.errors import PruningError
-from edgepack.pruning import GradualPruner, magnitude_prune, polynomial_sparsity
 from tests import models
 from tests.edgepack.pruning_helpers import conv_net_with, quick_conv_net_weights
 

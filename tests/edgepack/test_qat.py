@@ -22,10 +22,10 @@ from calibration.ptq import QuantScheme, calibrate
 from calibration.sources import load_digits_dataset
 from converters.qdq import write_qdq_model
 from converters.torch_to_onnx import export_to_onnx
+from edgepack.compression.qat_model import WeightMode, packed_weight_bytes, prepare_qat
+from edgepack.compression.qat_modules import ActivationQuantizer, fake_quantize
 from edgepack.core.errors import UnsupportedOperatorError
 from edgepack.core.quantization import activation_params, weight_params
-from edgepack.qat import WeightMode, packed_weight_bytes, prepare_qat
-from edgepack.qat_modules import ActivationQuantizer, fake_quantize
 from tests import models
 
 TRAIN, TEST = load_digits_dataset("image", "train"), load_digits_dataset("image", "test")
@@ -242,8 +242,8 @@ def test_a_partial_finetune_block_keeps_the_qat_learning_rate():
 
 def test_a_qat_model_outside_the_integer_tolerance_is_a_verification_error():
     from converters.verify import IntegerTolerance
+    from edgepack.compression.qat_guard import check_against_float
     from edgepack.core.errors import VerificationError
-    from edgepack.qat_guard import check_against_float
 
     rng = np.random.default_rng(0)
     reference = {"logits": rng.standard_normal((40, 10)).astype(np.float32)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.report import write_reports
+from edgepack.reports.report import write_reports
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from edgepack.core.results_format import OPTIONAL_ARTIFACT_KEYS, OPTIONAL_RUN_KEYS
-from edgepack.report import write_reports
-from edgepack.report_data import build_report_data
+from edgepack.reports.data import build_report_data
+from edgepack.reports.report import write_reports
 
 ALL_PLOTS = ["accuracy-vs-size", "accuracy-vs-latency", "latency-distribution", "sqnr-onnx-int8", "sqnr-tflite-int8",
              "sensitivity", "sparsity-tflite-int8", "robustness"]  # fmt: skip
@@ -122,7 +122,7 @@ def test_a_real_run_writes_the_html_report_with_its_robustness(digits_run):
      (5824 / 5824, "same size as tflite-fp32"), (1.004, "same size as tflite-fp32")],
 )  # fmt: skip
 def test_size_ratio_reads_as_words_and_equal_sizes_are_not_called_smaller(ratio, text):
-    from edgepack.report_html import FILTERS
+    from edgepack.reports.html import FILTERS
 
     assert FILTERS["ratio"](ratio, "tflite-fp32") == text
 
@@ -134,7 +134,7 @@ def test_names_of_points_at_the_same_place_do_not_overprint_each_other():
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from edgepack.report_plots import _label_points
+    from edgepack.reports.plots import _label_points
 
     points = [(5824, 94.17, "torch-pruned"), (5824, 94.17, "tflite-int8"), (6824, 93.89, "onnx-int8"),
               (7612, 94.17, "tflite-fp32"), (6824, 93.89, "same-as-onnx-int8")]  # fmt: skip

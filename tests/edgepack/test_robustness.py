@@ -8,9 +8,9 @@ import pytest
 
 from calibration.sources import digits_split
 from edgepack.core.dataset import ArrayDataset
-from edgepack.pipeline import pack
 from edgepack.recipe import parse_recipe
-from edgepack.robustness import RobustnessConfig, perturbed_datasets
+from edgepack.running.pipeline import pack
+from edgepack.running.robustness import RobustnessConfig, perturbed_datasets
 from tests.edgepack.helpers import image_recipe
 
 RUNTIMES = {"torch-fp32": "torch ", "onnx-fp32": "onnxruntime ", "tflite-fp32": "ai_edge_litert "}

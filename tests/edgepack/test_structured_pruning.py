@@ -14,9 +14,9 @@ from converters.onnx_to_tflite import convert_onnx_to_tflite
 from converters.runtime import OnnxSession, TFLiteSession
 from converters.sparsity import onnx_weight_sparsity, tflite_weight_sparsity
 from converters.torch_to_onnx import export_to_onnx
+from edgepack.compression.structured import prune_channels, resize_to_state_dict
 from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout
 from edgepack.core.errors import PruningError
-from edgepack.structured_pruning import prune_channels, resize_to_state_dict
 from tests import models
 from tests.edgepack.pruning_helpers import conv_net_with, quick_conv_net_weights
 

@@ -99,7 +99,7 @@ def _contrasted(dataset: ArrayDataset, factor: float) -> ArrayDataset:
 
 def measure_robustness(ctx, artifact, config: RobustnessConfig) -> dict:
     """The ``Robustness`` record (edgepack/results_format.py) of one artifact, run in its own runtime."""
-    from edgepack import measure
+    from edgepack.running import measure
 
     dataset = ctx.eval_data
     if config.max_samples is not None and config.max_samples < len(dataset):

@@ -57,7 +57,7 @@ def build_results(ctx) -> dict:
     if sensitivity is not None:  # the quantize stage's ranking (accuracy_target), kept in its artifacts' details
         results["sensitivity"] = sensitivity
     if recipe.gate is not None:
-        from edgepack.gate import evaluate_gate
+        from edgepack.reports.gate import evaluate_gate
 
         results["gate"] = evaluate_gate(results, recipe.gate)
     return results
@@ -65,8 +65,8 @@ def build_results(ctx) -> dict:
 
 def write_run_outputs(ctx) -> dict:
     """results.json first (the one source), then everything derived from it."""
-    from edgepack.manifest import write_manifest
-    from edgepack.report import write_reports
+    from edgepack.reports.manifest import write_manifest
+    from edgepack.reports.report import write_reports
 
     results = build_results(ctx)
     write_text_atomic(ctx.run_dir / "results.json", json.dumps(results, indent=2))

@@ -3,7 +3,7 @@ opens with pass or fail, then size/accuracy/cost, robustness and the per-layer f
 
 from __future__ import annotations
 
-from edgepack.report_html import FILTERS, energy_text
+from edgepack.reports.html import FILTERS, energy_text
 
 TOP_LAYERS = 5  # a PR comment names the worst few layers; the HTML report plots them all
 
@@ -12,7 +12,7 @@ def gate_section(data: dict) -> list[str]:
     gate = data["gate"]
     if not gate:
         return []
-    from edgepack.gate import budget_text
+    from edgepack.reports.gate import budget_text
 
     if gate["passed"]:
         return [f"**Gate passed**: {', '.join(gate['checked'])} within {budget_text(gate['budgets'])}."]
@@ -21,7 +21,7 @@ def gate_section(data: dict) -> list[str]:
 
 
 def cost_section(data: dict) -> list[str]:
-    from edgepack.report import markdown_table
+    from edgepack.reports.report import markdown_table
 
     header = ["artifact", "size", "vs float", "top-1", "drop", "target", "p50 ms", "p90 ms", "energy uJ", "Pareto"]
     rows = [row for card in data["artifacts"] for row in _cost_rows(card, data["reference"])]
@@ -63,7 +63,7 @@ def robustness_section(data: dict) -> list[str]:
     table = data["robustness"]
     if not table:
         return []
-    from edgepack.report import markdown_table
+    from edgepack.reports.report import markdown_table
 
     pct, pp = FILTERS["pct"], FILTERS["pp"]
     header = ["artifact", "clean", *(c["label"] for c in table["conditions"]), "worst drop"]

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 import edgepack
-from edgepack import measure
-from edgepack.cache import StepCache, cache_key
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file
 from edgepack.core.dataset import ArrayDataset
-from edgepack.data import load_eval_data, verification_samples
-from edgepack.loading import LoadedModel, load_model
-from edgepack.progress import Steps
 from edgepack.recipe import ModelFormat, Recipe, load_recipe
+from edgepack.running import measure
+from edgepack.running.cache import StepCache, cache_key
+from edgepack.running.data import load_eval_data, verification_samples
+from edgepack.running.loading import LoadedModel, load_model
+from edgepack.running.progress import Steps
 from edgepack.stages import get_stage
 
 
@@ -51,7 +51,7 @@ class RunContext:
     def reference_artifact(self, artifact: Artifact) -> Artifact:
         """What an artifact is verified against: the torch model it was exported from (the pruned or fine-tuned
         one after compression stages), else the source."""
-        from edgepack.torch_artifacts import nearest_torch_ancestor
+        from edgepack.running.torch_artifacts import nearest_torch_ancestor
 
         return nearest_torch_ancestor(self, artifact) or self.artifacts[0]
 
@@ -96,7 +96,7 @@ def pack(
     recipe: Recipe | str | Path, *, out: str | Path | None = None, overrides: list[str] = (), quiet: bool = False
 ) -> PackResult:
     """Run the recipe; artifacts, results.json, manifest.json and report.md land in ``out`` (default runs/NAME)."""
-    from edgepack.results import write_run_outputs
+    from edgepack.running.results import write_run_outputs
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe), list(overrides))
@@ -257,7 +257,7 @@ def _evaluate(ctx: RunContext, artifact: Artifact) -> None:
 
 
 def _measure_robustness(ctx: RunContext, artifact: Artifact) -> None:
-    from edgepack import robustness
+    from edgepack.running import robustness
 
     config = ctx.recipe.robustness
     if config is None or not robustness.applies_to(ctx.eval_data, ctx.recipe.task == "classification"):

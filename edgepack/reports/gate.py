@@ -175,7 +175,7 @@ def check_run(run_dir, overrides: dict) -> dict:
     from pydantic import ValidationError
 
     from edgepack.recipe_errors import describe_validation_error
-    from edgepack.results import read_results
+    from edgepack.running.results import read_results
 
     results = read_results(run_dir)
     fields = (results["recipe"].get("gate") or {}) | {k: v for k, v in overrides.items() if v is not None}

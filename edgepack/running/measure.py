@@ -8,8 +8,8 @@ from converters.verify import Verification, pad_batch, predict, verify_session
 from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import VerificationError
-from edgepack.loading import run_torch
 from edgepack.recipe import ModelFormat, Recipe, Task
+from edgepack.running.loading import run_torch
 
 TORCH_BATCH = 256  # torch runs the whole set in large batches; the artifacts run at their exported batch size
 
@@ -32,7 +32,7 @@ def torch_outputs(module, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np
 def artifact_outputs(ctx, artifact: Artifact, dataset: ArrayDataset) -> dict[str, np.ndarray]:
     """Outputs of any artifact on a dataset, in the runtime that ships it (torch for the source module)."""
     if artifact.format == Format.TORCH:
-        from edgepack.torch_artifacts import module_of
+        from edgepack.running.torch_artifacts import module_of
 
         return torch_outputs(module_of(ctx, artifact), ctx.recipe, dataset)
     return predict(ctx.open_session(artifact), dataset, batch_size(ctx.recipe))
@@ -149,8 +149,8 @@ def weight_sparsity(ctx, artifact: Artifact) -> list[dict]:
         return onnx_weight_sparsity(ctx.artifact_path(artifact))
     if artifact.format == Format.TFLITE:
         return tflite_weight_sparsity(ctx.artifact_path(artifact))
-    from edgepack.pruning import prunable_layers
-    from edgepack.torch_artifacts import module_of
+    from edgepack.compression.pruning import prunable_layers
+    from edgepack.running.torch_artifacts import module_of
 
     layers = prunable_layers(module_of(ctx, artifact))
     return [layer_sparsity(name, layer.weight.detach().numpy()) for name, layer in layers.items()]

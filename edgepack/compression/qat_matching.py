@@ -14,9 +14,9 @@ import torch
 from onnx import numpy_helper
 from torch import fx
 
+from edgepack.compression.qat_modules import WEIGHTED_LAYERS
 from edgepack.core.errors import UnsupportedOperatorError
 from edgepack.core.quantization import QuantPlan
-from edgepack.qat_modules import WEIGHTED_LAYERS
 
 # Float differences between torch's and onnxruntime's kernels (summation order) stay far below these.
 RELATIVE_TOLERANCE = 1e-3

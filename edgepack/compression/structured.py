@@ -16,8 +16,8 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from edgepack.compression.pruning import PRUNABLE_TYPES, Scope, check_fraction, parse_choice
 from edgepack.core.errors import PruningError, closest_names
-from edgepack.pruning import PRUNABLE_TYPES, Scope, check_fraction, parse_choice
 
 TaylorBatch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, class labels)
 

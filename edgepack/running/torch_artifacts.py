@@ -18,21 +18,21 @@ from edgepack.core.artifacts import Artifact, Format, ancestors, atomic_path, sh
 
 
 def _resize(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
-    from edgepack.structured_pruning import resize_to_state_dict
+    from edgepack.compression.structured import resize_to_state_dict
 
     resize_to_state_dict(module, state)
     return module
 
 
 def _low_rank(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
-    from edgepack.lowrank import apply_structure
+    from edgepack.compression.factorisation import apply_structure
 
     apply_structure(module, edit["layers"])
     return module
 
 
 def _fold_batchnorm(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
-    from edgepack.qat import fold_batch_norm
+    from edgepack.compression.qat_model import fold_batch_norm
 
     _size_batch_norms_to_their_layers(module)
     return fold_batch_norm(module)

@@ -27,10 +27,10 @@ from torch import fx, nn
 
 from calibration.plan import fixed_output_params
 from calibration.ptq import Calibration, activation_parameters
+from edgepack.compression.qat_matching import match_layers, match_tensors, onnx_producers, run_torch
+from edgepack.compression.qat_modules import ActivationQuantizer, QuantizedLayer, WeightMode, packed_weight_bytes
 from edgepack.core.errors import StageError, UnsupportedOperatorError
 from edgepack.core.quantization import QuantPlan
-from edgepack.qat_matching import match_layers, match_tensors, onnx_producers, run_torch
-from edgepack.qat_modules import ActivationQuantizer, QuantizedLayer, WeightMode, packed_weight_bytes
 
 __all__ = ["QatModel", "QatOptions", "WeightMode", "fold_batch_norm", "packed_weight_bytes", "prepare_qat"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgepack.report import SUMMARY_COLUMNS, summary_rows
+from edgepack.reports.report import SUMMARY_COLUMNS, summary_rows
 
 NUMERIC = {"bytes", "accuracy", "p50 ms"}
 
@@ -80,7 +80,7 @@ def inspect_tables(description: dict) -> list[Table]:
 
 def comparison_table(comparison: dict) -> Table:
     """`edgepack report RUN_A RUN_B`: the recipe keys that changed, then each artifact's figures A -> B."""
-    from edgepack.compare import COMPARISON_HEADER, comparison_rows
+    from edgepack.reports.compare import COMPARISON_HEADER, comparison_rows
 
     changed = ", ".join(c["key"] for c in comparison["recipe_changes"]) or "none"
     table = Table(title=f"{comparison['before']} -> {comparison['after']}", caption=f"recipe keys changed: {changed}")

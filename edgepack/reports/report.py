@@ -48,8 +48,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    from edgepack import report_markdown as sections
-    from edgepack.report_data import build_report_data
+    from edgepack.reports import markdown as sections
+    from edgepack.reports.data import build_report_data
 
     recipe, data = results["recipe"], build_report_data(results)
     parts = [
@@ -145,8 +145,8 @@ def _provenance_rows(results: dict) -> list[list[str]]:
 
 def write_reports(run_dir: Path, results: dict) -> None:
     """report.md (a PR comment), report.html (to forward) and report.json (for tools), from the same report data."""
-    from edgepack.report_data import build_report_data
-    from edgepack.report_html import render_html
+    from edgepack.reports.data import build_report_data
+    from edgepack.reports.html import render_html
 
     data = build_report_data(results)
     write_text_atomic(Path(run_dir) / "report.md", render_markdown(results))
@@ -156,8 +156,8 @@ def write_reports(run_dir: Path, results: dict) -> None:
 
 def rebuild_reports(run_dir: Path) -> dict:
     """`edgepack report RUN_DIR`: manifest and reports again from results.json."""
-    from edgepack.manifest import write_manifest
-    from edgepack.results import read_results
+    from edgepack.reports.manifest import write_manifest
+    from edgepack.running.results import read_results
 
     results = read_results(run_dir)
     write_manifest(Path(run_dir), results)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import yaml
 
-from edgepack.gate import human_bytes
+from edgepack.reports.gate import human_bytes
 
 
 def render_html(results: dict, data: dict) -> str:
-    from edgepack.report import _provenance_rows, _verification_rows
-    from edgepack.report_plots import build_plots
+    from edgepack.reports.plots import build_plots
+    from edgepack.reports.report import _provenance_rows, _verification_rows
 
     return (
         _environment()
@@ -76,7 +76,7 @@ def energy_text(entry: dict) -> str:
 
 
 def _gate_text(gate: dict | None) -> str:
-    from edgepack.gate import budget_text
+    from edgepack.reports.gate import budget_text
 
     return budget_text(gate["budgets"]) if gate else ""
 
