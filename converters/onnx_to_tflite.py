@@ -16,7 +16,7 @@ from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
 from converters.tflite_patch import widen_16x8_biases
 from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
-from edgepack.core.artifacts import TensorSpec, write_bytes_atomic
+from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file, write_bytes_atomic
 from edgepack.core.errors import StageError
 
 
@@ -149,3 +149,17 @@ def foreign_activation_grids(tflite_path: Path, grids: set[tuple[float, int]]) -
         if not any(np.isclose(scales[0], s, rtol=1e-6, atol=0) and zero_points[0] == z for s, z in grids):
             foreign.append(detail["name"])
     return foreign
+
+
+def tflite_artifact(run_dir: Path, out: Path, conversion: TFLiteConversion, *, name: str, precision, parent: str,
+                    stage: str, **details) -> Artifact:  # fmt: skip
+    """The artifact record of a .tflite written by edgepack's converter (float or integer)."""
+    from converters.tflite_metadata import read_min_runtime_version
+
+    return Artifact(
+        name=name, format=Format.TFLITE, precision=precision, path=str(out.relative_to(run_dir)),
+        sha256=sha256_file(out), bytes=out.stat().st_size, parent=parent, stage=stage,
+        inputs=conversion.inputs, outputs=conversion.outputs, op_counts=conversion.op_counts,
+        details={"conversion_seconds": round(conversion.seconds, 3), "transposes": conversion.op_counts["TRANSPOSE"],
+                 "min_runtime_version": read_min_runtime_version(out.read_bytes()), **details},
+    )  # fmt: skip

@@ -4,12 +4,13 @@
 that ``import edgepack`` stays cheap (torch and TensorFlow load only when a run needs them).
 """
 
-__version__ = "0.1.0"
-__all__ = ["PackResult", "pack"]
+from edgepack.core.version import __version__
+
+__all__ = ["PackResult", "__version__", "pack"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in ("PackResult", "pack"):
         from edgepack.running import pipeline
 
         return getattr(pipeline, name)

@@ -228,10 +228,10 @@ def gate(
 @app.command()
 def stages(name: Annotated[str | None, typer.Argument(help="A stage to describe; all stages when omitted.")] = None):
     """List the stages a recipe can name, or one stage's settings (key, default, what it does)."""
-    from edgepack.stages import STAGES, get_stage
+    from edgepack.stages.registry import get_stage, stage_names
 
     if name is None:
-        for entry in STAGES.values():
+        for entry in map(get_stage, stage_names()):
             out.print(f"{entry.name:<10} {_first_sentence(sys.modules[entry.run.__module__].__doc__)}", soft_wrap=True)
         return
     entry = get_stage(name)

@@ -26,7 +26,8 @@ from edgepack.core.errors import RecipeError, UserError
 from edgepack.recipe_errors import describe_validation_error
 from edgepack.reports.gate import GateConfig
 from edgepack.running.robustness import RobustnessConfig
-from edgepack.stages import STAGES, StageConfig, get_stage
+from edgepack.stages.base import StageConfig
+from edgepack.stages.registry import get_stage, stage_names
 
 
 class ModelFormat(StrEnum):
@@ -188,7 +189,8 @@ def _stage_config(index: int, item: Any) -> StageConfig:
     if isinstance(item, str):
         item = {"stage": item}
     if not isinstance(item, dict) or "stage" not in item:
-        raise ValueError(f"stages[{index}] must be a mapping with a 'stage' key; known stages: {', '.join(STAGES)}")
+        known = ", ".join(stage_names())
+        raise ValueError(f"stages[{index}] must be a mapping with a 'stage' key; known stages: {known}")
     entry = get_stage(str(item["stage"]))
     try:
         return entry.config_class.model_validate(item)

@@ -13,45 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
+from edgepack.compression.options import FinetuneConfig, Optimizer
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError, FinetuneError, closest_names
-
-
-class Optimizer(StrEnum):
-    ADAM = "adam"
-    SGD = "sgd"
-
-
-class FinetuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
-
-    epochs: int = Field(10, ge=1, description="Passes over the training data.")
-    batch_size: int = Field(64, ge=1, description="Samples per optimizer step.")
-    learning_rate: float = Field(3e-3, gt=0, description="Step size of the optimizer.")
-    optimizer: Optimizer = Field(Optimizer.ADAM, description="'adam' or 'sgd' (SGD uses momentum 0.9).")
-    temperature: float = Field(
-        2.0, gt=0, description="Softens teacher and student outputs for the soft-target term (T in Hinton et al.)."
-    )
-    alpha: float = Field(
-        0.7,
-        ge=0,
-        le=1,
-        description="Weight of the soft-target (teacher) term; 1 - alpha weighs the labels. 0 = labels only.",
-    )
-    feature_matching: list[tuple[str, str]] = Field(
-        default_factory=list,
-        description="[student_layer, teacher_layer] pairs whose outputs are pulled together by MSE; shapes must match.",
-    )
-    feature_weight: float = Field(1.0, ge=0, description="Weight of the feature-matching MSE term.")
-    seed: int = Field(0, description="Seeds torch and the shuffling, so a run is repeatable.")
 
 
 @dataclass

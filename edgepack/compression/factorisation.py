@@ -14,12 +14,8 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from edgepack.compression.options import ConvDecomposition
 from edgepack.core.errors import LowRankError, closest_names
-
-
-class ConvDecomposition(StrEnum):
-    CHANNEL = "channel"
-    SPATIAL = "spatial"
 
 
 class FactorKind(StrEnum):

@@ -13,15 +13,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from edgepack.compression.options import Scope
 from edgepack.core.errors import PruningError, closest_names
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 PRUNABLE_TYPE_NAMES = "Conv1d, Conv2d, Conv3d, ConvTranspose1d/2d/3d, Linear"
-
-
-class Scope(StrEnum):
-    LAYER = "layer"  # every layer loses the same fraction of its weights
-    GLOBAL = "global"  # one magnitude threshold shared by all layers
 
 
 def check_fraction(value: float, what: str) -> None:

@@ -22,36 +22,17 @@ import copy
 import numpy as np
 import onnx
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import fx, nn
 
 from calibration.plan import fixed_output_params
 from calibration.ptq import Calibration, activation_parameters
+from edgepack.compression.options import QatOptions, WeightMode
 from edgepack.compression.qat_matching import match_layers, match_tensors, onnx_producers, run_torch
-from edgepack.compression.qat_modules import ActivationQuantizer, QuantizedLayer, WeightMode, packed_weight_bytes
+from edgepack.compression.qat_modules import ActivationQuantizer, QuantizedLayer, packed_weight_bytes
 from edgepack.core.errors import StageError, UnsupportedOperatorError
 from edgepack.core.quantization import QuantPlan
 
 __all__ = ["QatModel", "QatOptions", "WeightMode", "fold_batch_norm", "packed_weight_bytes", "prepare_qat"]
-
-
-class QatOptions(BaseModel):
-    """How QAT trains the quantization it simulates (the scheme itself comes from the Calibration)."""
-
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
-    learn_ranges: bool = Field(False, description="Learn activation ranges (LSQ gradient) instead of observing them.")
-    weight_bits: WeightMode = Field(
-        WeightMode.INT8,
-        description="int8, binary (XNOR-Net) or ternary (TWN) weights; "
-        "binary/ternary still ship as int8 tensors holding 2 or 3 values per channel.",
-    )
-    momentum: float = Field(
-        0.01,
-        gt=0,
-        le=1,
-        description="Weight of a new batch's min/max in the observed ranges "
-        "(exponential moving average); ignored with learn_ranges.",
-    )
 
 
 def prepare_qat(

@@ -7,23 +7,14 @@ integer arithmetic is torch's: ``torch.round`` rounds half to even, as numpy, ON
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import numpy as np
 import torch
 from torch import nn
 
+from edgepack.compression.options import WeightMode
 from edgepack.core.quantization import INTEGER_RANGES, QuantParams, activation_params, weight_params
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
-
-
-class WeightMode(StrEnum):
-    """How weights are simulated. binary/ternary are exported as int8 tensors holding two or three values."""
-
-    INT8 = "int8"  # per-channel symmetric narrow int8 (max|w| / 127), what the exporters write
-    BINARY = "binary"  # sign(w) x per-channel mean|w| (XNOR-Net)
-    TERNARY = "ternary"  # {-a, 0, +a} per channel, threshold 0.7 x mean|w| (TWN, Li & Liu 2016)
 
 
 WEIGHT_BITS = {WeightMode.INT8: 8, WeightMode.BINARY: 1, WeightMode.TERNARY: 2}

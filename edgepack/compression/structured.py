@@ -11,22 +11,15 @@ import contextlib
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 from torch import nn
 
-from edgepack.compression.pruning import PRUNABLE_TYPES, Scope, check_fraction, parse_choice
+from edgepack.compression.options import Importance, Scope
+from edgepack.compression.pruning import PRUNABLE_TYPES, check_fraction, parse_choice
 from edgepack.core.errors import PruningError, closest_names
 
 TaylorBatch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, class labels)
-
-
-class Importance(StrEnum):
-    L1 = "l1"  # L1 norm of the channel's weights, summed over the layers that shrink with it
-    L2 = "l2"
-    BN_SCALE = "bn_scale"  # |gamma| of the BatchNorm after the channel (network slimming)
-    TAYLOR = "taylor"  # |weight x gradient| of the loss: first-order estimate of the loss change (Molchanov 2019)
 
 
 @dataclass

@@ -43,7 +43,11 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TypedDict
+
+from edgepack.core.errors import UserError
 
 
 class LayerSqnr(TypedDict):
@@ -132,3 +136,13 @@ class GateOutcome(TypedDict):
 
 OPTIONAL_ARTIFACT_KEYS = ("layer_sqnr", "sparsity", "gzip_bytes", "robustness")
 OPTIONAL_RUN_KEYS = ("sensitivity", "gate")
+
+
+def read_results(run_dir) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: RUN_DIR must be a folder written by 'edgepack pack'")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-run 'edgepack pack' to rewrite it") from e

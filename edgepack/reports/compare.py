@@ -101,7 +101,7 @@ def _text(difference: dict, spec: str) -> str:
 
 
 def comparison_markdown(comparison: dict) -> str:
-    from edgepack.reports.report import markdown_table
+    from edgepack.reports.text import markdown_table
 
     changes = comparison["recipe_changes"]
     recipe = (
@@ -120,7 +120,7 @@ def comparison_markdown(comparison: dict) -> str:
 
 def write_comparison(run_a: Path, run_b: Path) -> dict:
     """comparison.md and comparison.json in RUN_B (the newer run); returns the comparison."""
-    from edgepack.running.results import read_results
+    from edgepack.core.results_format import read_results
 
     comparison = compare_runs(read_results(run_a), read_results(run_b))
     write_text_atomic(Path(run_b) / "comparison.md", comparison_markdown(comparison))

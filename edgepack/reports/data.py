@@ -74,7 +74,7 @@ def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:
 
 def mixed_precision_notes(artifacts: list[dict]) -> list[str]:
     """One line per mixed-precision file for the terminal summary: whether it met its target, and its MACs."""
-    from edgepack.reports.markdown import macs_text, mixed_precision_outcome
+    from edgepack.reports.text import macs_text, mixed_precision_outcome
 
     records = mixed_precision_records(artifacts)
     return [f"{name} mixed precision: {mixed_precision_outcome(record)}; MACs {macs_text(record['macs'])}"

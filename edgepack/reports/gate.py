@@ -174,8 +174,8 @@ def check_run(run_dir, overrides: dict) -> dict:
     """``edgepack gate RUN_DIR``: the recipe's gate block with any flag given replacing the key of the same name."""
     from pydantic import ValidationError
 
+    from edgepack.core.results_format import read_results
     from edgepack.recipe_errors import describe_validation_error
-    from edgepack.running.results import read_results
 
     results = read_results(run_dir)
     fields = (results["recipe"].get("gate") or {}) | {k: v for k, v in overrides.items() if v is not None}

@@ -3,7 +3,7 @@ opens with pass or fail, then size/accuracy/cost, robustness and the per-layer f
 
 from __future__ import annotations
 
-from edgepack.reports.html import FILTERS, energy_text
+from edgepack.reports.text import FILTERS, energy_text, macs_text, mixed_precision_outcome
 
 TOP_LAYERS = 5  # a PR comment names the worst few layers; the HTML report plots them all
 
@@ -21,7 +21,7 @@ def gate_section(data: dict) -> list[str]:
 
 
 def cost_section(data: dict) -> list[str]:
-    from edgepack.reports.report import markdown_table
+    from edgepack.reports.text import markdown_table
 
     header = ["artifact", "size", "vs float", "top-1", "drop", "target", "p50 ms", "p90 ms", "energy uJ", "Pareto"]
     rows = [row for card in data["artifacts"] for row in _cost_rows(card, data["reference"])]
@@ -63,7 +63,7 @@ def robustness_section(data: dict) -> list[str]:
     table = data["robustness"]
     if not table:
         return []
-    from edgepack.reports.report import markdown_table
+    from edgepack.reports.text import markdown_table
 
     pct, pp = FILTERS["pct"], FILTERS["pp"]
     header = ["artifact", "clean", *(c["label"] for c in table["conditions"]), "worst drop"]
@@ -95,23 +95,3 @@ def mixed_precision_line(name: str, record: dict) -> str:
     layers = "; ".join(f"{r['layer']} {r['precision']} ({r['why']})" for r in record["layers"]) or "none needed"
     macs = f"; MACs {macs_text(record['macs'])}" if record.get("macs") else ""
     return f"**{name}** mixed precision, {mixed_precision_outcome(record)}{macs}: {layers}"
-
-
-def mixed_precision_outcome(record: dict) -> str:
-    """'target met (...)', or 'target MISSED (...)', with 'best effort' when the file was written as such."""
-    target, measured = record["target"], record["measured"]
-    if measured["top1_drop_pp"] is not None:
-        outcome = f"top-1 drop {measured['top1_drop_pp']:.2f} pp, target <= {target['max_accuracy_drop_pp']} pp"
-    else:
-        outcome = f"output SQNR {measured['output_sqnr_db']:.1f} dB, target >= {target['min_output_sqnr_db']} dB"
-    verdict = "met" if record["target_met"] else "MISSED"
-    effort = ", written as best effort" if record.get("best_effort") else ""
-    return f"target {verdict} ({outcome}{effort})"
-
-
-def macs_text(macs: dict | None) -> str:
-    """'88.3% int8, 11.7% float of 83,680' (precisions with no MACs left out)."""
-    if not macs or not macs.get("total"):
-        return "-"
-    shares = ", ".join(f"{macs[p]:.1%} {p}" for p in ("int8", "int16", "float") if macs.get(p))
-    return f"{shares} of {macs['total']:,}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgepack.reports.report import SUMMARY_COLUMNS, summary_rows
+from edgepack.reports.rows import SUMMARY_COLUMNS, summary_rows
 
 NUMERIC = {"bytes", "accuracy", "p50 ms"}
 

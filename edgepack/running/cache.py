@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 
 from edgepack.core.artifacts import Artifact, atomic_path, sha256_file, write_text_atomic
+from edgepack.stages.base import StageOutput
+from edgepack.stages.handoffs import HANDOFF_KINDS
 
 
 def cache_key(*parts: object) -> str:
@@ -37,18 +39,25 @@ class StepCache:
     def save(self, kind: str, key: str, value: dict) -> None:
         write_text_atomic(self.folder / f"{kind}-{key}.json", json.dumps(value, indent=1, default=str))
 
-    def load_artifacts(self, kind: str, key: str) -> list[Artifact] | None:
-        """Cached artifacts, only if every file is there with the same content (or can be restored from its blob)."""
+    def load_stage_output(self, kind: str, key: str) -> StageOutput | None:
+        """A cached stage output, only if every file is there with the same content (or can be restored from its
+        blob)."""
         entry = self.load(kind, key)
         if entry is None:
             return None
         artifacts = [Artifact.model_validate(a) for a in entry["artifacts"]]
-        return artifacts if all(self._intact_or_restored(a) for a in artifacts) else None
+        if not all(self._intact_or_restored(a) for a in artifacts):
+            return None
+        handoffs = {name: HANDOFF_KINDS[record["kind"]].model_validate(record["record"])
+                    for name, record in entry.get("handoffs", {}).items()}  # fmt: skip
+        return StageOutput(artifacts, handoffs)
 
-    def save_artifacts(self, kind: str, key: str, artifacts: list[Artifact]) -> None:
-        for artifact in artifacts:
+    def save_stage_output(self, kind: str, key: str, output: StageOutput) -> None:
+        for artifact in output.artifacts:
             self._keep_blob(artifact)
-        self.save(kind, key, {"artifacts": [a.model_dump(mode="json") for a in artifacts]})
+        handoffs = {name: {"kind": type(record).__name__, "record": record.model_dump(mode="json")}
+                    for name, record in output.handoffs.items()}  # fmt: skip
+        self.save(kind, key, {"artifacts": [a.model_dump(mode="json") for a in output.artifacts], "handoffs": handoffs})
 
     def _keep_blob(self, artifact: Artifact) -> None:
         """A hard link under the content hash: a later run with another config may overwrite the file name, and

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from converters.verify import Verification, pad_batch, predict, verify_session
-from edgepack.core.artifacts import Artifact, Format, Precision
+from edgepack.core.artifacts import Artifact, Format, Precision, ancestors
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import VerificationError
 from edgepack.recipe import ModelFormat, Recipe, Task
 from edgepack.running.loading import run_torch
+from edgepack.running.robustness import RobustnessConfig, perturbed_datasets
 
 TORCH_BATCH = 256  # torch runs the whole set in large batches; the artifacts run at their exported batch size
 
@@ -32,9 +33,7 @@ def torch_outputs(module, recipe: Recipe, dataset: ArrayDataset) -> dict[str, np
 def artifact_outputs(ctx, artifact: Artifact, dataset: ArrayDataset) -> dict[str, np.ndarray]:
     """Outputs of any artifact on a dataset, in the runtime that ships it (torch for the source module)."""
     if artifact.format == Format.TORCH:
-        from edgepack.running.torch_artifacts import module_of
-
-        return torch_outputs(module_of(ctx, artifact), ctx.recipe, dataset)
+        return torch_outputs(ctx.torch_module(artifact), ctx.recipe, dataset)
     return predict(ctx.open_session(artifact), dataset, batch_size(ctx.recipe))
 
 
@@ -84,18 +83,18 @@ LOCALISED_BELOW_DB = 20.0  # a layer below this SQNR has lost most of its signal
 def worst_layers(ctx, artifacts: list[Artifact]) -> list[str]:
     """For each integer file: the first layer (in graph order) below LOCALISED_BELOW_DB and the lowest three.
     Errors add up along the graph, so the first layer that drops is the likely culprit."""
-    from edgepack.stages import quantize
+    from edgepack.stages.registry import get_stage
 
     found = []
     for artifact in artifacts:
-        if not quantize.measures_layer_sqnr(artifact):
-            continue
+        measurement = get_stage(artifact.stage).measurements.get("layer_sqnr") if artifact.stage != "load" else None
         try:
-            layers = quantize.layer_sqnr(ctx, artifact)
+            layers = measurement.measure(ctx.stage_view(), artifact) if measurement else None
         except Exception as e:  # a hint only: the verification failure stays the error
             found.append(f"per-layer SQNR of {artifact.name} could not be measured: {e}")
             continue
-        found.append(_describe_layers(artifact.name, layers))
+        if layers is not None:
+            found.append(_describe_layers(artifact.name, layers))
     return found
 
 
@@ -136,8 +135,6 @@ def runtime_name(ctx, artifact: Artifact) -> str:
 
 def descends_from(ctx, artifact: Artifact, stage: str) -> bool:
     """Whether ``artifact`` or one of its ancestors was written by ``stage``."""
-    from edgepack.core.artifacts import ancestors
-
     return any(a.stage == stage for a in [artifact, *ancestors(ctx.artifacts, artifact)])
 
 
@@ -150,7 +147,20 @@ def weight_sparsity(ctx, artifact: Artifact) -> list[dict]:
     if artifact.format == Format.TFLITE:
         return tflite_weight_sparsity(ctx.artifact_path(artifact))
     from edgepack.compression.pruning import prunable_layers
-    from edgepack.running.torch_artifacts import module_of
 
-    layers = prunable_layers(module_of(ctx, artifact))
+    layers = prunable_layers(ctx.torch_module(artifact))
     return [layer_sparsity(name, layer.weight.detach().numpy()) for name, layer in layers.items()]
+
+
+def robustness_record(ctx, artifact: Artifact, config: RobustnessConfig) -> dict:
+    """The ``Robustness`` record (core/results_format.py) of one artifact, run in its own runtime."""
+    dataset = ctx.eval_data
+    if config.max_samples is not None and config.max_samples < len(dataset):
+        dataset = dataset.take(np.arange(config.max_samples))
+    conditions = []
+    for condition, perturbed in perturbed_datasets(config, dataset, ctx.recipe.seed):
+        outputs = artifact_outputs(ctx, artifact, perturbed)
+        conditions.append({**condition, "top1": top1(outputs, dataset.labels)})
+    clean = top1(artifact_outputs(ctx, artifact, dataset), dataset.labels)
+    runtime = runtime_name(ctx, artifact)
+    return {"clean_top1": clean, "samples": len(dataset), "runtime": runtime, "conditions": conditions}

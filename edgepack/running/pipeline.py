@@ -8,78 +8,21 @@ from __future__ import annotations
 import functools
 import random
 import shutil
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import edgepack
-from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file
-from edgepack.core.dataset import ArrayDataset
-from edgepack.recipe import ModelFormat, Recipe, load_recipe
+from edgepack.core.artifacts import Artifact, Format, TensorSpec, ancestors, sha256_file
+from edgepack.core.version import __version__
+from edgepack.recipe import STAGE_DATA_KEYS, ModelFormat, Recipe, load_recipe
 from edgepack.running import measure
 from edgepack.running.cache import StepCache, cache_key
+from edgepack.running.context import RunContext
 from edgepack.running.data import load_eval_data, verification_samples
 from edgepack.running.loading import LoadedModel, load_model
 from edgepack.running.progress import Steps
-from edgepack.stages import get_stage
-
-
-@dataclass
-class RunContext:
-    """What stages and measurements read: the recipe, the loaded model, the data, the artifacts so far."""
-
-    recipe: Recipe
-    run_dir: Path
-    loaded: LoadedModel
-    cache: StepCache
-    steps: Steps
-    eval_data: ArrayDataset | None
-    verify_data: ArrayDataset
-    artifacts: list[Artifact] = field(default_factory=list)
-    records: dict[str, dict] = field(default_factory=dict)  # artifact name -> measured figures
-    torch_modules: dict[str, object] = field(default_factory=dict)  # torch artifact name -> module (made or rebuilt)
-    _sessions: dict[str, object] = field(default_factory=dict)
-    _references: dict[str, dict] = field(default_factory=dict)
-
-    @cached_property
-    def reference(self) -> dict[str, np.ndarray]:
-        """The source model's outputs on the verification samples."""
-        return self.reference_outputs(self.artifacts[0])
-
-    def reference_artifact(self, artifact: Artifact) -> Artifact:
-        """What an artifact is verified against: the torch model it was exported from (the pruned or fine-tuned
-        one after compression stages), else the source."""
-        from edgepack.running.torch_artifacts import nearest_torch_ancestor
-
-        return nearest_torch_ancestor(self, artifact) or self.artifacts[0]
-
-    def reference_outputs(self, artifact: Artifact) -> dict[str, np.ndarray]:
-        if artifact.name not in self._references:
-            self._references[artifact.name] = measure.artifact_outputs(self, artifact, self.verify_data)
-        return self._references[artifact.name]
-
-    @cached_property
-    def data_key(self) -> str:
-        """The evaluation data's config and file hash: part of every measured step's key, hashed once per run."""
-        data = self.recipe.data
-        file_hash = sha256_file(data.path) if data and data.path and data.path.is_file() else None
-        return cache_key(data.model_dump(mode="json") if data else None, file_hash)
-
-    def artifact_path(self, artifact: Artifact) -> Path:
-        return self.run_dir / artifact.path
-
-    def open_session(self, artifact: Artifact):
-        """One runtime session per artifact per run (loading a model is not free)."""
-        from converters.runtime import open_session
-
-        if artifact.sha256 not in self._sessions:
-            session = open_session(self.artifact_path(artifact))
-            # The artifact's own specs carry the layout facts (perm_from_onnx) the raw file cannot.
-            session.inputs, session.outputs = artifact.inputs, artifact.outputs
-            self._sessions[artifact.sha256] = session
-        return self._sessions[artifact.sha256]
+from edgepack.stages.registry import get_stage
 
 
 @dataclass
@@ -143,7 +86,7 @@ def _root_artifact(ctx: RunContext) -> Artifact:
                         bytes=_parameter_bytes(loaded), stage="load", inputs=inputs,
                         details={"source_format": str(loaded.format)})  # fmt: skip
     suffix = loaded.file_path.suffix
-    copy = ctx.run_dir / "artifacts" / f"{recipe.name}.source{suffix}"
+    copy = ctx.artifact_file("source", suffix)
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(loaded.file_path, copy)
     return _onnx_root(ctx, copy) if loaded.format == ModelFormat.ONNX else _tflite_root(ctx, copy)
@@ -174,25 +117,32 @@ def _parameter_bytes(loaded: LoadedModel) -> int:
 
 
 def _run_stage(ctx: RunContext, config) -> None:
-    entry = get_stage(config.stage)
-    # Stages learn from data (calibration, fine-tuning, the mixed-precision search on the evaluation data): the data's
-    # content is part of the key, not only its path.
-    key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in ctx.artifacts], edgepack.__version__,
-                    ctx.data_key, _stage_data_hashes(config))  # fmt: skip
-    new = ctx.cache.load_artifacts(entry.name, key)
-    with ctx.steps.step(entry.name, f"{entry.name} stage", cached=new is not None):
-        if new is None:
-            new = entry.run(config, ctx)
-            ctx.cache.save_artifacts(entry.name, key, new)
-    for artifact in new:
-        _check_new_artifact(ctx, artifact, new)
+    """The stage gets the artifacts its selector picks and a StageView; its key hashes exactly what it can read."""
+    entry, view = get_stage(config.stage), ctx.stage_view()
+    inputs = entry.reads(ctx.artifacts)
+    # Stages learn from data (calibration, fine-tuning): the data's content is part of the key, not only its path.
+    key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in inputs], _handoffs_read(ctx, inputs),
+                    view.facts_key(entry.exports), __version__, _stage_data_hashes(config))  # fmt: skip
+    output = ctx.cache.load_stage_output(entry.name, key)
+    with ctx.steps.step(entry.name, f"{entry.name} stage", cached=output is not None):
+        if output is None:
+            output = entry.run(config, inputs, view)
+            ctx.cache.save_stage_output(entry.name, key, output)
+    for artifact in output.artifacts:
+        _check_new_artifact(ctx, artifact, output.artifacts)
         ctx.artifacts.append(artifact)
+        ctx.handoffs[artifact.name] = {type(r).__name__: r for n, r in output.handoffs.items() if n == artifact.name}
+
+
+def _handoffs_read(ctx: RunContext, inputs: list[Artifact]) -> list:
+    """The records handed on for the inputs and their ancestors: what ``StageContext.handoff`` can return."""
+    lineage = {a.name for i in inputs for a in [i, *ancestors(ctx.artifacts, i)]}
+    return [[name, kind, record.model_dump(mode="json")] for name in sorted(lineage)
+            for kind, record in sorted(ctx.handoffs.get(name, {}).items())]  # fmt: skip
 
 
 def _stage_data_hashes(config) -> list:
     """The content of each data file a stage names (calibration_data, train_data); folders by their file listing."""
-    from edgepack.recipe import STAGE_DATA_KEYS
-
     hashes = []
     for key in STAGE_DATA_KEYS:
         source = getattr(config, key, None)
@@ -244,7 +194,7 @@ def _check_new_artifact(ctx: RunContext, artifact: Artifact, stage_outputs: list
     verification = _cached_record(ctx, "verify", key, f"verify {artifact.name}", f"verifying {artifact.name}", verify)
     ctx.records[artifact.name] = {"verification": verification}
     _evaluate(ctx, artifact)
-    _localise_quantization_error(ctx, artifact)
+    _stage_measurements(ctx, artifact)
     _record_sparsity(ctx, artifact)
 
 
@@ -266,22 +216,23 @@ def _measure_robustness(ctx: RunContext, artifact: Artifact) -> None:
     key = cache_key("robustness", artifact.sha256, ctx.data_key, config.model_dump(), ctx.recipe.seed, code)
     ctx.records[artifact.name]["robustness"] = _cached_record(
         ctx, "robustness", key, f"robustness {artifact.name}", f"robustness of {artifact.name}",
-        lambda: robustness.measure_robustness(ctx, artifact, config))  # fmt: skip
+        lambda: measure.robustness_record(ctx, artifact, config))  # fmt: skip
 
 
-def _localise_quantization_error(ctx: RunContext, artifact: Artifact) -> None:
-    """Per-layer SQNR of an integer artifact, a record of its own: results.json's ``artifacts[].layer_sqnr``."""
-    from calibration import localise
-    from edgepack.stages import quantize
-
-    if not quantize.measures_layer_sqnr(artifact):
+def _stage_measurements(ctx: RunContext, artifact: Artifact) -> None:
+    """The figures the stage that made ``artifact`` asks for on it (the quantize stage: per-layer SQNR), each a
+    cached record of its own stored under its name in results.json (``artifacts[].layer_sqnr``)."""
+    if artifact.stage == "load":
         return
-    parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
-    code = sha256_file(Path(localise.__file__))
-    key = cache_key("layer_sqnr", artifact.sha256, parent.sha256, ctx.recipe.verify.model_dump(), ctx.data_key, code)
-    entry = _cached_record(ctx, "layer_sqnr", key, f"layer sqnr {artifact.name}", f"per-layer SQNR of {artifact.name}",
-                           lambda: {"layer_sqnr": quantize.layer_sqnr(ctx, artifact)})  # fmt: skip
-    ctx.records[artifact.name]["layer_sqnr"] = entry["layer_sqnr"]
+    lineage = [a.sha256 for a in ancestors(ctx.artifacts, artifact)]
+    for name, measurement in get_stage(artifact.stage).measurements.items():
+        key = cache_key(name, artifact.sha256, lineage, ctx.recipe.verify.model_dump(), ctx.data_key,
+                        measurement.code_hash())  # fmt: skip
+        step = f"{name.replace('_', ' ')} {artifact.name}"
+        entry = _cached_record(ctx, name, key, step, f"{name} of {artifact.name}",
+                               lambda m=measurement: {"value": m.measure(ctx.stage_view(), artifact)})  # fmt: skip
+        if entry["value"] is not None:
+            ctx.records[artifact.name][name] = entry["value"]
 
 
 def _record_sparsity(ctx: RunContext, artifact: Artifact) -> None:

@@ -8,8 +8,8 @@ import json
 import platform
 from importlib import metadata
 
-import edgepack
 from edgepack.core.artifacts import write_text_atomic
+from edgepack.core.version import __version__
 from edgepack.recipe import recipe_to_yaml
 
 RECORDED_PACKAGES = [
@@ -28,7 +28,7 @@ RECORDED_PACKAGES = [
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"edgepack": edgepack.__version__, "python": platform.python_version()}
+    versions = {"edgepack": __version__, "python": platform.python_version()}
     for name in RECORDED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
@@ -43,7 +43,7 @@ def build_results(ctx) -> dict:
     recipe = ctx.recipe
     artifacts = [{**a.model_dump(mode="json"), **ctx.records.get(a.name, {})} for a in ctx.artifacts]
     results = {
-        "edgepack_version": edgepack.__version__,
+        "edgepack_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_dir": str(ctx.run_dir),
         "recipe": recipe.model_dump(mode="json"),
@@ -74,17 +74,3 @@ def write_run_outputs(ctx) -> dict:
     write_manifest(ctx.run_dir, results)
     write_reports(ctx.run_dir, results)
     return results
-
-
-def read_results(run_dir) -> dict:
-    from pathlib import Path
-
-    from edgepack.core.errors import UserError
-
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: RUN_DIR must be a folder written by 'edgepack pack'")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run 'edgepack pack' to rewrite it") from e

@@ -95,19 +95,3 @@ def _contrasted(dataset: ArrayDataset, factor: float) -> ArrayDataset:
         mean = _per_sample(array, np.mean)
         arrays[name] = np.clip(mean + factor * (array - mean), array.min(), array.max()).astype(array.dtype)
     return _replaced(dataset, arrays)
-
-
-def measure_robustness(ctx, artifact, config: RobustnessConfig) -> dict:
-    """The ``Robustness`` record (edgepack/results_format.py) of one artifact, run in its own runtime."""
-    from edgepack.running import measure
-
-    dataset = ctx.eval_data
-    if config.max_samples is not None and config.max_samples < len(dataset):
-        dataset = dataset.take(np.arange(config.max_samples))
-    conditions = []
-    for condition, perturbed in perturbed_datasets(config, dataset, ctx.recipe.seed):
-        outputs = measure.artifact_outputs(ctx, artifact, perturbed)
-        conditions.append({**condition, "top1": measure.top1(outputs, dataset.labels)})
-    clean = measure.top1(measure.artifact_outputs(ctx, artifact, dataset), dataset.labels)
-    runtime = measure.runtime_name(ctx, artifact)
-    return {"clean_top1": clean, "samples": len(dataset), "runtime": runtime, "conditions": conditions}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgepack.core.artifacts import Artifact, Format, ancestors, atomic_path, sha256_file
+from edgepack.core.artifacts import Artifact, Format, atomic_path, sha256_file
 
 
 def _resize(module: torch.nn.Module, state: dict, edit: dict) -> torch.nn.Module:
@@ -78,11 +78,6 @@ def register_structure_edit(kind: str, redo: Callable[[torch.nn.Module, dict, di
     STRUCTURE_EDITS[kind] = redo
 
 
-def editable_copy(ctx, artifact: Artifact) -> torch.nn.Module:
-    """A deep copy of a torch artifact's module for a stage to change: stages never edit their input in place."""
-    return copy.deepcopy(module_of(ctx, artifact))
-
-
 def module_of(ctx, artifact: Artifact) -> torch.nn.Module:
     """The torch module of a torch artifact: the loaded source, one made this run, or rebuilt from its file."""
     if artifact.stage == "load":
@@ -112,7 +107,7 @@ def save_torch_artifact(ctx, module: torch.nn.Module, *, name: str, stage: str, 
     """Write the module's state_dict atomically and describe it; ``edits`` are this stage's structural edits."""
     module = module.eval()
     name = _unique_name(ctx, name)
-    out = ctx.run_dir / "artifacts" / f"{ctx.recipe.name}.{name}.pt"
+    out = ctx.artifact_file(name, ".pt")
     with atomic_path(out) as tmp:
         torch.save(module.state_dict(), tmp)
     structure = [*parent.details.get("structure", []), *edits]
@@ -138,12 +133,3 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
-def latest_torch_artifact(ctx) -> Artifact:
-    return [a for a in ctx.artifacts if a.format == Format.TORCH][-1]
-
-
-def nearest_torch_ancestor(ctx, artifact: Artifact) -> Artifact | None:
-    """The torch model an exported artifact came from: the reference it is verified against."""
-    return next((a for a in ancestors(ctx.artifacts, artifact) if a.format == Format.TORCH), None)

@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import Field
 
 from calibration.data_config import DataConfig
-from edgepack.compression.distillation import FinetuneConfig
+from edgepack.compression.options import FinetuneConfig
 from edgepack.core.artifacts import Artifact
-from edgepack.stages.base import StageConfig
+from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch_and_source
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
@@ -32,15 +32,12 @@ class FinetuneStageConfig(StageConfig, FinetuneConfig):
     train_data: DataConfig | Path | None = Field(None, description=TRAIN_DATA_HELP)
 
 
-@register_stage("finetune", FinetuneStageConfig, torch_only=True)
-def run_finetune(config: FinetuneStageConfig, ctx) -> list[Artifact]:
-    """Reads the latest torch model."""
-    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
-
-    parent = latest_torch_artifact(ctx)
-    teacher = ctx.artifacts[0] if config.teacher == Teacher.SOURCE else parent
-    module = editable_copy(ctx, parent)
+@register_stage("finetune", FinetuneStageConfig, reads=latest_torch_and_source, torch_only=True)
+def run_finetune(config: FinetuneStageConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
+    parent, source = inputs
+    teacher = source if config.teacher == Teacher.SOURCE else parent
+    module = ctx.editable_module(parent)
     training = FinetuneConfig.model_validate(config.model_dump(include=set(FinetuneConfig.model_fields)))
     record = distill(ctx, module, teacher, training, train_dataset(ctx, config.train_data, "finetune"))
-    return [save_torch_artifact(ctx, module, name="torch-finetuned", stage="finetune", parent=parent,
-                                finetune=record)]  # fmt: skip
+    return StageOutput([ctx.save_torch(module, name="torch-finetuned", stage="finetune", parent=parent,
+                                       finetune=record)])  # fmt: skip

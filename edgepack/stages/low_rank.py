@@ -9,10 +9,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
-from edgepack.compression.distillation import FinetuneConfig
-from edgepack.compression.factorisation import ConvDecomposition
+from edgepack.compression.options import ConvDecomposition, FinetuneConfig
 from edgepack.core.artifacts import Artifact
-from edgepack.stages.base import StageConfig
+from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
@@ -48,14 +47,12 @@ class LowRankConfig(StageConfig):
         return self
 
 
-@register_stage("low_rank", LowRankConfig, torch_only=True)
-def run_low_rank(config: LowRankConfig, ctx) -> list[Artifact]:
-    """Reads the latest torch model."""
+@register_stage("low_rank", LowRankConfig, reads=latest_torch, torch_only=True)
+def run_low_rank(config: LowRankConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
     from edgepack.compression.factorisation import factorise
-    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
-    parent = latest_torch_artifact(ctx)
-    module = editable_copy(ctx, parent)
+    (parent,) = inputs
+    module = ctx.editable_module(parent)
     report = factorise(module, rank=config.rank, energy=config.energy, layers=config.layers, conv=config.conv)
     details = {**report.to_dict(), "config": config.model_dump(mode="json", exclude={"stage"}), "finetune": None}
     if config.finetune is not None:
@@ -63,5 +60,5 @@ def run_low_rank(config: LowRankConfig, ctx) -> list[Artifact]:
             ctx, module, parent, config.finetune, train_dataset(ctx, config.train_data, "low_rank")
         )
     edits = [{"kind": "low_rank", "layers": report.structure()}]
-    return [save_torch_artifact(ctx, module, name="torch-low-rank", stage="low_rank", parent=parent, edits=edits,
-                                low_rank=details)]  # fmt: skip
+    return StageOutput([ctx.save_torch(module, name="torch-low-rank", stage="low_rank", parent=parent, edits=edits,
+                                       low_rank=details)])  # fmt: skip

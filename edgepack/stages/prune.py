@@ -13,15 +13,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from calibration.data_config import DataConfig
-from edgepack.compression.distillation import FinetuneConfig
-from edgepack.compression.pruning import Scope
-from edgepack.compression.structured import Importance
+from edgepack.compression.options import FinetuneConfig, Importance, Scope
 from edgepack.core.artifacts import Artifact
-from edgepack.stages.base import StageConfig
+from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, example_tensors, finetune_steps, train_dataset
 
@@ -96,13 +93,10 @@ class PruneConfig(StageConfig):
         return self
 
 
-@register_stage("prune", PruneConfig, torch_only=True)
-def run_prune(config: PruneConfig, ctx) -> list[Artifact]:
-    """Reads the latest torch model."""
-    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
-
-    parent = latest_torch_artifact(ctx)
-    module = editable_copy(ctx, parent)
+@register_stage("prune", PruneConfig, reads=latest_torch, torch_only=True)
+def run_prune(config: PruneConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
+    (parent,) = inputs
+    module = ctx.editable_module(parent)
     needs_data = config.finetune is not None or config.importance == Importance.TAYLOR
     data = train_dataset(ctx, config.train_data, "prune") if needs_data else None  # loaded once
     if config.method == PruneMethod.STRUCTURED:
@@ -110,12 +104,14 @@ def run_prune(config: PruneConfig, ctx) -> list[Artifact]:
     else:
         details, edits = _prune_weights(config, module, ctx, parent, data), []
     details["config"] = config.model_dump(mode="json", exclude={"stage"})
-    return [save_torch_artifact(ctx, module, name="torch-pruned", stage="prune", parent=parent, edits=edits,
-                                pruning=details)]  # fmt: skip
+    return StageOutput([ctx.save_torch(module, name="torch-pruned", stage="prune", parent=parent, edits=edits,
+                                       pruning=details)])  # fmt: skip
 
 
-def _prune_weights(config: PruneConfig, module: torch.nn.Module, ctx, parent: Artifact, data) -> dict:
+def _prune_weights(config: PruneConfig, module, ctx: StageContext, parent: Artifact, data) -> dict:
     """Masks stay on through fine-tuning so pruned weights stay zero; they are folded in at the end."""
+    import torch
+
     from edgepack.compression.pruning import (
         GradualPruner,
         add_masks,
@@ -149,7 +145,7 @@ def _prune_weights(config: PruneConfig, module: torch.nn.Module, ctx, parent: Ar
     return {"layers": zero_fractions(targets), "finetune": finetuned}
 
 
-def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: Artifact, data) -> dict:
+def _prune_channels(config: PruneConfig, ctx: StageContext, module, parent: Artifact, data) -> dict:
     from edgepack.compression.structured import prune_channels
 
     taylor = _taylor_batches(ctx, data[0]) if config.importance == Importance.TAYLOR else None
@@ -169,9 +165,11 @@ def _prune_channels(config: PruneConfig, ctx, module: torch.nn.Module, parent: A
     return {"channels": asdict(report), "finetune": finetuned}
 
 
-def _taylor_batches(ctx, data, count: int = 8, size: int = 64) -> list:
+def _taylor_batches(ctx: StageContext, data, count: int = 8, size: int = 64) -> list:
     """A few labelled training batches whose loss gradients rank the channels."""
-    names = [i.name for i in ctx.recipe.model.inputs]
+    import torch
+
+    names = [i.name for i in ctx.model.inputs]
     starts = range(0, min(len(data), count * size), size)
     return [(tuple(torch.from_numpy(data.inputs[n][i : i + size]) for n in names),
              torch.from_numpy(data.labels[i : i + size])) for i in starts]  # fmt: skip

@@ -13,17 +13,16 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import torch
+import numpy as np
 from pydantic import Field, field_validator
 
 from calibration.data_config import DataConfig
-from calibration.ptq import Calibration, QuantScheme
-from edgepack.compression import qat_guard
-from edgepack.compression.distillation import FinetuneConfig
-from edgepack.compression.qat_model import QatOptions
+from calibration.ptq import QuantScheme
+from edgepack.compression.options import FinetuneConfig, QatOptions
 from edgepack.core.artifacts import Artifact
 from edgepack.core.dataset import ArrayDataset
-from edgepack.stages.base import StageConfig
+from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch
+from edgepack.stages.handoffs import QatRanges
 from edgepack.stages.registry import register_stage
 from edgepack.stages.training import TRAIN_DATA_HELP, distill, train_dataset
 
@@ -62,14 +61,14 @@ class QatConfig(StageConfig, QatOptions):
         )
 
 
-@register_stage("qat", QatConfig, torch_only=True)
-def run_qat(config: QatConfig, ctx) -> list[Artifact]:
-    """Reads the latest torch model."""
+@register_stage("qat", QatConfig, reads=latest_torch, torch_only=True, exports=True)
+def run_qat(config: QatConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
+    """Hands the quantize stage the trained ranges (``QatRanges``) beside the fine-tuned float model."""
+    from edgepack.compression import qat_guard
     from edgepack.compression.qat_model import packed_weight_bytes, prepare_qat
-    from edgepack.running.torch_artifacts import editable_copy, latest_torch_artifact, save_torch_artifact
 
-    parent = latest_torch_artifact(ctx)
-    module = editable_copy(ctx, parent)
+    (parent,) = inputs
+    module = ctx.editable_module(parent)
     data, held_out = _split(config, ctx)
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         float_onnx = _export(ctx, module, Path(tmp) / "before.onnx")
@@ -92,9 +91,10 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
         after_onnx = _export(ctx, trained, Path(tmp) / "after.onnx")
         calibration = model.calibration_for(after_onnx)
         vs_ptq = _compare_with_ptq(ctx, module, (float_onnx, start), (after_onnx, calibration), held_out, data[1])
+    ranges = {t: (float(lo), float(hi)) for t, (lo, hi) in calibration.ranges.items()}
     record = {
         "scheme": config.scheme().model_dump(mode="json"),
-        "ranges": {t: [float(lo), float(hi)] for t, (lo, hi) in calibration.ranges.items()},
+        "ranges": {t: list(r) for t, r in ranges.items()},
         "simulated_accuracy": _simulated_accuracy(ctx, model),
         "weight_bits": config.weight_bits,
         "packed_weight_bytes": packed_weight_bytes(trained, config.weight_bits),
@@ -102,50 +102,51 @@ def run_qat(config: QatConfig, ctx) -> list[Artifact]:
         "vs_ptq": vs_ptq,
         "verification": verification,
     }
-    return [save_torch_artifact(ctx, trained, name="torch-qat", stage="qat", parent=parent,
-                                edits=[{"kind": "fold_batchnorm"}], qat=record)]  # fmt: skip
+    artifact = ctx.save_torch(trained, name="torch-qat", stage="qat", parent=parent, edits=[{"kind": "fold_batchnorm"}],
+                              qat=record)  # fmt: skip
+    return StageOutput([artifact], {artifact.name: QatRanges(scheme=record["scheme"], ranges=ranges)})
 
 
-def _split(config: QatConfig, ctx) -> tuple[tuple[ArrayDataset, str], ArrayDataset]:
+def _split(config: QatConfig, ctx: StageContext) -> tuple[tuple[ArrayDataset, str], ArrayDataset]:
     """((the samples to train and calibrate on, description), the held-out ones), from the training data."""
+    from edgepack.compression import qat_guard
+
     dataset, description = train_dataset(ctx, config.train_data, "qat")
-    train, held_out = qat_guard.split_holdout(dataset, config.holdout, ctx.recipe.seed)
+    train, held_out = qat_guard.split_holdout(dataset, config.holdout, ctx.seed)
     return (train, description), held_out
 
 
-def _verify_against_float(config: QatConfig, ctx, model: torch.nn.Module, start: torch.nn.Module) -> dict:
+def _verify_against_float(config: QatConfig, ctx: StageContext, model, start) -> dict:
     """The QAT model vs the float model it started from, on the verification samples, with the int8 tolerance.
     Binary and ternary weights change the model on purpose: their figures are recorded, not enforced."""
-    from edgepack.recipe import Task
-    from edgepack.running.measure import torch_outputs
+    from edgepack.compression import qat_guard
 
-    tolerance = ctx.recipe.verify.integer_tolerance if config.weight_bits == "int8" else None
-    outputs, reference = (torch_outputs(m, ctx.recipe, ctx.verify_data) for m in (model, start))
-    classifier = ctx.recipe.task == Task.CLASSIFICATION
+    tolerance = ctx.verify.integer_tolerance if config.weight_bits == "int8" else None
+    outputs, reference = (ctx.torch_outputs(m, ctx.verify_data) for m in (model, start))
+    classifier = ctx.task == "classification"
     return qat_guard.check_against_float("torch-qat", outputs, reference, tolerance=tolerance, classifier=classifier)
 
 
-def _compare_with_ptq(ctx, start: torch.nn.Module, ptq: tuple, qat: tuple, held_out: ArrayDataset,
+def _compare_with_ptq(ctx: StageContext, start, ptq: tuple, qat: tuple, held_out: ArrayDataset,
                       description: str) -> dict:  # fmt: skip
     """PTQ's and QAT's int8 ONNX files (each a (float ONNX, calibration) pair) in onnxruntime on held-out data."""
-    from edgepack.running.measure import batch_size
+    from edgepack.compression import qat_guard
 
     reference = qat_guard.module_logits(start, held_out, _input_names(ctx))
-    ptq_figures, qat_figures = (qat_guard.int8_onnx_figures(*pair, held_out, reference, batch_size(ctx.recipe))
+    ptq_figures, qat_figures = (qat_guard.int8_onnx_figures(*pair, held_out, reference, ctx.batch_size)
                                 for pair in (ptq, qat))  # fmt: skip
     return qat_guard.vs_ptq_record(ptq_figures, qat_figures, description, len(held_out))
 
 
-def _export(ctx, module: torch.nn.Module, out: Path):
+def _export(ctx: StageContext, module, out: Path):
+    """With the recipe's export settings, so the trained ranges carry the tensor names the export stage writes."""
     import onnx
 
-    from edgepack.stages.export import export_module
-
-    export_module(ctx, module, out)
+    ctx.export_onnx(module, out)
     return onnx.load(str(out))
 
 
-def _starting_calibration(config: QatConfig, ctx, float_onnx, data: tuple[ArrayDataset, str]):
+def _starting_calibration(config: QatConfig, ctx: StageContext, float_onnx, data: tuple[ArrayDataset, str]):
     from calibration.ptq import calibrate
 
     dataset, description = data
@@ -153,51 +154,15 @@ def _starting_calibration(config: QatConfig, ctx, float_onnx, data: tuple[ArrayD
     return calibration, dataset.head(8).inputs  # a few samples make matching torch values to ONNX tensors unambiguous
 
 
-def _simulated_accuracy(ctx, model: torch.nn.Module) -> dict | None:
+def _simulated_accuracy(ctx: StageContext, model) -> dict | None:
     """Top-1 of the fake-quant model on the evaluation data: what the integer files should measure."""
-    from edgepack.running.measure import top1, torch_outputs
-
     data = ctx.eval_data
     if data is None or data.labels is None:
         return None
     model.eval()
-    return {"top1": top1(torch_outputs(model, ctx.recipe, data), data.labels), "samples": len(data)}
+    logits = next(iter(ctx.torch_outputs(model, data).values()))
+    return {"top1": float(np.mean(logits.reshape(len(logits), -1).argmax(1) == data.labels)), "samples": len(data)}
 
 
-def _input_names(ctx) -> list[str]:
-    return [i.name for i in ctx.recipe.model.inputs]
-
-
-def qat_calibration(ctx, source: Artifact, model, scheme: QuantScheme) -> Calibration | None:
-    """The trained ranges when ``source`` (a float ONNX) was exported from a QAT model; None otherwise."""
-    from calibration.plan import plan_quantization
-    from calibration.ptq import activation_parameters
-    from edgepack.core.errors import RecipeError, StageError
-    from edgepack.running.torch_artifacts import nearest_torch_ancestor
-
-    trained = nearest_torch_ancestor(ctx, source)
-    if trained is None or trained.stage != "qat":
-        return None
-    qat = trained.details["qat"]
-    changed = [k for k in ("cross_layer_equalization", "bias_correction") if getattr(scheme, k)]
-    changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
-    if changed:
-        raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
-                          f"ranges); remove {changed} from it")  # fmt: skip
-    if qat["scheme"]["precision"] != scheme.precision:
-        raise RecipeError(
-            f"the qat stage trained {qat['scheme']['precision']} but the quantize stage asks for "
-            f"{scheme.precision}; set the same precision in both"
-        )
-    plan = plan_quantization(model, skip=set(scheme.skip_nodes))
-    missing = [t for t in plan.activations if t not in qat["ranges"]]
-    if missing:
-        raise StageError(
-            "quantize",
-            f"{source.name} has quantized tensors {missing[:5]} that QAT never trained; "
-            "export with the same settings the qat stage used (its export ran with the recipe's export "
-            "stage settings)",
-        )
-    trained_scheme = QuantScheme.model_validate(qat["scheme"])
-    ranges = {t: tuple(qat["ranges"][t]) for t in plan.activations}
-    return Calibration(trained_scheme, plan, ranges, activation_parameters(plan, ranges, trained_scheme))
+def _input_names(ctx: StageContext) -> list[str]:
+    return [i.name for i in ctx.model.inputs]

@@ -21,10 +21,11 @@ from calibration.data_config import DataConfig
 from calibration.ptq import Calibration, QuantScheme
 from calibration.sensitivity import AccuracyTarget
 from edgepack.core.artifacts import Artifact, Format, Precision
-from edgepack.stages.base import StageConfig
-from edgepack.stages.quantize_accuracy import apply_bias_correction, prepare_float_model
+from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_float_onnx
+from edgepack.stages.handoffs import QatRanges
+from edgepack.stages.quantize_accuracy import EQUALIZED, apply_bias_correction, prepare_float_model
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
-from edgepack.stages.registry import register_stage
+from edgepack.stages.registry import Measurement, register_stage
 
 
 class QuantizeConfig(StageConfig, QuantScheme):
@@ -47,25 +48,49 @@ class QuantizeConfig(StageConfig, QuantScheme):
         "whether the target was met land in each file's details (calibration/sensitivity.py).")  # fmt: skip
 
 
-@register_stage("quantize", QuantizeConfig)
-def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
-    """Reads the first float ONNX artifact."""
+def float_onnx_and_its_equalized_copy(artifacts: list[Artifact]) -> list[Artifact]:
+    """[the first float ONNX model, and the equalized copy an earlier quantize stage made of it, if any]."""
+    source = first_float_onnx(artifacts)
+    return source + [a for a in artifacts if a.name == EQUALIZED and source and a.parent == source[0].name][:1]
+
+
+def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
+    """SQNR of every quantized activation of an integer artifact this stage wrote against its float ONNX parent, on
+    the verification samples, in the artifact's own runtime (calibration/localise.py); None for the others."""
+    import onnx
+
+    from calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
+
+    if artifact.precision not in (Precision.INT8, Precision.INT16X8):
+        return None
+    parent = ctx.lineage(artifact)[0]
+    float_model, size = onnx.load(str(ctx.artifact_path(parent))), ctx.batch_size
+    activations = artifact.details["activations"]
+    if artifact.format == Format.ONNX:
+        quantized = onnx.load(str(ctx.artifact_path(artifact)))
+        return onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
+    grids = {t: (p["scale"][0], p["zero_point"][0]) for t, p in activations.items()}
+    return tflite_layer_sqnr(float_model, ctx.artifact_path(artifact), grids, artifact.inputs, ctx.verify_data, size)
+
+
+@register_stage("quantize", QuantizeConfig, reads=float_onnx_and_its_equalized_copy,
+                measurements={"layer_sqnr": Measurement(layer_sqnr, code=("calibration.localise",))})  # fmt: skip
+def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
     import onnx
 
     from calibration.ptq import calibrate
-    from edgepack.running.measure import batch_size
-    from edgepack.stages.qat import qat_calibration
 
-    source = next(a for a in ctx.artifacts if a.format == Format.ONNX and a.precision == Precision.FP32)
+    source, equalized = inputs[0], (inputs[1:] or [None])[0]
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
         _check_int16_kernels(ctx.artifact_path(source))  # before anything is written
     started = time.perf_counter()
-    prepared = prepare_float_model(config, ctx, source, onnx.load(str(ctx.artifact_path(source))))  # equalization
-    calibration = qat_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
+    model = onnx.load(str(ctx.artifact_path(source)))
+    prepared = prepare_float_model(config, ctx, source, model, equalized)  # cross-layer equalization
+    calibration = trained_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
     if calibration is None:
-        dataset, description = calibration_dataset(config, ctx)
+        dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
         calibration = calibrate(prepared.model, dataset, config, description)
-        calibration = apply_bias_correction(config, prepared, calibration, dataset, batch_size(ctx.recipe))
+        calibration = apply_bias_correction(config, prepared, calibration, dataset, ctx.batch_size)
     seconds = time.perf_counter() - started
     mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction)
     plans = {"onnx": mixed.onnx} | ({"tflite": mixed.tflite} if "tflite" in config.formats else {})
@@ -82,7 +107,7 @@ def run_quantize(config: QuantizeConfig, ctx) -> list[Artifact]:
         ctx.artifact_path(written[0]).unlink()  # written only for the agreement figure of the TFLite file
         written = written[1:]
     prepared.record(written)
-    return prepared.artifacts + written
+    return StageOutput(prepared.artifacts + written)
 
 
 @dataclass
@@ -102,18 +127,12 @@ def _integer_file(config: QuantizeConfig, ctx, prepared, calibration: Calibratio
     return IntegerFile(prepared.model_for(integer), details | prepared.correction_details(integer))
 
 
-def calibration_dataset(config: QuantizeConfig, ctx):
-    from edgepack.running.data import stage_dataset
-
-    return stage_dataset(ctx.recipe, config.calibration_data, stage="quantize", key="calibration_data")
-
-
 def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration, seconds: float):
     from converters.onnx_info import onnx_artifact
     from converters.qdq import write_qdq_model
 
     precision = Precision(config.precision)
-    out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.onnx")
+    out = ctx.artifact_file(precision, ".onnx")
     weights = write_qdq_model(model, out, calibration.plan, calibration.activations,
                               unsigned_activations=config.unsigned_onnx_activations,
                               per_channel_weights=config.per_channel_weights)  # fmt: skip
@@ -147,22 +166,21 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibrat
     """``model``: the float ONNX model (bias-corrected where this file's layers run int8) whose weights and biases
     the file holds, as the same integers as the ONNX file."""
     from calibration.precision import integer_nodes
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite, tflite_artifact
     from converters.qdq import dequantized_constants
-    from edgepack.stages.convert import tflite_artifact
 
     precision = Precision(config.precision)
-    out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.tflite")
+    out = ctx.artifact_file(precision, ".tflite")
     ranges = calibration.fake_quant_ranges()
     bits = 16 if precision == Precision.INT16X8 else 8
-    shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
+    shapes = {i.name: i.shape for i in ctx.model.inputs}
     # Only the layers this file runs integer get edgepack's integers: a layer kept float keeps its float weights.
     plan = calibration.plan.for_nodes(integer_nodes(model, calibration))
     constants = dequantized_constants(model.graph, plan, calibration.activations, config.per_channel_weights)
     quantization = FakeQuantization(ranges, bits, config.integer_io, config.per_channel_weights, constants)
     conversion = convert_onnx_to_tflite(float_path, out, input_shapes=shapes, quantization=quantization)
     return tflite_artifact(
-        ctx,
+        ctx.run_dir,
         out,
         conversion,
         name=f"tflite-{precision}",
@@ -175,7 +193,7 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibrat
     )
 
 
-def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: Calibration) -> dict:
+def output_agreement(ctx: StageContext, onnx_twin: Artifact, tflite_path: Path, calibration: Calibration) -> dict:
     """How far the TFLite outputs are from the ONNX ones, in units of each output's quantization step, and under
     ``layers`` where the two files part (calibration/agreement.py: first differing activation, where disagreement
     starts afresh, worst layers), measured on the first LAYER_SAMPLES verification samples."""
@@ -184,9 +202,8 @@ def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: C
     from calibration.agreement import divergence_summary, layer_agreement
     from converters.runtime import open_session
     from converters.verify import predict
-    from edgepack.running.measure import batch_size
 
-    size, onnx_path, tflite = batch_size(ctx.recipe), ctx.artifact_path(onnx_twin), open_session(tflite_path)
+    size, onnx_path, tflite = ctx.batch_size, ctx.artifact_path(onnx_twin), open_session(tflite_path)
     onnx_out = predict(open_session(onnx_path), ctx.verify_data, size)
     tflite_out = predict(tflite, ctx.verify_data, size)
     layers = layer_agreement(onnx_path, tflite_path, calibration.activations, tflite.inputs,
@@ -205,28 +222,6 @@ def output_agreement(ctx, onnx_twin: Artifact, tflite_path: Path, calibration: C
 LAYER_SAMPLES = 16  # enough to find where the files part; each sample runs both files with every activation exposed
 
 
-def measures_layer_sqnr(artifact: Artifact) -> bool:
-    return artifact.stage == "quantize" and artifact.precision in (Precision.INT8, Precision.INT16X8)
-
-
-def layer_sqnr(ctx, artifact: Artifact) -> list:
-    """SQNR of every quantized activation of an integer artifact this stage wrote against its float ONNX parent, on
-    the verification samples, in the artifact's own runtime (calibration/localise.py)."""
-    import onnx
-
-    from calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
-    from edgepack.running.measure import batch_size
-
-    parent = next(a for a in ctx.artifacts if a.name == artifact.parent)
-    float_model, size = onnx.load(str(ctx.artifact_path(parent))), batch_size(ctx.recipe)
-    activations = artifact.details["activations"]
-    if artifact.format == Format.ONNX:
-        quantized = onnx.load(str(ctx.artifact_path(artifact)))
-        return onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
-    grids = {t: (p["scale"][0], p["zero_point"][0]) for t, p in activations.items()}
-    return tflite_layer_sqnr(float_model, ctx.artifact_path(artifact), grids, artifact.inputs, ctx.verify_data, size)
-
-
 def quantization_details(calibration: Calibration, weights: dict, seconds: float) -> dict:
     """What was decided, for results.json: every activation's and weight's scale and zero point."""
     return {
@@ -242,3 +237,37 @@ def quantization_details(calibration: Calibration, weights: dict, seconds: float
 def _params_json(params) -> dict:
     return {"scale": np.atleast_1d(params.scale).astype(float).tolist(), "dtype": params.dtype,
             "zero_point": np.atleast_1d(params.zero_point).astype(int).tolist(), "axis": params.axis}  # fmt: skip
+
+
+def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: QuantScheme) -> Calibration | None:
+    """The ranges a qat stage handed on when ``source`` (a float ONNX) was exported from its model; None otherwise."""
+    from calibration.plan import plan_quantization
+    from calibration.ptq import activation_parameters
+    from edgepack.core.errors import RecipeError, StageError
+
+    exported_from = next((a for a in ctx.lineage(source) if a.format == Format.TORCH), None)
+    trained = ctx.handoff(QatRanges, exported_from) if exported_from is not None else None
+    if trained is None:
+        return None
+    changed = [k for k in ("cross_layer_equalization", "bias_correction") if getattr(scheme, k)]
+    changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
+    if changed:
+        raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
+                          f"ranges); remove {changed} from it")  # fmt: skip
+    if trained.scheme["precision"] != scheme.precision:
+        raise RecipeError(
+            f"the qat stage trained {trained.scheme['precision']} but the quantize stage asks for "
+            f"{scheme.precision}; set the same precision in both"
+        )
+    plan = plan_quantization(model, skip=set(scheme.skip_nodes))
+    missing = [t for t in plan.activations if t not in trained.ranges]
+    if missing:
+        raise StageError(
+            "quantize",
+            f"{source.name} has quantized tensors {missing[:5]} that QAT never trained; "
+            "export with the same settings the qat stage used (its export ran with the recipe's export "
+            "stage settings)",
+        )
+    trained_scheme = QuantScheme.model_validate(trained.scheme)
+    ranges = {t: tuple(trained.ranges[t]) for t in plan.activations}
+    return Calibration(trained_scheme, plan, ranges, activation_parameters(plan, ranges, trained_scheme))

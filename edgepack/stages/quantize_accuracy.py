@@ -64,8 +64,10 @@ class FloatPreparation:
 EQUALIZED = "onnx-fp32-equalized"
 
 
-def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto) -> FloatPreparation:
-    """Equalize when the scheme asks; the equalized model is written, described and returned as an artifact."""
+def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
+                        earlier: Artifact | None = None) -> FloatPreparation:  # fmt: skip
+    """Equalize when the scheme asks; the equalized model is written, described and returned as an artifact (or
+    ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
     prepared = FloatPreparation(source, model)
     if not config.cross_layer_equalization:
         return prepared
@@ -76,7 +78,6 @@ def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto) -
     if not equalization.pairs:
         return prepared
     prepared.model = equalization.model
-    earlier = next((a for a in ctx.artifacts if a.name == EQUALIZED and a.parent == source.name), None)
     prepared.source = earlier or _equalized_artifact(ctx, source, equalization.model, prepared.details)
     prepared.artifacts += [] if earlier else [prepared.source]  # a second quantize stage reuses the first's file
     return prepared
@@ -86,7 +87,7 @@ def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: 
     from converters.onnx_info import onnx_artifact
     from edgepack.core.artifacts import atomic_path
 
-    out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.fp32-equalized.onnx")
+    out = ctx.artifact_file("fp32-equalized", ".onnx")
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     artifact = onnx_artifact(ctx.run_dir, out, name=EQUALIZED, stage="quantize", parent=source.name)

@@ -82,7 +82,7 @@ def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibra
         return MixedCalibrations(calibration, calibration)
     dataset = ctx.eval_data if ctx.eval_data is not None else ctx.verify_data
     dataset = dataset.head(config.accuracy_target.samples or len(dataset))
-    if ctx.recipe.task != "classification":  # top-1 only means something for a classifier: else the output SQNR
+    if ctx.task != "classification":  # top-1 only means something for a classifier: else the output SQNR
         dataset = ArrayDataset(dataset.inputs)
     options = {"unsigned_activations": config.unsigned_onnx_activations,
                "per_channel_weights": config.per_channel_weights}  # fmt: skip
@@ -96,7 +96,7 @@ def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibra
 def file_macs(ctx, model: onnx.ModelProto, calibration: Calibration, name: str, shipped: bool = True) -> dict:
     """The file's MACs by precision (details.macs); a ``shipped`` file that would run under half of them at its own
     precision is refused by name, before it is written: it would be a float file called integer."""
-    shapes = {i.name: i.shape for i in ctx.recipe.model.inputs}
+    shapes = {i.name: i.shape for i in ctx.model.inputs}
     fractions = mac_fractions(node_macs(model, shapes), node_precisions(model, calibration))
     own = own_precision(calibration.scheme.activation_dtype)
     if carries_its_name(fractions[own]) or not shipped:
@@ -123,6 +123,5 @@ def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
 def tflite_outputs(ctx, path, scorer: RuntimeScorer) -> dict:
     from converters.runtime import open_session
     from converters.verify import predict
-    from edgepack.running.measure import batch_size
 
-    return predict(open_session(path), scorer.dataset, batch_size(ctx.recipe))
+    return predict(open_session(path), scorer.dataset, ctx.batch_size)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from calibration.sources import digits_split
-from edgepack.compression.distillation import FinetuneConfig, accuracy, distillation_loss, finetune
+from edgepack.compression.distillation import accuracy, distillation_loss, finetune
 from edgepack.compression.factorisation import factorise
+from edgepack.compression.options import FinetuneConfig
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError, FinetuneError
 from tests import models

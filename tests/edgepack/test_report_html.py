@@ -122,7 +122,7 @@ def test_a_real_run_writes_the_html_report_with_its_robustness(digits_run):
      (5824 / 5824, "same size as tflite-fp32"), (1.004, "same size as tflite-fp32")],
 )  # fmt: skip
 def test_size_ratio_reads_as_words_and_equal_sizes_are_not_called_smaller(ratio, text):
-    from edgepack.reports.html import FILTERS
+    from edgepack.reports.text import FILTERS
 
     assert FILTERS["ratio"](ratio, "tflite-fp32") == text
 
