@@ -12,7 +12,7 @@ from pathlib import Path
 
 from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
-from converters.tflite_patch import widen_16x8_biases
+from converters.tflite_patch import patch_16x8
 from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 from edgepack.artifacts import TensorSpec, write_bytes_atomic
 from edgepack.errors import StageError
@@ -60,7 +60,8 @@ def convert_onnx_to_tflite(
     fake_quant = None
     if quantization is not None:
         fake_quant = {name: (lo, hi, quantization.bits) for name, (lo, hi) in quantization.ranges.items()}
-    prepared = prepare_model(Path(onnx_path), input_shapes)
+    sixteen_bit = quantization is not None and quantization.bits == 16
+    prepared = prepare_model(Path(onnx_path), input_shapes, fuse=not sixteen_bit)
     per_tensor = quantization is not None and not quantization.per_channel_weights
     if per_tensor:
         snap_weights_to_tensor_grid(prepared.graph, prepared.constants)
@@ -68,8 +69,8 @@ def convert_onnx_to_tflite(
     tflite_bytes = run_tflite_converter(lowered, Path(onnx_path), quantization)
     if per_tensor:
         tflite_bytes = per_tensor_weights(tflite_bytes)
-    if quantization is not None and quantization.bits == 16:
-        tflite_bytes = widen_16x8_biases(tflite_bytes)
+    if sixteen_bit:
+        tflite_bytes = patch_16x8(tflite_bytes)
     record = {"inputs": dump_specs(lowered.inputs), "outputs": dump_specs(lowered.outputs)}
     write_bytes_atomic(Path(out_path), with_io_metadata(tflite_bytes, record))
     seconds = time.perf_counter() - start

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from calibration.params import QuantParams, weight_params
-from calibration.plan import QuantPlan
+from calibration.plan import QuantPlan, constant_values
 from edgepack.artifacts import atomic_path
 
 INT16_QDQ_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
@@ -32,26 +32,30 @@ def write_qdq_model(
     *,
     unsigned_activations: bool = True,
     per_channel_weights: bool = True,
+    constants: dict[str, QuantParams] | None = None,
 ) -> dict[str, QuantParams]:
     """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``).
 
-    ``per_channel_weights=False``: one symmetric scale per weight tensor (max|w| / 127), as the TFLite file gets."""
+    ``per_channel_weights=False``: one symmetric scale per weight tensor (max|w| / 127), as the TFLite file gets.
+    ``constants``: constant operands stored on these grids (``Calibration.constants``), as the TFLite file has them."""
     quantized, weights = build_qdq_model(model, plan, activations, unsigned_activations=unsigned_activations,
-                                         per_channel_weights=per_channel_weights)  # fmt: skip
+                                         per_channel_weights=per_channel_weights, constants=constants)  # fmt: skip
     with atomic_path(Path(out_path)) as tmp:
         onnx.save(quantized, str(tmp))
     return weights
 
 
 def build_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, QuantParams], *,
-                    unsigned_activations: bool = True,
-                    per_channel_weights: bool = True) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
+                    unsigned_activations: bool = True, per_channel_weights: bool = True,
+                    constants: dict[str, QuantParams] | None = None,
+                    ) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
     """The QDQ model in memory (the sensitivity search builds many) and every weight's parameters."""
     int16 = any(p.dtype == "int16" for p in activations.values())
     quantized = with_opset_at_least(model, INT16_QDQ_OPSET if int16 else 0)
     graph = quantized.graph
     weights = _quantize_weights(graph, plan, per_channel_weights)
     _quantize_biases(graph, plan, activations, weights)
+    _quantize_constants(graph, constants or {})
     for tensor, params in activations.items():
         _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
     onnx.checker.check_model(quantized)
@@ -77,16 +81,49 @@ def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan, per_channel: bool
 
 def _quantize_biases(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
                      weights: dict[str, QuantParams]) -> None:  # fmt: skip
-    initializers = {t.name: t for t in graph.initializer}
+    """A bias shared by several nodes (one cell unrolled over time steps: every step's Gemm reads the same bias) is
+    written once per bias scale (input scale x weight scale): nodes whose inputs share a grid share one copy."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    copies: dict[str, list[tuple[np.ndarray, str]]] = {}  # bias initializer -> (scale, name its readers read)
     for bias in plan.biases:
         source = activations.get(bias.activation)
-        if source is None or bias.initializer not in initializers:
+        if source is None or bias.initializer not in values:
             continue  # the input stays float: so does the bias
-        values = numpy_helper.to_array(initializers[bias.initializer])
-        scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(values.shape, np.float32)
-        params = QuantParams(scale, np.zeros(values.shape, np.int64), "int32", axis=0)
-        q = np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        _replace_with_dequantized(graph, bias.initializer, q, params, zero_point=False)
+        shape = values[bias.initializer].shape
+        scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(shape, np.float32)
+        written = copies.setdefault(bias.initializer, [])
+        name = next((n for s, n in written if np.array_equal(s, scale)), None)
+        if name is None:
+            name = bias.initializer if not written else f"{bias.initializer}_scale{len(written)}"
+            _write_bias(graph, bias.initializer, name, values[bias.initializer], scale)
+            written.append((scale, name))
+        _read_bias_as(graph, bias, name)
+
+
+def _write_bias(graph: onnx.GraphProto, initializer: str, name: str, values: np.ndarray, scale: np.ndarray) -> None:
+    """int32 on ``scale`` with no zero-point input, dequantized into ``name``."""
+    params = QuantParams(scale, np.zeros(values.shape, np.int64), "int32", axis=0)
+    q = np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
+    if name == initializer:
+        _replace_with_dequantized(graph, name, q, params, zero_point=False)
+    else:
+        _add_dequantized(graph, name, q, params, zero_point=False)
+
+
+def _read_bias_as(graph: onnx.GraphProto, bias, name: str) -> None:
+    """The nodes that read ``bias.initializer`` with ``bias.activation`` as data read ``name`` instead."""
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" and node.input and node.input[0] == bias.activation:
+            node.input[:] = [name if i == bias.initializer else i for i in node.input]
+
+
+def _quantize_constants(graph: onnx.GraphProto, constants: dict[str, QuantParams]) -> None:
+    """Each initializer or Constant-node output in ``constants`` becomes integer + DequantizeLinear (same name)."""
+    for name, values in constant_values(graph, set(constants)).items():
+        for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] == name]:
+            graph.node.remove(node)
+        graph.initializer.append(numpy_helper.from_array(values, name))  # replaced just below, as a weight is
+        _replace_with_dequantized(graph, name, constants[name].quantize(values), constants[name])
 
 
 def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams, *,
@@ -96,6 +133,12 @@ def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, 
     kept = [t for t in graph.initializer if t.name != name]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    _add_dequantized(graph, name, q, params, zero_point=zero_point)
+
+
+def _add_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams, *,
+                     zero_point: bool = True) -> None:  # fmt: skip
+    """``name_quantized`` (integer) + DequantizeLinear producing ``name``."""
     scale, zero = _param_initializers(name, params, q.dtype)
     graph.initializer.extend([numpy_helper.from_array(q, f"{name}_quantized"), scale] + ([zero] if zero_point else []))
     inputs = [f"{name}_quantized", scale.name] + ([zero.name] if zero_point else [])

@@ -93,7 +93,8 @@ def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibratio
     out = ctx.artifact_path(source).with_name(f"{ctx.recipe.name}.{precision}.onnx")
     weights = write_qdq_model(model, out, calibration.plan, calibration.activations,
                               unsigned_activations=config.unsigned_onnx_activations,
-                              per_channel_weights=config.per_channel_weights)  # fmt: skip
+                              per_channel_weights=config.per_channel_weights,
+                              constants=calibration.constants)  # fmt: skip
     artifact = onnx_artifact(ctx.run_dir, out, name=f"onnx-{precision}", stage="quantize", parent=source.name,
                              precision=precision)  # fmt: skip
     artifact.details.update(quantization_details(calibration, weights, seconds))
