@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from calibration.params import INTEGER_RANGES, QuantParams
 
@@ -20,6 +21,8 @@ FUSING_PRODUCERS = {"Conv", "Gemm", "MatMul", "Add"}
 SAME_GRID_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
                  "Slice", "Split", "GlobalMaxPool"}  # fmt: skip
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+# Elementwise arithmetic whose TFLite integer kernels read a constant operand on an integer grid of its own.
+CONSTANT_OPERAND_OPS = {"Add", "Sub", "Mul", "Div"}
 BIAS_INPUTS = {"Conv": 2, "Gemm": 2}
 
 
@@ -45,6 +48,7 @@ class QuantPlan:
     fixed: dict[str, str] = field(default_factory=dict)  # tensor -> op type with a fixed output grid
     weights: list[WeightPlan] = field(default_factory=list)
     biases: list[BiasPlan] = field(default_factory=list)
+    constants: dict[str, str] = field(default_factory=dict)  # output of an elementwise op -> its constant operand
 
     def quantized_tensors(self) -> list[str]:
         return self.activations + list(self.shared) + list(self.fixed)
@@ -70,6 +74,7 @@ def plan_quantization(model: onnx.ModelProto, skip: set[str] = frozenset()) -> Q
             continue
         _plan_outputs(node, plan, consumers, constants, float_tensors)
         _plan_weights(node, plan, graph, constants)
+        _plan_constant_operand(node, plan, constants, float_tensors)
     return plan
 
 
@@ -102,12 +107,31 @@ def _plan_weights(node, plan: QuantPlan, graph: onnx.GraphProto, constants: set[
         plan.biases.append(BiasPlan(node.input[bias_index], node.input[0], weight, node.name))
 
 
+def _plan_constant_operand(node, plan: QuantPlan, constants: set[str], float_tensors: set[str]) -> None:
+    """An Add/Sub/Mul/Div of a float tensor and a constant: TFLite's 16x8 kernels need the constant on an int16
+    grid too (the converter leaves it float and fails), so both files read it on the same one (calibration.ptq)."""
+    if node.op_type not in CONSTANT_OPERAND_OPS or node.output[0] not in float_tensors:
+        return
+    operands = [name for name in node.input[:2] if name in constants]
+    if len(operands) == 1:
+        plan.constants[node.output[0]] = operands[0]
+
+
 def _output_axis(node) -> int:
     """Conv weights are (M, C/g, kH, kW); Gemm's B is (K, N) unless transB; MatMul's B is (K, N)."""
     if node.op_type == "Conv":
         return 0
     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
     return 0 if node.op_type == "Gemm" and trans_b else 1
+
+
+def constant_values(graph: onnx.GraphProto, names: set[str]) -> dict[str, np.ndarray]:
+    """The values of initializers and Constant-node outputs named in ``names``."""
+    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in names}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in names and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {name: v.astype(np.float32) for name, v in found.items()}
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
