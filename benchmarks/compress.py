@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.sources import digits_split  # noqa: E402
 from converters.sparsity import gzip_bytes, tflite_weight_sparsity  # noqa: E402
-from edgepack.compression.options import FinetuneConfig
 from edgepack.compression.distillation import finetune  # noqa: E402
+from edgepack.compression.options import FinetuneConfig
 from edgepack.core.dataset import ArrayDataset
 from edgepack.examples import digits  # noqa: E402
 from edgepack.recipe import parse_recipe  # noqa: E402

@@ -18,6 +18,8 @@ FUSING_PRODUCERS = {"Conv", "Gemm", "MatMul", "Add"}
 SAME_GRID_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
                  "Slice", "Split", "GlobalMaxPool"}  # fmt: skip
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+# Elementwise arithmetic whose TFLite integer kernels read a constant operand on an integer grid of its own.
+CONSTANT_OPERAND_OPS = {"Add", "Sub", "Mul", "Div"}
 BIAS_INPUTS = {"Conv": 2, "Gemm": 2}
 
 
@@ -36,6 +38,7 @@ def plan_quantization(model: onnx.ModelProto, skip: set[str] = frozenset()) -> Q
             continue
         _plan_outputs(node, plan, consumers, constants, float_tensors)
         _plan_weights(node, plan, graph, constants)
+        _plan_constant_operand(node, plan, constants, float_tensors)
     return plan
 
 
@@ -66,6 +69,16 @@ def _plan_weights(node, plan: QuantPlan, graph: onnx.GraphProto, constants: set[
     bias_index = BIAS_INPUTS.get(node.op_type)
     if bias_index is not None and len(node.input) > bias_index and node.input[bias_index] in constants:
         plan.biases.append(BiasPlan(node.input[bias_index], node.input[0], weight, node.name))
+
+
+def _plan_constant_operand(node, plan: QuantPlan, constants: set[str], float_tensors: set[str]) -> None:
+    """An Add/Sub/Mul/Div of a float tensor and a constant: TFLite's 16x8 kernels need the constant on an int16
+    grid too (the converter leaves it float and fails), so both files read it on the same one (calibration.ptq)."""
+    if node.op_type not in CONSTANT_OPERAND_OPS or node.output[0] not in float_tensors:
+        return
+    operands = [name for name in node.input[:2] if name in constants]
+    if len(operands) == 1:
+        plan.constants[node.output[0]] = operands[0]
 
 
 def _output_axis(node) -> int:

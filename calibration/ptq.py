@@ -16,6 +16,7 @@ from calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, sof
 from calibration.collect import check_calibration_data, collect_ranges
 from calibration.estimators import Method, make_estimator
 from calibration.plan import fixed_output_params, plan_quantization
+from converters.onnx_info import constant_values
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantParams, QuantPlan, activation_params
 
@@ -53,11 +54,13 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]  # what the estimator saw, per calibrated tensor
     activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
     kept_float: dict[str, str] = field(default_factory=dict)  # planned tensors left float by calibration, and why
+    constants: dict[str, QuantParams] = field(default_factory=dict)  # constant operands on a grid (16x8 only)
 
     def fake_quant_ranges(self) -> dict[str, tuple[float, float]]:
         """Each quantized activation's representable range: what the TFLite lowering's fake-quant nodes take, and
         from which TensorFlow recomputes exactly these scales and zero points."""
-        return {t: tuple(float(v) for v in p.representable_range()) for t, p in self.activations.items()}
+        grids = self.activations | self.constants  # the lowering applies a constant's to the op reading it
+        return {t: tuple(float(v) for v in p.representable_range()) for t, p in grids.items()}
 
 
 def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme,
@@ -78,6 +81,7 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     ranges = collect_ranges(model, plan.activations, dataset, estimator)
     flags = flag_tensors(ranges)  # attention masks: left float in both files
     calibration = Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
+    calibration.constants = constant_parameters(model, plan, scheme)
     return replace(without_tensors(calibration, set(flags)), kept_float=flags) if flags else calibration
 
 
@@ -89,6 +93,16 @@ def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) ->
     return params
 
 
+def constant_parameters(model: onnx.ModelProto, plan: QuantPlan, scheme: QuantScheme) -> dict[str, QuantParams]:
+    """16x8: each constant operand of an elementwise op on the symmetric int16 grid over its own values (a scalar is
+    exact on it). int8 files leave constants to the TFLite converter, which puts them on an int8 grid of their own,
+    and float in ONNX: the difference is under one output step."""
+    if scheme.activation_dtype != "int16" or not plan.constants:
+        return {}
+    values = constant_values(model.graph, set(plan.constants.values()))
+    return {name: activation_params(v.min(), v.max(), "int16") for name, v in values.items() if v.size}
+
+
 def without_tensors(calibration: Calibration, tensors: set[str], weights: set[str] = frozenset()) -> Calibration:
     """The calibration with ``tensors`` (and tensors sharing their grid; and the ``weights``, with their biases)
     left float."""
@@ -98,6 +112,8 @@ def without_tensors(calibration: Calibration, tensors: set[str], weights: set[st
                      shared={t: s for t, s in plan.shared.items() if t not in tensors},
                      fixed={t: op for t, op in plan.fixed.items() if t not in tensors},
                      weights=[w for w in plan.weights if w.initializer not in weights],
-                     biases=[b for b in plan.biases if b.weight not in weights])  # fmt: skip
+                     biases=[b for b in plan.biases if b.weight not in weights],
+                     constants={t: c for t, c in plan.constants.items() if t not in tensors})  # fmt: skip
     activations = {t: p for t, p in calibration.activations.items() if t not in tensors}
-    return replace(calibration, plan=kept, activations=activations)
+    constants = {c: p for c, p in calibration.constants.items() if c in kept.constants.values()}
+    return replace(calibration, plan=kept, activations=activations, constants=constants)

@@ -64,3 +64,15 @@ def onnx_artifact(
         op_counts=onnx_op_counts(model),
         details={"opset": opset, "producer": model.producer_name},
     )
+
+
+def constant_values(graph, names: set[str]) -> dict:
+    """The values (float32) of initializers and Constant-node outputs named in ``names``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in names}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in names and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {name: v.astype(np.float32) for name, v in found.items()}

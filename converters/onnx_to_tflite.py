@@ -14,7 +14,7 @@ import numpy as np
 
 from converters.runtime import TFLiteSession, count_tflite_ops
 from converters.tflite_metadata import with_io_metadata
-from converters.tflite_patch import widen_16x8_biases
+from converters.tflite_patch import patch_16x8
 from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file, write_bytes_atomic
 from edgepack.core.errors import StageError
@@ -62,11 +62,14 @@ def convert_onnx_to_tflite(
     """
     from converters.onnx_to_tf import lower_to_tf, prepare_model  # Imports TensorFlow: only when converting.
 
+    sixteen_bit = quantization is not None and quantization.bits == 16
+    if sixteen_bit:
+        check_16x8_kernels(Path(onnx_path))
     start = time.perf_counter()
     fake_quant = None
     if quantization is not None:
         fake_quant = {name: (lo, hi, quantization.bits) for name, (lo, hi) in quantization.ranges.items()}
-    prepared = prepare_model(Path(onnx_path), input_shapes)
+    prepared = prepare_model(Path(onnx_path), input_shapes, fuse=not sixteen_bit)
     if quantization is not None and quantization.constants:
         prepared.constants.update({k: v for k, v in quantization.constants.items() if k in prepared.constants})
     per_tensor = quantization is not None and not quantization.per_channel_weights
@@ -76,15 +79,46 @@ def convert_onnx_to_tflite(
     tflite_bytes = run_tflite_converter(lowered, Path(onnx_path), quantization)
     if per_tensor:
         tflite_bytes = per_tensor_weights(tflite_bytes)
-    if quantization is not None and quantization.bits == 16:
-        tflite_bytes = widen_16x8_biases(tflite_bytes)
+    if sixteen_bit:
+        tflite_bytes = patch_16x8(tflite_bytes)
     record = {"inputs": dump_specs(lowered.inputs), "outputs": dump_specs(lowered.outputs)}
     write_bytes_atomic(Path(out_path), with_io_metadata(tflite_bytes, record))
     seconds = time.perf_counter() - start
+    written = prepared_or_removed(Path(out_path), Path(onnx_path))
     counts = {"TRANSPOSE": 0, **count_tflite_ops(out_path)}
-    # Read the interface back from the file: integer I/O changes dtypes and adds scales the lowering never saw.
-    written = TFLiteSession(out_path)
     return TFLiteConversion(written.inputs, written.outputs, counts, seconds)
+
+
+def prepared_or_removed(out_path: Path, onnx_path: Path) -> TFLiteSession:
+    """The written file, opened in LiteRT (which prepares every op); a file LiteRT cannot prepare is removed, so no
+    artifact exists that fails on the device. Read back: integer I/O changes dtypes and adds scales."""
+    try:
+        return TFLiteSession(out_path)
+    except Exception as e:
+        out_path.unlink(missing_ok=True)
+        raise StageError("convert", f"LiteRT cannot prepare the TFLite file converted from {str(onnx_path)!r}, so "
+                         f"it was removed: {str(e).strip()}; convert that op's precision differently (e.g. int8, "
+                         "or formats: [onnx]), or report the op") from e  # fmt: skip
+
+
+# ONNX ops whose TFLite kernels have no 16-bit version: a 16x8 TFLite file cannot hold them between int16 tensors
+# (the converter refuses), and keeping them in float would let the converter invent ranges edgepack did not compute.
+NO_INT16_TFLITE_KERNEL = {"HardSwish": "HARD_SWISH", "Gelu": "GELU"}
+
+
+def check_16x8_kernels(model_path: Path) -> None:
+    """Refuse, naming the first node, an ONNX model whose ops have no 16-bit TFLite kernel (before any work)."""
+    import onnx
+
+    from edgepack.core.errors import UnsupportedOperatorError
+
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
+        if node.op_type in NO_INT16_TFLITE_KERNEL:
+            detail = (
+                f"TFLite's {NO_INT16_TFLITE_KERNEL[node.op_type]} has no 16-bit kernel, so a 16x8 TFLite file cannot "
+                "hold it; quantize TFLite to int8, or write int16x8 for ONNX only (formats: [onnx])"
+            )
+            raise UnsupportedOperatorError(node.op_type, node.name, detail)
 
 
 def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantization | None = None) -> bytes:

@@ -15,12 +15,14 @@ the same values, so both files hold the same int8 weights and int32 biases, not 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from converters.onnx_info import constant_values
 from edgepack.core.artifacts import atomic_path
 from edgepack.core.quantization import QuantParams, QuantPlan, weight_params
 
@@ -35,40 +37,48 @@ def write_qdq_model(
     *,
     unsigned_activations: bool = True,
     per_channel_weights: bool = True,
+    constants: dict[str, QuantParams] | None = None,
 ) -> dict[str, QuantParams]:
     """Write the QDQ model; returns every weight's parameters (activations' are the caller's ``activations``).
 
-    ``per_channel_weights=False``: one symmetric scale per weight tensor (max|w| / 127), as the TFLite file gets."""
+    ``per_channel_weights=False``: one symmetric scale per weight tensor (max|w| / 127), as the TFLite file gets.
+    ``constants``: constant operands stored on these grids (``Calibration.constants``), as the TFLite file has them."""
     quantized, weights = build_qdq_model(model, plan, activations, unsigned_activations=unsigned_activations,
-                                         per_channel_weights=per_channel_weights)  # fmt: skip
+                                         per_channel_weights=per_channel_weights, constants=constants)  # fmt: skip
     with atomic_path(Path(out_path)) as tmp:
         onnx.save(quantized, str(tmp))
     return weights
 
 
 def build_qdq_model(model: onnx.ModelProto, plan: QuantPlan, activations: dict[str, QuantParams], *,
-                    unsigned_activations: bool = True,
-                    per_channel_weights: bool = True) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
+                    unsigned_activations: bool = True, per_channel_weights: bool = True,
+                    constants: dict[str, QuantParams] | None = None,
+                    ) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:  # fmt: skip
     """The QDQ model in memory (the sensitivity search builds many) and every weight's parameters."""
     int16 = any(p.dtype == "int16" for p in activations.values())
     quantized = with_opset_at_least(model, INT16_QDQ_OPSET if int16 else 0)
     graph = quantized.graph
-    constants = quantized_constants(graph, plan, activations, per_channel_weights)
-    for name, (q, params) in constants.items():
-        _replace_with_dequantized(graph, name, q, params, zero_point=params.dtype != "int32")
+    weights = _quantize_weights(graph, plan, per_channel_weights)
+    for name, (q, params) in weights.items():
+        _replace_with_dequantized(graph, name, q, params)
+    for copy in _bias_copies(graph, plan, activations, {n: p for n, (_, p) in weights.items()}):
+        _write_bias(graph, copy)
+    _quantize_constants(graph, constants or {})
     for tensor, params in activations.items():
         _insert_qdq(graph, tensor, _onnx_grid(params, unsigned_activations))
     onnx.checker.check_model(quantized)
-    return quantized, {name: params for name, (_, params) in constants.items() if params.dtype != "int32"}
+    return quantized, {name: params for name, (_, params) in weights.items()}
 
 
 def quantized_constants(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
                         per_channel_weights: bool = True) -> dict[str, tuple[np.ndarray, QuantParams]]:  # fmt: skip
-    """Every planned weight and bias: (its integers, their parameters). The one place both files' integer
-    constants are decided: the TFLite path hands the converter these values dequantized, so it re-derives exactly
-    these integers instead of rounding the float weights its own way."""
+    """Every planned weight and bias, by initializer: (its integers, their parameters). The one place both files'
+    integer constants are decided: the TFLite path hands the converter these values dequantized, so it re-derives
+    exactly these integers instead of rounding the float weights its own way. (A bias shared by readers on different
+    grids has one copy per grid in the ONNX file; the initializer's own values are those of its first grid.)"""
     weights = _quantize_weights(graph, plan, per_channel_weights)
-    return weights | _quantize_biases(graph, plan, activations, {n: p for n, (_, p) in weights.items()})
+    biases = _bias_copies(graph, plan, activations, {n: p for n, (_, p) in weights.items()})
+    return weights | {c.name: (c.q, c.params) for c in biases if c.name == c.initializer}
 
 
 def dequantized_constants(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
@@ -95,19 +105,60 @@ def _quantize_weights(graph: onnx.GraphProto, plan: QuantPlan,
     return done
 
 
-def _quantize_biases(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
-                     weights: dict[str, QuantParams]) -> dict[str, tuple[np.ndarray, QuantParams]]:  # fmt: skip
-    initializers = {t.name: t for t in graph.initializer}
-    done: dict[str, tuple[np.ndarray, QuantParams]] = {}
+@dataclass
+class BiasCopy:
+    """One int32 copy of a bias initializer, on one bias scale, and the planned biases (readers) that read it."""
+
+    initializer: str
+    name: str  # the initializer's own name for its first scale; NAME_scaleK for the others
+    q: np.ndarray
+    params: QuantParams
+    readers: list = field(default_factory=list)
+
+
+def _bias_copies(graph: onnx.GraphProto, plan: QuantPlan, activations: dict[str, QuantParams],
+                 weights: dict[str, QuantParams]) -> list[BiasCopy]:  # fmt: skip
+    """int32 biases on input scale x weight scale. A bias shared by several nodes (one cell unrolled over time
+    steps: every step's Gemm reads the same bias) gets one copy per bias scale: nodes whose inputs share a grid share
+    one copy."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    copies: dict[str, list[BiasCopy]] = {}
     for bias in plan.biases:
         source = activations.get(bias.activation)
-        if source is None or bias.initializer not in initializers or bias.initializer in done:
+        if source is None or bias.initializer not in values:
             continue  # the input stays float: so does the bias
-        values = numpy_helper.to_array(initializers[bias.initializer])
-        scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(values.shape, np.float32)
-        params = QuantParams(scale, np.zeros(values.shape, np.int64), "int32", axis=0)
-        done[bias.initializer] = (np.clip(np.round(values / scale), -(2**31), 2**31 - 1).astype(np.int32), params)
-    return done
+        shape = values[bias.initializer].shape
+        scale = (source.scale * weights[bias.weight].scale).astype(np.float32) * np.ones(shape, np.float32)
+        written = copies.setdefault(bias.initializer, [])
+        copy = next((c for c in written if np.array_equal(c.params.scale, scale)), None)
+        if copy is None:
+            name = bias.initializer if not written else f"{bias.initializer}_scale{len(written)}"
+            q = np.clip(np.round(values[bias.initializer] / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            copy = BiasCopy(bias.initializer, name, q, QuantParams(scale, np.zeros(shape, np.int64), "int32", axis=0))
+            written.append(copy)
+        copy.readers.append(bias)
+    return [c for written in copies.values() for c in written]
+
+
+def _write_bias(graph: onnx.GraphProto, copy: BiasCopy) -> None:
+    """int32 with no zero-point input, dequantized into ``copy.name``; its readers read that name."""
+    if copy.name == copy.initializer:
+        _replace_with_dequantized(graph, copy.name, copy.q, copy.params, zero_point=False)
+        return
+    _add_dequantized(graph, copy.name, copy.q, copy.params, zero_point=False)
+    for bias in copy.readers:
+        for node in graph.node:
+            if node.op_type != "DequantizeLinear" and node.input and node.input[0] == bias.activation:
+                node.input[:] = [copy.name if i == bias.initializer else i for i in node.input]
+
+
+def _quantize_constants(graph: onnx.GraphProto, constants: dict[str, QuantParams]) -> None:
+    """Each initializer or Constant-node output in ``constants`` becomes integer + DequantizeLinear (same name)."""
+    for name, values in constant_values(graph, set(constants)).items():
+        for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] == name]:
+            graph.node.remove(node)
+        graph.initializer.append(numpy_helper.from_array(values, name))  # replaced just below, as a weight is
+        _replace_with_dequantized(graph, name, constants[name].quantize(values), constants[name])
 
 
 def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams, *,
@@ -117,6 +168,12 @@ def _replace_with_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, 
     kept = [t for t in graph.initializer if t.name != name]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    _add_dequantized(graph, name, q, params, zero_point=zero_point)
+
+
+def _add_dequantized(graph: onnx.GraphProto, name: str, q: np.ndarray, params: QuantParams, *,
+                     zero_point: bool = True) -> None:  # fmt: skip
+    """``name_quantized`` (integer) + DequantizeLinear producing ``name``."""
     scale, zero = _param_initializers(name, params, q.dtype)
     graph.initializer.extend([numpy_helper.from_array(q, f"{name}_quantized"), scale] + ([zero] if zero_point else []))
     inputs = [f"{name}_quantized", scale.name] + ([zero.name] if zero_point else [])

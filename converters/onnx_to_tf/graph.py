@@ -58,8 +58,9 @@ def lower_to_tf(prepared: PreparedModel, fake_quant: dict[str, tuple[float, floa
             env[spec.name] = Value(tensor, layout.normalize_perm(spec.perm_from_onnx))
             apply_fake_quant(env, spec.name, fake_quant)
         dense_only = outputs_feeding_only_dense_layers(prepared)
+        uses: dict = {}  # quantized constants seen so far (ops_elementwise.on_constant_grid)
         for node in prepared.graph.node:
-            lower_node(node, env, prepared.opset, dense_only)
+            lower_node(node, env, prepared.opset, dense_only, fake_quant, uses)
             for name in node.output:
                 apply_fake_quant(env, name, fake_quant)
         outputs[:] = [output_spec(env[out.name], out.name, keys[out.name]) for out in prepared.graph.output]
@@ -91,7 +92,9 @@ def check_all_supported(graph: onnx.GraphProto) -> None:
             raise UnsupportedOperatorError(op_type, node.name or node.output[0], supported=LOWERINGS)
 
 
-def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int, dense_only: set[str] = frozenset()) -> None:
+def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int, dense_only: set[str] = frozenset(),
+               fake_quant: dict | None = None, uses: dict | None = None) -> None:  # fmt: skip
+    """``fake_quant``: as lower_to_tf's; ``uses``: one dict for all nodes of the graph (integer_context)."""
     view = Node(
         op_type=node.op_type,
         name=node.name or node.output[0],
@@ -99,13 +102,23 @@ def lower_node(node: onnx.NodeProto, env: dict[str, Value], opset: int, dense_on
         attrs={a.name: decode_attribute(a) for a in node.attribute},
         output_names=list(node.output),
         opset=opset,
-        extra={"feeds_only_dense_layers": node.output[0] in dense_only},
+        extra={"feeds_only_dense_layers": node.output[0] in dense_only, **integer_context(node, env, fake_quant, uses)},
     )
     results = LOWERINGS[node.op_type](view)
     results = [results] if isinstance(results, Value) else list(results)
     for name, value in zip(node.output, results, strict=False):
         if name:
             env[name] = value
+
+
+def integer_context(node: onnx.NodeProto, env: dict[str, Value], fake_quant: dict | None, uses: dict | None) -> dict:
+    """What lowerings of an integer graph need besides their inputs: that it is one (LSTM/GRU keep their cells float),
+    the grid of each constant input (16x8 kernels read constants on one) and of each output (Concat at 16 bits)."""
+    if not fake_quant:
+        return {"integer": False}
+    constants = {i: fake_quant[n] for i, n in enumerate(node.input) if n in fake_quant and env[n].is_constant}
+    outputs = {i: fake_quant[n] for i, n in enumerate(node.output) if n in fake_quant}
+    return {"integer": True, "constant_grids": constants, "output_grids": outputs, "constant_uses": uses}
 
 
 def outputs_feeding_only_dense_layers(prepared: PreparedModel) -> set[str]:

@@ -48,8 +48,46 @@ def aligned_operands(values: list[Value]) -> tuple[list, tuple[int, ...] | None]
 
 @register(*_BINARY)
 def lower_binary(node: Node) -> Value:
-    (a, b), perm = aligned_operands(node.inputs[:2])
+    operands, perm = aligned_operands(node.inputs[:2])
+    grids = node.extra.get("constant_grids", {})
+    if node.op_type == "Div" and 1 in grids:
+        reciprocal = np.asarray(1.0 / operands[1], np.float32)
+        return Value(operands[0] * on_constant_grid(node, 1, reciprocal, reciprocal=True), perm)
+    if node.op_type == "Add" and grids:
+        # The converter's 16-bit ADD takes no broadcast (SUB does): x + c is x - (-c), exact on a symmetric grid.
+        index = next(iter(grids))
+        return Value(operands[1 - index] - on_constant_grid(node, index, -operands[index]), perm)
+    a, b = (on_constant_grid(node, i, operand) for i, operand in enumerate(operands))
     return Value(_BINARY[node.op_type](a, b), perm)
+
+
+def on_constant_grid(node: Node, index: int, operand: np.ndarray, reciprocal: bool = False):
+    """Input ``index`` through fake-quant when it is a constant the calibration put on a grid (16x8 kernels read
+    constants as int16; the ONNX QDQ file stores the same int16 values). TFLite has no 16-bit DIV: a division by a
+    constant multiplies by its reciprocal, on the symmetric grid over the reciprocal's values (the same as the
+    divisor's when it is a scalar: both exact)."""
+    grid = node.extra.get("constant_grids", {}).get(index)
+    if grid is None or not isinstance(operand, np.ndarray):
+        return operand
+    low, high, bits = grid
+    if reciprocal:
+        step = float(np.abs(operand).max()) / (2 ** (bits - 1) - 1) or 1.0
+        low, high = -(2 ** (bits - 1)) * step, (2 ** (bits - 1) - 1) * step
+    operand = distinct_constant(operand.astype(np.float32), low, high, bits, node.extra["constant_uses"])
+    return tf.quantization.fake_quant_with_min_max_vars(tf.constant(operand), low, high, num_bits=bits)
+
+
+def distinct_constant(values: np.ndarray, low: float, high: float, bits: int, uses: dict) -> np.ndarray:
+    """``values`` on their grid, then moved towards zero by 1/256 of a step per earlier use of the same constant on
+    the same grid: fake-quant gives the same integers, but the converter no longer merges the two fake-quantized
+    constants into one, which its 16-bit quantizer gives only its first reader (the second fails to verify:
+    'binary op operands have same element type'; the GELUs of every layer of a transformer share constants)."""
+    step = (high - low) / (2**bits - 1)
+    snapped = (low + np.round((np.clip(values, low, high) - low) / step) * step).astype(np.float32)
+    key = (snapped.tobytes(), snapped.shape, low, high)
+    count = uses.get(key, 0) % 128  # under half a step: every copy rounds back to the same integer
+    uses[key] = count + 1
+    return (snapped - np.where(snapped > 0, 1.0, -1.0) * count * step / 256).astype(np.float32)
 
 
 @register("Max", "Min")

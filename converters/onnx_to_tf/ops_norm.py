@@ -16,7 +16,8 @@ from converters.onnx_to_tf.registry import Node, Value, register
 def normalize(x: Value, onnx_axes: list[int], epsilon: float):
     """(x - mean) / sqrt(var + eps) over ``onnx_axes``, computed in x's stored layout."""
     axes = [layout.runtime_axis(a, x.rank, x.perm) for a in onnx_axes]
-    centered = x.data - tf.math.reduce_mean(x.data, axis=axes, keepdims=True)
+    count = int(np.prod([x.data.shape[a] for a in axes]))
+    centered = x.data - tf.math.reduce_sum(x.data, axis=axes, keepdims=True) * np.float32(1.0 / count)
     variance = tf.math.reduce_mean(tf.math.square(centered), axis=axes, keepdims=True)
     return centered * tf.math.rsqrt(variance + np.float32(epsilon))
 

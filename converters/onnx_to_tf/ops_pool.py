@@ -51,9 +51,22 @@ def max_pool(node: Node, data, window: padding.Window):
     end = [e + x for e, x in zip(end, extra, strict=True)]
     mode = padding.tf_padding_mode(sizes, window, begin, end)
     if mode is None:
-        lowest = float(np.finfo(np.float32).min)
-        data, mode = tf.pad(data, padding.explicit_paddings(begin, end), constant_values=lowest), "VALID"
+        data, mode = padded_with_lowest(node, data, padding.explicit_paddings(begin, end)), "VALID"
     return tf.nn.max_pool2d(data, window.kernel, [1, *window.strides, 1], mode)
+
+
+def padded_with_lowest(node: Node, data, paddings: list[list[int]]):
+    """``data`` padded with a value no window's maximum can be. At 16 bits the converter has no PADV2 (a pad with a
+    value other than zero), so the data is zero-padded and a constant holding the grid's lowest value in the border
+    (zero inside) is added: PAD and ADD have 16-bit kernels and both operands sit on the data's grid (the pool's
+    output shares it), so the sum is exact."""
+    grid = node.extra.get("output_grids", {}).get(0)
+    if grid is None or grid[2] != 16:
+        return tf.pad(data, paddings, constant_values=float(np.finfo(np.float32).min))
+    low, high, bits = grid
+    border = np.pad(np.zeros(data.shape, np.float32), paddings, constant_values=low)
+    on_grid = lambda t: tf.quantization.fake_quant_with_min_max_vars(t, low, high, num_bits=bits)  # noqa: E731
+    return on_grid(tf.pad(data, paddings) + on_grid(tf.constant(border)))
 
 
 def average_pool(node: Node, data, window: padding.Window):

@@ -42,6 +42,7 @@ class Recurrence:
 
     def __init__(self, node: Node, gates: int, default_activations: list[str]):
         self.node, self.gates = node, gates
+        self.integer = bool(node.extra.get("integer"))  # fake-quant around: keep the cell float (float_island_input)
         self.hidden = int(node.constant_input(2, "recurrence weights").shape[1] // gates)
         self.clip = node.attr("clip")
         self.activations = self.activation_functions(default_activations)
@@ -99,8 +100,10 @@ class Recurrence:
     def input_steps(self, direction: Direction) -> list:
         """x_t @ W^T + bias for every step: one matmul over the whole sequence, then unstacked."""
         stored = self.x.perm if self.x.perm in (_TIME_MAJOR, _BATCH_MAJOR) else None
-        data = layout.in_perm(self.x, stored)
-        projected = tf.linalg.matmul(data, direction.w.T.astype(np.float32)) + direction.input_bias.astype(np.float32)
+        data, weights = layout.in_perm(self.x, stored), direction.w.T.astype(np.float32)
+        if self.integer:  # (-x) @ (-W): see float_island_input
+            data, weights = float_island_input(data), -weights
+        projected = tf.linalg.matmul(data, weights) + direction.input_bias.astype(np.float32)
         return tf.unstack(projected, axis=0 if stored is None else 1)
 
     def activate(self, index: int, direction: int, data):
@@ -118,6 +121,22 @@ class Recurrence:
         y = layout.transposed(y, [2, 0, 1, 3]) if batch_major_io else y  # Relabel only: no data moves.
         states = [Value(tf.stack(list(s), axis=1 if batch_major_io else 0)) for s in zip(*finals, strict=True)]
         return [y, *states]
+
+
+def float_island_input(data):
+    """The cell computes in float between its quantized input and output, as ONNX's LSTM/GRU does in the QDQ file.
+    The TFLite converter does not keep it so on its own: a FULLY_CONNECTED reading a quantized tensor keeps that
+    int8/int16 input with float weights and output (LiteRT refuses it at prepare), so the projection reads -x (NEG
+    has no grid of its own, so the converter dequantizes before it) and multiplies by -W, which is exact."""
+    return tf.math.negative(data)
+
+
+def float_product(a, b):
+    """a * b kept float in an integer graph when both factors come from LOGISTIC/TANH (ops with a fixed output
+    grid) and the product reaches a quantized output through same-grid ops (h_t -> PACK -> Y): the converter would
+    otherwise quantize both factors to their int8 fixed grids, an error ONNX's float cell does not make. With one
+    factor negated the product has no known input grids and stays float; the sign flips are exact."""
+    return tf.math.negative(a * tf.math.negative(b))
 
 
 def node_attr_list(node: Node, key: str) -> list:
@@ -160,7 +179,8 @@ def lstm_step(cell: Recurrence, index: int, direction: Direction, x_t, h, c, pee
     c_new = i * cell.activate(1, index, g) if c is None else f * c + i * cell.activate(1, index, g)
     if peepholes is not None:
         o = o + peepholes[1] * c_new
-    return cell.activate(0, index, o) * cell.activate(2, index, c_new), c_new
+    o, c_activated = cell.activate(0, index, o), cell.activate(2, index, c_new)
+    return (float_product(c_activated, o) if cell.integer else o * c_activated), c_new
 
 
 @register("GRU")

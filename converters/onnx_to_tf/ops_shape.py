@@ -112,7 +112,32 @@ def lower_concat(node: Node) -> Value:
     perm = common_perm(values)
     rank = values[0].rank
     axis = layout.runtime_axis(node.attr("axis"), rank, perm)
+    grid = node.extra.get("output_grids", {}).get(0)
+    if grid is not None and grid[2] == 16 and len(values) > 1:
+        return Value(concat_as_padded_sum([v.data if v.is_constant else layout.in_perm(v, perm) for v in values],
+                                          axis, grid), perm)  # fmt: skip
     return Value(tf.concat([layout.in_perm(v, perm) for v in values], axis=axis), perm)
+
+
+def concat_as_padded_sum(pieces: list, axis: int, grid: tuple[float, float, int]):
+    """Concatenation at 16 bits: the converter has no int16 CONCATENATION (its dialect lacks the type, though
+    LiteRT's kernel copies int16 when every grid is the output's), so each piece is zero-padded to the output's
+    extent and the pieces are added: PAD and ADD have 16-bit kernels, zero is exact on a symmetric grid and the
+    padded pieces never overlap, so each value is only requantized to the output's grid, as in the ONNX QDQ file.
+    Partial sums hold a subset of the output's values: they take its grid. A constant piece is put on it too."""
+    low, high, bits = grid
+    on_grid = lambda t: tf.quantization.fake_quant_with_min_max_vars(t, low, high, num_bits=bits)  # noqa: E731
+    sizes = [int(p.shape[axis]) for p in pieces]
+    total, offset, result = sum(sizes), 0, None
+    for piece, size in zip(pieces, sizes, strict=True):
+        paddings = [[0, 0]] * len(piece.shape)
+        paddings[axis] = [offset, total - offset - size]
+        # A constant is padded before it goes on the grid: the converter must see one quantized constant.
+        constant = isinstance(piece, np.ndarray)
+        padded = on_grid(tf.constant(np.pad(piece, paddings))) if constant else tf.pad(piece, paddings)
+        result = padded if result is None else on_grid(result + padded)
+        offset += size
+    return result
 
 
 @register("Split")

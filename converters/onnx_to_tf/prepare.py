@@ -39,7 +39,9 @@ class PreparedModel:
     input_shapes: dict[str, list[int]]
 
 
-def prepare_model(onnx_path: Path, input_shapes: dict[str, list[int]] | None = None) -> PreparedModel:
+def prepare_model(onnx_path: Path, input_shapes: dict[str, list[int]] | None = None, *,
+                  fuse: bool = True) -> PreparedModel:  # fmt: skip
+    """``fuse=False`` keeps GELU written out (16x8: TFLite's GELU has no 16-bit kernel, its parts do)."""
     model = load_onnx_model(onnx_path)
     constants = load_initializers(model, Path(onnx_path))
     shapes = fix_input_shapes(model, constants, input_shapes or {}, onnx_path)
@@ -50,7 +52,8 @@ def prepare_model(onnx_path: Path, input_shapes: dict[str, list[int]] | None = N
         if not inline_constant_ifs(model.graph, constants) and not folded:
             break
     reject_computed_ifs(model.graph)
-    fuse_gelu(model.graph, constants)
+    if fuse:
+        fuse_gelu(model.graph, constants)
     return PreparedModel(model.graph, constants, opset, shapes)
 
 

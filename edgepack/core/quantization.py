@@ -109,6 +109,7 @@ class QuantPlan:
     fixed: dict[str, str] = field(default_factory=dict)  # tensor -> op type with a fixed output grid
     weights: list[WeightPlan] = field(default_factory=list)
     biases: list[BiasPlan] = field(default_factory=list)
+    constants: dict[str, str] = field(default_factory=dict)  # output of an elementwise op -> its constant operand
 
     def quantized_tensors(self) -> list[str]:
         return self.activations + list(self.shared) + list(self.fixed)

@@ -82,7 +82,9 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
 
     source, equalized = inputs[0], (inputs[1:] or [None])[0]
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
-        _check_int16_kernels(ctx.artifact_path(source))  # before anything is written
+        from converters.onnx_to_tflite import check_16x8_kernels
+
+        check_16x8_kernels(ctx.artifact_path(source))  # before anything is written
     started = time.perf_counter()
     model = onnx.load(str(ctx.artifact_path(source)))
     prepared = prepare_float_model(config, ctx, source, model, equalized)  # cross-layer equalization
@@ -135,30 +137,12 @@ def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibratio
     out = ctx.artifact_file(precision, ".onnx")
     weights = write_qdq_model(model, out, calibration.plan, calibration.activations,
                               unsigned_activations=config.unsigned_onnx_activations,
-                              per_channel_weights=config.per_channel_weights)  # fmt: skip
+                              per_channel_weights=config.per_channel_weights,
+                              constants=calibration.constants)  # fmt: skip
     artifact = onnx_artifact(ctx.run_dir, out, name=f"onnx-{precision}", stage="quantize", parent=source.name,
                              precision=precision)  # fmt: skip
     artifact.details.update(quantization_details(calibration, weights, seconds))
     return artifact
-
-
-# ONNX ops whose TFLite kernels have no 16-bit version: a 16x8 TFLite file cannot hold them between int16 tensors
-# (the converter refuses), and keeping them in float would let the converter invent ranges edgepack did not compute.
-NO_INT16_TFLITE_KERNEL = {"HardSwish": "HARD_SWISH", "Gelu": "GELU"}
-
-
-def _check_int16_kernels(model_path: Path) -> None:
-    import onnx
-
-    from edgepack.core.errors import UnsupportedOperatorError
-
-    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
-        if node.op_type in NO_INT16_TFLITE_KERNEL:
-            detail = (
-                f"TFLite's {NO_INT16_TFLITE_KERNEL[node.op_type]} has no 16-bit kernel, so a 16x8 TFLite file cannot "
-                "hold it; quantize TFLite to int8, or write int16x8 for ONNX only (formats: [onnx])"
-            )
-            raise UnsupportedOperatorError(node.op_type, node.name, detail)
 
 
 def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration,

@@ -117,3 +117,33 @@ def test_bad_calibration_data_is_named(digits_onnx):
     nan = ArrayDataset({"image": np.full((16, 1, 8, 8), np.nan, np.float32)})
     with pytest.raises(DataError, match="calibration input 'image' contains NaN"):
         calibrate(digits_onnx, nan, scheme)
+
+
+def test_a_bias_shared_by_nodes_on_different_grids_gets_one_quantized_copy_per_bias_scale(tmp_path):
+    """One cell applied at every time step: every step's Gemm reads the same weight and bias initializers. On
+    6eac720 the QDQ file repeated 'b_quantized' ('initializer name is not unique')."""
+    #  x1 (|x| <= 1) -> Gemm(w, b) -> y1 ;  x2 (|x| <= 4) -> Gemm(w, b) -> y2 ;  x1 -> Gemm(w, b) -> y3
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", [x, "w", "b"], [y], transB=1, name=f"step{i}")
+             for i, (x, y) in enumerate([("x1", "y1"), ("x2", "y2"), ("x1", "y3")])]  # fmt: skip
+    constants = {"w": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 5]) for x in ("x1", "x2")]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 3]) for y in ("y1", "y2", "y3")]
+    initializers = [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializers),
+                              opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+    data = {"x1": np.clip(rng.standard_normal((64, 5)), -1, 1), "x2": 4 * np.clip(rng.standard_normal((64, 5)), -1, 1)}
+    calibration = calibrate(model, ArrayDataset({k: v.astype(np.float32) for k, v in data.items()}), QuantScheme())
+    weights = write_qdq_model(model, tmp_path / "q.onnx", calibration.plan, calibration.activations)
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    biases = {n.name: n.input[2] for n in written.graph.node if n.op_type == "Gemm"}
+    assert biases["step0"] == biases["step2"] != biases["step1"]  # same input grid, same copy
+    scales = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
+    for step, x in (("step0", "x1"), ("step1", "x2")):
+        expected = calibration.activations[x].scale * weights["w"].scale
+        np.testing.assert_allclose(scales[f"{biases[step]}_scale"], expected, rtol=1e-6)
+    feeds = {k: v[:1].astype(np.float32) for k, v in data.items()}
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    quantized, reference = OnnxSession(tmp_path / "q.onnx").run(feeds), OnnxSession(tmp_path / "float.onnx").run(feeds)
+    for name, values in reference.items():
+        np.testing.assert_allclose(quantized[name], values, atol=0.05 * np.abs(values).max())

@@ -30,7 +30,7 @@ def quantize_both(float_onnx: Path, calibration_data: ArrayDataset, precision: s
     calibration = calibrate(model, calibration_data, QuantScheme(precision=precision))
     onnx_path = float_onnx.with_suffix(f".{precision}.onnx")
     tflite_path = float_onnx.with_suffix(f".{precision}.tflite")
-    write_qdq_model(model, onnx_path, calibration.plan, calibration.activations)
+    write_qdq_model(model, onnx_path, calibration.plan, calibration.activations, constants=calibration.constants)
     shapes = {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     bits = 16 if precision == "int16x8" else 8
     convert_onnx_to_tflite(float_onnx, tflite_path, shapes, FakeQuantization(calibration.fake_quant_ranges(), bits))
