@@ -103,11 +103,11 @@ class _TFLiteIntegers:
     """A .tflite whose integer activations are all subgraph outputs, run with LiteRT's default delegates."""
 
     def __init__(self, tflite_bytes: bytes, input_specs: list[TensorSpec]):
-        from ai_edge_litert.interpreter import Interpreter
+        from edgepack.core.interpreters import tflite_interpreter
 
         exposed, self.inputs, self.exposed = _exposing_integer_tensors(tflite_bytes)
         self.specs = input_specs
-        self.interpreter = Interpreter(model_content=exposed)
+        self.interpreter, _, _ = tflite_interpreter(model_content=exposed)
         self.interpreter.allocate_tensors()
         details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
         self.details = {i: details[i] for i in self.exposed}

@@ -11,15 +11,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from edgepack.core.kernels import (
+    CONSTANT_OPERAND_OPS,
+    FIXED_OUTPUT_GRIDS,
+    FUSED_ACTIVATIONS,
+    FUSING_PRODUCERS,
+    SAME_GRID_OPS,
+)
 from edgepack.core.quantization import INTEGER_RANGES, BiasPlan, QuantParams, QuantPlan, WeightPlan
 
-FUSED_ACTIVATIONS = {"Relu", "Clip"}
-FUSING_PRODUCERS = {"Conv", "Gemm", "MatMul", "Add"}
-SAME_GRID_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
-                 "Slice", "Split", "GlobalMaxPool"}  # fmt: skip
 WEIGHT_INPUTS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
-# Elementwise arithmetic whose TFLite integer kernels read a constant operand on an integer grid of its own.
-CONSTANT_OPERAND_OPS = {"Add", "Sub", "Mul", "Div"}
 BIAS_INPUTS = {"Conv": 2, "Gemm": 2}
 
 
@@ -107,10 +108,6 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list]:
         for name in node.input:
             users.setdefault(name, []).append(node)
     return users
-
-
-# TFLite's int8/int16 kernels for these ops accept only one output grid (their outputs lie in a known interval).
-FIXED_OUTPUT_GRIDS = {"Softmax": (0.0, 1.0), "Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 
 
 def fixed_output_params(op_type: str, dtype: str) -> QuantParams:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from calibration.plan import FUSED_ACTIVATIONS
 from calibration.ptq import Calibration
+from edgepack.core.kernels import FUSED_ACTIVATIONS
 
 MAC_OPS = {"Conv", "Gemm", "MatMul"}
 MIN_OWN_PRECISION_MACS = 0.5

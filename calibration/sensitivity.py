@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.collect import model_outputs
 from calibration.localise import SqnrSums
-from calibration.plan import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from calibration.precision import (
     MIN_OWN_PRECISION_MACS,
     carries_its_name,
@@ -41,6 +40,7 @@ from calibration.precision import (
 from calibration.ptq import Calibration, without_tensors
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import QuantizationError
+from edgepack.core.kernels import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from edgepack.core.quantization import QuantPlan, activation_params
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ def tflite_float_layers(layers: list[Layer], kept: list[Layer]) -> dict[str, str
     """Layer -> why it is float in the TFLite file. A TFLite file cannot mix int8 and int16, so a layer kept high
     is float there; and where the converter gives an op its input's grid (a mean, a pad, ...), a float output needs
     a float input too, or the converter would invent that output's grid: the layer feeding it is float as well."""
-    from converters.onnx_to_tflite import INPUT_GRID_OPS
+    from edgepack.core.kernels import INPUT_GRID_OPS
 
     owner = {t: layer for layer in layers for t in layer.tensors}
     reasons = {layer.name: "kept high; TFLite cannot mix int8 and int16 in one file" for layer in kept}

@@ -12,16 +12,6 @@ import numpy as np
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError
 
-# In the manifest's terms (x = (raw * scale - mean) / std); each tensor's own layout is in the manifest too.
-DIGITS_PREPROCESSING = {
-    "description": "scikit-learn load_digits: 8x8 grayscale images, integer pixel values 0..16",
-    "resize": [8, 8],
-    "color": "grayscale",
-    "scale": 1 / 16,
-    "mean": [0.0],
-    "std": [1.0],
-}
-
 
 def digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as (N, 1, 8, 8) float32 in [0, 1] and int64 labels; a fixed stratified 80/20 split."""

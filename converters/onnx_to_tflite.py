@@ -18,6 +18,7 @@ from converters.tflite_patch import patch_16x8
 from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file, write_bytes_atomic
 from edgepack.core.errors import StageError
+from edgepack.core.kernels import NO_INT16_TFLITE_KERNEL
 
 
 @dataclass
@@ -101,11 +102,6 @@ def prepared_or_removed(out_path: Path, onnx_path: Path) -> TFLiteSession:
                          "or formats: [onnx]), or report the op") from e  # fmt: skip
 
 
-# ONNX ops whose TFLite kernels have no 16-bit version: a 16x8 TFLite file cannot hold them between int16 tensors
-# (the converter refuses), and keeping them in float would let the converter invent ranges edgepack did not compute.
-NO_INT16_TFLITE_KERNEL = {"HardSwish": "HARD_SWISH", "Gelu": "GELU"}
-
-
 def check_16x8_kernels(model_path: Path) -> None:
     """Refuse, naming the first node, an ONNX model whose ops have no 16-bit TFLite kernel (before any work)."""
     import onnx
@@ -156,12 +152,6 @@ def configure_integer_conversion(converter, quantization: FakeQuantization) -> N
 
 def dump_specs(specs: list[TensorSpec]) -> list[dict]:
     return [spec.model_dump(include={"name", "tensor_name", "layout", "perm_from_onnx"}) for spec in specs]
-
-
-# ONNX ops whose TFLite int8 kernel the converter gives its input's grid when no fake-quant says otherwise: a float
-# island cannot start at one of these (the converter would quantize it with a grid edgepack never computed).
-INPUT_GRID_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceMax", "Concat", "Pad", "Resize", "Max",
-                  "Min", "Relu", "Clip", "LeakyRelu", "DepthToSpace", "SpaceToDepth", "Split"}  # fmt: skip
 
 
 def foreign_activation_grids(tflite_path: Path, grids: set[tuple[float, int]]) -> list[str]:

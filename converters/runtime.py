@@ -14,6 +14,7 @@ import numpy as np
 from converters.tflite_metadata import read_io_metadata, tflite_precision
 from edgepack.core.artifacts import Quantization, TensorSpec
 from edgepack.core.errors import ModelFileError
+from edgepack.core.interpreters import tflite_interpreter
 
 _ORT_DTYPES = {
     "float": "float32", "double": "float64", "float16": "float16", "int64": "int64", "int32": "int32",
@@ -23,36 +24,11 @@ _SUFFIXES = {".onnx": "OnnxSession", ".tflite": "TFLiteSession"}
 
 
 def load_tflite_interpreter(model_path, num_threads: int | None = None, *, default_delegates: bool = True):
-    """(Interpreter, runtime name, version) from the first TFLite runtime installed.
+    """(Interpreter, runtime name, version) for a .tflite file, from the first TFLite runtime installed.
 
     ``default_delegates=False`` keeps XNNPACK out so the op list shows the model's own builtin ops.
     """
-    for module_name, runtime in (
-        ("ai_edge_litert.interpreter", "ai_edge_litert"),
-        ("tflite_runtime.interpreter", "tflite_runtime"),
-        ("tensorflow.lite", "tensorflow"),
-    ):
-        try:
-            module = __import__(module_name, fromlist=["Interpreter"])
-        except ImportError:
-            continue
-        kwargs = {"model_path": str(model_path), "num_threads": num_threads}
-        if not default_delegates:
-            kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        return module.Interpreter(**kwargs), runtime, package_version(runtime)
-    raise ModelFileError("no TFLite runtime found; install ai-edge-litert, tflite-runtime or tensorflow")
-
-
-def package_version(runtime: str) -> str:
-    from importlib import metadata
-
-    distribution = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(runtime, runtime)
-    for name in (distribution, "tensorflow-cpu"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
+    return tflite_interpreter(model_path=str(model_path), num_threads=num_threads, default_delegates=default_delegates)
 
 
 def count_tflite_ops(model_path) -> dict[str, int]:

@@ -154,11 +154,10 @@ def tflite_layer(op: dict, tensors: dict[int, dict]) -> LayerCost:
 
 
 def tflite_layers(path: Path) -> tuple[list[LayerCost], Counter]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edgepack.core.interpreters import tflite_interpreter
 
     # Without the default delegate, so that the op list is the model's own ops, not one XNNPACK node.
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
+    interpreter, _, _ = tflite_interpreter(model_path=str(path), default_delegates=False)
     tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     layers = [tflite_layer(op, tensors) for op in ops if op["op_name"] in TFLITE_LAYER_OPS]

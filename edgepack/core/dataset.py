@@ -10,6 +10,16 @@ import numpy as np
 
 from edgepack.core.errors import DataError
 
+# In the manifest's terms (x = (raw * scale - mean) / std); each tensor's own layout is in the manifest too.
+DIGITS_PREPROCESSING = {
+    "description": "scikit-learn load_digits: 8x8 grayscale images, integer pixel values 0..16",
+    "resize": [8, 8],
+    "color": "grayscale",
+    "scale": 1 / 16,
+    "mean": [0.0],
+    "std": [1.0],
+}
+
 
 @dataclass
 class ArrayDataset:

@@ -59,7 +59,7 @@ def _preprocessing(data: dict) -> dict:
     """x = (raw * scale - mean) / std per channel, in the color order named, resized to ``resize`` first."""
     given = data.get("preprocessing") or {}
     if data.get("source") == "digits":
-        from calibration.sources import DIGITS_PREPROCESSING
+        from edgepack.core.dataset import DIGITS_PREPROCESSING
 
         given = {**DIGITS_PREPROCESSING, **given}
     return {**PREPROCESSING_DEFAULTS, **given}
