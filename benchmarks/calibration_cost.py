@@ -79,7 +79,7 @@ def onnx_model(model_path: Path):
 
 
 def planned_tensors(model_path: Path):
-    from calibration.plan import plan_quantization
+    from edgepack.calibration.plan import plan_quantization
 
     model = onnx_model(model_path)
     return model, plan_quantization(model).activations
@@ -87,7 +87,8 @@ def planned_tensors(model_path: Path):
 
 def calibration_batch(model, tensors, data: np.ndarray) -> int:
     """Samples a call that calibration's reader picks for this model (the first batch is its probe)."""
-    from calibration.collect import read_tensors
+    from edgepack.calibration.collect import read_tensors
+
     from edgepack.core.dataset import ArrayDataset
 
     return [b.samples for b in read_tensors(model, tensors, ArrayDataset({INPUT: data[:64]}))][1]
@@ -96,8 +97,7 @@ def calibration_batch(model, tensors, data: np.ndarray) -> int:
 def batched_inference(model_path: Path, data: np.ndarray, size: int) -> None:
     """Plain inference of the batch-freed copy, ``size`` samples a call (calibration's): what batching alone buys."""
     import onnxruntime as ort
-
-    from calibration.collect import free_batch_copy
+    from edgepack.calibration.collect import free_batch_copy
 
     model = onnx_model(model_path)
     session = ort.InferenceSession(free_batch_copy(model).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -107,7 +107,8 @@ def batched_inference(model_path: Path, data: np.ndarray, size: int) -> None:
 
 def exposed_inference(model_path: Path, data: np.ndarray) -> None:
     """Calibration's own reader (every planned tensor exposed, many samples a call), nothing done with the values."""
-    from calibration.collect import read_tensors
+    from edgepack.calibration.collect import read_tensors
+
     from edgepack.core.dataset import ArrayDataset
 
     model, tensors = planned_tensors(model_path)
@@ -117,8 +118,8 @@ def exposed_inference(model_path: Path, data: np.ndarray) -> None:
 
 def calibration_run(model_path: Path, data: np.ndarray, method: str) -> None:
     import onnx
+    from edgepack.calibration.ptq import QuantScheme, calibrate
 
-    from calibration.ptq import QuantScheme, calibrate
     from edgepack.core.dataset import ArrayDataset
 
     scheme = QuantScheme(method=method, samples=len(data))
@@ -132,11 +133,10 @@ def cpu_seconds() -> float:
 
 def run_job(job: str, model_path: Path, count: int, size: int) -> dict:
     """In this process: the job's wall seconds and its peak RSS growth, with the samples already loaded."""
+    import edgepack.calibration.ptq  # noqa: F401
+    import edgepack.converters.verify  # noqa: F401  (calibrate imports it lazily)
     import onnx  # noqa: F401  (imported before the baseline, so the growth and time are the job's, not the import's)
     import onnxruntime  # noqa: F401
-
-    import calibration.ptq  # noqa: F401
-    import converters.verify  # noqa: F401  (calibrate imports it lazily)
 
     data = samples(count, size)
     per_call = calibration_batch(*planned_tensors(model_path), data) if job == "batched" else 1  # off the clock

@@ -36,8 +36,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.sources import digits_split  # noqa: E402
-from converters.sparsity import gzip_bytes, tflite_weight_sparsity  # noqa: E402
+from edgepack.calibration.sources import digits_split  # noqa: E402
+from edgepack.converters.sparsity import gzip_bytes, tflite_weight_sparsity  # noqa: E402
+
 from edgepack.compression.distillation import finetune  # noqa: E402
 from edgepack.compression.options import FinetuneConfig
 from edgepack.core.dataset import ArrayDataset

@@ -24,12 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.agreement import divergence_summary, layer_agreement  # noqa: E402
-from calibration.ptq import QuantScheme, calibrate  # noqa: E402
-from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite  # noqa: E402
-from converters.qdq import dequantized_constants, write_qdq_model  # noqa: E402
-from converters.runtime import open_session  # noqa: E402
-from converters.verify import predict  # noqa: E402
+from edgepack.calibration.agreement import divergence_summary, layer_agreement  # noqa: E402
+from edgepack.calibration.ptq import QuantScheme, calibrate  # noqa: E402
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite  # noqa: E402
+from edgepack.converters.qdq import dequantized_constants, write_qdq_model  # noqa: E402
+from edgepack.converters.runtime import open_session  # noqa: E402
+from edgepack.converters.verify import predict  # noqa: E402
+
 from edgepack.core.dataset import ArrayDataset  # noqa: E402
 from tests.converters.arch_vision import EfficientNetB0, MobileNetV2, MobileNetV3Small  # noqa: E402
 from tests.converters.torch_check import calibrate_batchnorm, export  # noqa: E402

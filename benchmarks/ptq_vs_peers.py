@@ -33,10 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration.sources import digits_split  # noqa: E402
-from converters.runtime import open_session  # noqa: E402
-from converters.verify import predict  # noqa: E402
-from device_bench import BenchOptions, bench  # noqa: E402
+from edgepack.calibration.sources import digits_split  # noqa: E402
+from edgepack.converters.runtime import open_session  # noqa: E402
+from edgepack.converters.verify import predict  # noqa: E402
+from edgepack.device_bench import BenchOptions, bench  # noqa: E402
+
 from edgepack.core.artifacts import to_runtime_layout  # noqa: E402
 from edgepack.core.dataset import ArrayDataset
 from edgepack.examples import digits  # noqa: E402
@@ -196,8 +197,7 @@ def onnxruntime_default_int8(float_onnx: Path, out: Path, calibration: ArrayData
 def tflite_default_int8(float_onnx: Path, out: Path, calibration: ArrayDataset):
     """Full int8 the TFLite converter's way on edgepack's lowering; returns the lowering's specs (layout)."""
     import tensorflow as tf
-
-    from converters.onnx_to_tf import lower_to_tf, prepare_model
+    from edgepack.converters.onnx_to_tf import lower_to_tf, prepare_model
 
     lowered = lower_to_tf(prepare_model(float_onnx))
 

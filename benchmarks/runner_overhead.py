@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from edgepack.device_bench import BenchOptions, bench
 from onnx import TensorProto, helper, numpy_helper
-
-from device_bench import BenchOptions, bench
 
 INPUT_SHAPE = [1, 3, 32, 32]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from edgepack.calibration.collect import padded_batches
 from onnx import helper, numpy_helper
 
-from calibration.collect import padded_batches
 from edgepack.core.artifacts import TensorSpec
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantParams
@@ -113,7 +113,7 @@ class _TFLiteIntegers:
         self.details = {i: details[i] for i in self.exposed}
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-        from converters.verify import to_runtime
+        from edgepack.converters.verify import to_runtime
 
         for spec in self.specs:
             index = self.inputs[spec.tensor_name or spec.name]

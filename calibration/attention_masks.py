@@ -20,8 +20,7 @@ import math
 
 import numpy as np
 import onnx
-
-from calibration.estimators import RangeEstimator
+from edgepack.calibration.estimators import RangeEstimator
 
 FLAG_LIMIT = 1e6  # no activation that carries signal comes near this; masks use 1e4 to 3.4e38
 

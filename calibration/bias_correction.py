@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+from edgepack.calibration.plan import plan_quantization
+from edgepack.calibration.ptq import Calibration
 from onnx import helper, numpy_helper
 
-from calibration.plan import plan_quantization
-from calibration.ptq import Calibration
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantPlan, weight_params
 
@@ -122,8 +122,7 @@ def _expected_output_errors(model: onnx.ModelProto, layers: list[_Layer], datase
                            batch_size: int) -> dict[str, np.ndarray]:  # fmt: skip
     """Mean over samples (and positions) of each twin's output, per output channel (axis 1)."""
     import onnxruntime as ort
-
-    from converters.verify import pad_batch
+    from edgepack.converters.verify import pad_batch
 
     session = ort.InferenceSession(_with_error_twins(model, layers).SerializeToString(),
                                    providers=["CPUExecutionProvider"])  # fmt: skip

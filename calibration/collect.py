@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from edgepack.calibration.estimators import RangeEstimator
 
-from calibration.estimators import RangeEstimator
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError
 
@@ -155,7 +155,7 @@ def _batch_within_budget(probe: TensorBatch) -> int:
 
 def padded_batches(dataset: ArrayDataset, batch: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """(batch padded to a fixed-batch model's size by repeating the last sample, how many of its samples are real)."""
-    from converters.verify import pad_batch
+    from edgepack.converters.verify import pad_batch
 
     for part in dataset.batches(batch):
         yield pad_batch(part, batch), len(next(iter(part.values())))

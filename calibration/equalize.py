@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from edgepack.calibration.plan import _consumers
 from onnx import numpy_helper
-
-from calibration.plan import _consumers
 
 # Ops y = f(x) with f(x / s) = f(x) / s per channel for s > 0, so a channel scale passes through them unchanged.
 POSITIVE_HOMOGENEOUS = {"Relu", "LeakyRelu", "Identity", "Dropout"}

@@ -10,8 +10,7 @@ from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
-
-from calibration.histogram import DEFAULT_SAMPLE_LIMIT, StreamingHistogram
+from edgepack.calibration.histogram import DEFAULT_SAMPLE_LIMIT, StreamingHistogram
 
 
 class RangeEstimator(Protocol):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from edgepack.calibration.collect import onnx_tensor_reader, padded_batches
 
-from calibration.collect import onnx_tensor_reader, padded_batches
 from edgepack.core.artifacts import TensorSpec
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import ModelFileError
@@ -148,7 +148,7 @@ def _nhwc(shape: tuple) -> tuple:
 def _run_tflite(interpreter, batch: dict[str, np.ndarray], input_specs: list[TensorSpec],
                 matches: dict[str, dict]) -> dict[str, np.ndarray]:  # fmt: skip
     """Real values (ONNX layout) of every matched tensor after one invocation on ``batch``."""
-    from converters.verify import to_runtime
+    from edgepack.converters.verify import to_runtime
 
     interpreter.get_signature_runner()(**{spec.name: to_runtime(batch[spec.name], spec) for spec in input_specs})
     return {tensor: _dequantized_onnx_layout(interpreter, detail) for tensor, detail in matches.items()}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from edgepack.calibration.ptq import Calibration
 
-from calibration.ptq import Calibration
 from edgepack.core.kernels import FUSED_ACTIVATIONS
 
 MAC_OPS = {"Conv", "Gemm", "MatMul"}

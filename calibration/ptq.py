@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import onnx
+from edgepack.calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, softmax_inputs
+from edgepack.calibration.collect import check_calibration_data, collect_ranges
+from edgepack.calibration.estimators import Method, make_estimator
+from edgepack.calibration.plan import fixed_output_params, plan_quantization
+from edgepack.converters.onnx_info import constant_values
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, softmax_inputs
-from calibration.collect import check_calibration_data, collect_ranges
-from calibration.estimators import Method, make_estimator
-from calibration.plan import fixed_output_params, plan_quantization
-from converters.onnx_info import constant_values
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantParams, QuantPlan, activation_params
 

@@ -24,11 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
-
-from calibration.collect import model_outputs
-from calibration.localise import SqnrSums
-from calibration.precision import (
+from edgepack.calibration.collect import model_outputs
+from edgepack.calibration.localise import SqnrSums
+from edgepack.calibration.precision import (
     MIN_OWN_PRECISION_MACS,
     carries_its_name,
     integer_nodes,
@@ -37,14 +35,16 @@ from calibration.precision import (
     node_precisions,
     own_precision,
 )
-from calibration.ptq import Calibration, without_tensors
+from edgepack.calibration.ptq import Calibration, without_tensors
+from pydantic import BaseModel, ConfigDict, Field
+
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import QuantizationError
 from edgepack.core.kernels import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from edgepack.core.quantization import QuantPlan, activation_params
 
 if TYPE_CHECKING:
-    from calibration.bias_correction import BiasCorrection
+    from edgepack.calibration.bias_correction import BiasCorrection
 
 
 class HighPrecision(StrEnum):
@@ -179,7 +179,7 @@ class RuntimeScorer:
         return self.bias_correction.only(integer_nodes(self.model, calibration)).model
 
     def score(self, calibration: Calibration) -> Score:
-        from converters.qdq import build_qdq_model
+        from edgepack.converters.qdq import build_qdq_model
 
         model, _ = build_qdq_model(self.quantized_from(calibration), calibration.plan, calibration.activations,
                                    **self.writer_options)  # fmt: skip

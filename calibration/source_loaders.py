@@ -7,9 +7,9 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+from edgepack.calibration.data_config import DataConfig, DataSourceKind, Preprocessing
+from edgepack.calibration.sources import load_digits_dataset, load_npz_dataset
 
-from calibration.data_config import DataConfig, DataSourceKind, Preprocessing
-from calibration.sources import load_digits_dataset, load_npz_dataset
 from edgepack.core.dataset import ArrayDataset, check_dataset
 from edgepack.core.errors import DataError
 

@@ -18,7 +18,7 @@ def describe_model(path: Path) -> dict:
 
 
 def _describe_onnx(path: Path) -> dict:
-    from converters.onnx_info import load_onnx, onnx_op_counts, tensor_specs
+    from edgepack.converters.onnx_info import load_onnx, onnx_op_counts, tensor_specs
 
     model = load_onnx(path)
     initializers = {t.name for t in model.graph.initializer}
@@ -34,7 +34,7 @@ def _describe_onnx(path: Path) -> dict:
 
 
 def _describe_tflite(path: Path) -> dict:
-    from converters.runtime import TFLiteSession, count_tflite_ops
+    from edgepack.converters.runtime import TFLiteSession, count_tflite_ops
 
     session = TFLiteSession(path)
     return {

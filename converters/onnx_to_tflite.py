@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from edgepack.converters.runtime import TFLiteSession, count_tflite_ops
+from edgepack.converters.tflite_metadata import with_io_metadata
+from edgepack.converters.tflite_patch import patch_16x8
+from edgepack.converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 
-from converters.runtime import TFLiteSession, count_tflite_ops
-from converters.tflite_metadata import with_io_metadata
-from converters.tflite_patch import patch_16x8
-from converters.tflite_per_tensor import per_tensor_weights, snap_weights_to_tensor_grid
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, sha256_file, write_bytes_atomic
 from edgepack.core.errors import StageError
 from edgepack.core.kernels import NO_INT16_TFLITE_KERNEL
@@ -61,7 +61,7 @@ def convert_onnx_to_tflite(
     ``input_shapes`` fixes dynamic input dimensions (ONNX layout), e.g. ``{"image": [1, 3, 224, 224]}``; a
     dynamic batch alone defaults to 1. The ONNX file is only read.
     """
-    from converters.onnx_to_tf import lower_to_tf, prepare_model  # Imports TensorFlow: only when converting.
+    from edgepack.converters.onnx_to_tf import lower_to_tf, prepare_model  # Imports TensorFlow: only when converting.
 
     sixteen_bit = quantization is not None and quantization.bits == 16
     if sixteen_bit:
@@ -158,8 +158,7 @@ def foreign_activation_grids(tflite_path: Path, grids: set[tuple[float, int]]) -
     """The TFLite tensors whose per-tensor integer grid (scale, zero point) is not one of ``grids``: any such
     tensor's range was chosen by the converter, not by edgepack."""
     import numpy as np
-
-    from converters.runtime import load_tflite_interpreter
+    from edgepack.converters.runtime import load_tflite_interpreter
 
     interpreter, _, _ = load_tflite_interpreter(tflite_path, default_delegates=False)
     # _get_ops_details is private, but it is the interpreter's only way to say which tensors ops write.
@@ -178,7 +177,7 @@ def foreign_activation_grids(tflite_path: Path, grids: set[tuple[float, int]]) -
 def tflite_artifact(run_dir: Path, out: Path, conversion: TFLiteConversion, *, name: str, precision, parent: str,
                     stage: str, **details) -> Artifact:  # fmt: skip
     """The artifact record of a .tflite written by edgepack's converter (float or integer)."""
-    from converters.tflite_metadata import read_min_runtime_version
+    from edgepack.converters.tflite_metadata import read_min_runtime_version
 
     return Artifact(
         name=name, format=Format.TFLITE, precision=precision, path=str(out.relative_to(run_dir)),

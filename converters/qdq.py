@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from edgepack.converters.onnx_info import constant_values
 from onnx import helper, numpy_helper, version_converter
 
-from converters.onnx_info import constant_values
 from edgepack.core.artifacts import atomic_path
 from edgepack.core.quantization import QuantParams, QuantPlan, weight_params
 

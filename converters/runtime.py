@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from edgepack.converters.tflite_metadata import read_io_metadata, tflite_precision
 
-from converters.tflite_metadata import read_io_metadata, tflite_precision
 from edgepack.core.artifacts import Quantization, TensorSpec
 from edgepack.core.errors import ModelFileError
 from edgepack.core.interpreters import tflite_interpreter

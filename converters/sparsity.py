@@ -10,8 +10,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-
-from converters.runtime import load_tflite_interpreter
+from edgepack.converters.runtime import load_tflite_interpreter
 
 ONNX_WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 TFLITE_WEIGHTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}

@@ -13,8 +13,8 @@ from __future__ import annotations
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from edgepack.converters.tflite_patch import BIAS_INPUT
 
-from converters.tflite_patch import BIAS_INPUT
 from edgepack.core.quantization import weight_params
 
 WEIGHT_INPUT = {  # onnx op -> weight input; TFLite op -> weight input

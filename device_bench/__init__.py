@@ -4,10 +4,10 @@ Importing this package stays light: the runtimes (LiteRT, onnxruntime, tensorflo
 ``runner.py``, inside the separate process that measures, and paramiko only when an ssh target is used.
 """
 
-from device_bench.energy_proxy import energy_proxy
-from device_bench.options import BenchOptions
-from device_bench.records import RUNNER_FILES, RUNNER_PATH
-from device_bench.targets import (
+from edgepack.device_bench.energy_proxy import energy_proxy
+from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.records import RUNNER_FILES, RUNNER_PATH
+from edgepack.device_bench.targets import (
     TARGET_FORMS,
     BenchTarget,
     HostTarget,

@@ -13,8 +13,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from device_bench.options import BenchOptions
-from device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
+from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
+
 from edgepack.core.errors import BenchError
 
 PLATFORM_TOOLS = "https://developer.android.com/tools/releases/platform-tools"

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-from device_bench.options import BenchOptions
+from edgepack.device_bench.options import BenchOptions
+
 from edgepack.core.errors import BenchError
 
 NUMBER = r"([-+\d.eE]+)"

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from device_bench.layer_costs import LayerCost, onnx_layers, tflite_layers
+from edgepack.device_bench.layer_costs import LayerCost, onnx_layers, tflite_layers
 
 SOURCE = (
     "M. Horowitz, 'Computing's energy problem (and what we can do about it)', IEEE International Solid-State "

@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from device_bench.options import BenchOptions
+from edgepack.device_bench.options import BenchOptions
+
 from edgepack.core.errors import BenchError
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")

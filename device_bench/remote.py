@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from device_bench import benchmark_model
-from device_bench.options import BenchOptions
-from device_bench.records import INSTALL_HINTS, RUNNER_FILES, bench_failure, record_from_process, runner_arguments
+from edgepack.device_bench import benchmark_model
+from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.records import (
+    INSTALL_HINTS,
+    RUNNER_FILES,
+    bench_failure,
+    record_from_process,
+    runner_arguments,
+)
 
 HOUSEKEEPING_SECONDS = 60  # mktemp, chmod, kill, rm, reading a small file back
 COMMAND_NOT_FOUND, NOT_EXECUTABLE = 127, 126  # POSIX shells' exit codes

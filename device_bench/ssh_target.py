@@ -11,9 +11,9 @@ import socket
 from pathlib import Path
 
 import paramiko
+from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
 
-from device_bench.options import BenchOptions
-from device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
 from edgepack.core.errors import BenchError
 
 # Expanded by the device's sh, never built from user input: the user's temporary folder, as mktemp would pick.

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from device_bench.energy_proxy import energy_proxy
-from device_bench.options import BenchOptions
-from device_bench.records import RUNNER_PATH, bench_failure, record_from_process, runner_arguments
+from edgepack.device_bench.energy_proxy import energy_proxy
+from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.records import RUNNER_PATH, bench_failure, record_from_process, runner_arguments
+
 from edgepack.core.errors import UserError
 
 TARGET_FORMS = ("host", "ssh://user@host[:port]", "adb://SERIAL")
@@ -62,7 +63,7 @@ def parse_target(text: str) -> BenchTarget:
 
 
 def parse_ssh_target(text: str) -> BenchTarget:
-    from device_bench.ssh_target import SshTarget  # paramiko is imported only when an ssh target is used
+    from edgepack.device_bench.ssh_target import SshTarget  # paramiko is imported only when an ssh target is used
 
     parts = urlsplit(text)
     try:
@@ -75,7 +76,7 @@ def parse_ssh_target(text: str) -> BenchTarget:
 
 
 def parse_adb_target(text: str) -> BenchTarget:
-    from device_bench.adb_target import AdbTarget
+    from edgepack.device_bench.adb_target import AdbTarget
 
     serial = text.removeprefix("adb://")
     if not serial or any(character.isspace() or character == "/" for character in serial):

@@ -4,7 +4,16 @@
 that ``import edgepack`` stays cheap (torch and TensorFlow load only when a run needs them).
 """
 
+from pathlib import Path
+
 from edgepack.core.version import __version__
+
+# Installed, converters/, calibration/ and device_bench/ are edgepack.converters, edgepack.calibration and
+# edgepack.device_bench (pyproject's package-dir). In a source checkout they sit beside this folder, the layout the
+# project fixed: the same names find them there.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "converters" / "__init__.py").is_file():
+    __path__.append(str(_CHECKOUT))
 
 __all__ = ["PackResult", "__version__", "pack"]
 

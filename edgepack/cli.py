@@ -89,9 +89,9 @@ def bench(
     """Benchmark a model file in a separate process (latency percentiles, memory, energy)."""
     from pydantic import ValidationError
 
-    from device_bench import BenchOptions, bench_each_thread_count
     from edgepack.convert_file import parse_input_shapes
     from edgepack.core.errors import UserError
+    from edgepack.device_bench import BenchOptions, bench_each_thread_count
     from edgepack.recipe_errors import describe_validation_error
 
     fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}
@@ -116,7 +116,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Inputs and outputs (names, shapes, dtypes, quantization) and op counts of a model file."""
-    from converters.inspect import describe_model
+    from edgepack.converters.inspect import describe_model
 
     description = describe_model(model)
     if as_json:

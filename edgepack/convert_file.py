@@ -146,7 +146,7 @@ def _torch_inputs(model: Path, shapes: dict[str, list[int]]) -> list[dict]:
 
 
 def _onnx_inputs(model: Path, shapes: dict[str, list[int]]) -> list[dict]:
-    from converters.onnx_info import load_onnx, tensor_specs
+    from edgepack.converters.onnx_info import load_onnx, tensor_specs
 
     onnx_model = load_onnx(model)
     specs = tensor_specs(onnx_model.graph.input, {t.name for t in onnx_model.graph.initializer})
@@ -174,7 +174,7 @@ def _static(shape: list[int], name: str, model: Path) -> list[int]:
 
 def _output_names(model: Path, model_format: ModelFormat, inputs: list[dict]) -> list[str]:
     if model_format == ModelFormat.ONNX:
-        from converters.onnx_info import load_onnx
+        from edgepack.converters.onnx_info import load_onnx
 
         return [o.name for o in load_onnx(model).graph.output]
     count = _count_torch_outputs(model, model_format, inputs)

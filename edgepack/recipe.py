@@ -18,11 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from calibration.data_config import DataConfig
-from converters.verify import IntegerTolerance
-from device_bench import BenchOptions, parse_target
+from edgepack.calibration.data_config import DataConfig
+from edgepack.converters.verify import IntegerTolerance
 from edgepack.core.config import Strict  # noqa: F401  (re-exported)
 from edgepack.core.errors import RecipeError, UserError
+from edgepack.device_bench import BenchOptions, parse_target
 from edgepack.recipe_errors import describe_validation_error
 from edgepack.reports.gate import GateConfig
 from edgepack.running.robustness import RobustnessConfig

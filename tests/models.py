@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgepack.calibration.sources import digits_split
 from torch import nn
-
-from calibration.sources import digits_split
 
 
 def conv_net() -> nn.Module:

@@ -4,7 +4,7 @@ Importing this package imports TensorFlow (seconds, hundreds of MB);
 ``converters.onnx_to_tflite`` does so only when a conversion runs.
 """
 
-from converters.onnx_to_tf import (  # noqa: F401  (importing registers the lowerings)
+from edgepack.converters.onnx_to_tf import (  # noqa: F401  (importing registers the lowerings)
     ops_conv,
     ops_elementwise,
     ops_logic,
@@ -14,8 +14,8 @@ from converters.onnx_to_tf import (  # noqa: F401  (importing registers the lowe
     ops_recurrent,
     ops_shape,
 )
-from converters.onnx_to_tf.graph import LoweredGraph, lower_to_tf
-from converters.onnx_to_tf.prepare import PreparedModel, prepare_model
-from converters.onnx_to_tf.registry import LOWERINGS
+from edgepack.converters.onnx_to_tf.graph import LoweredGraph, lower_to_tf
+from edgepack.converters.onnx_to_tf.prepare import PreparedModel, prepare_model
+from edgepack.converters.onnx_to_tf.registry import LOWERINGS
 
 __all__ = ["LOWERINGS", "LoweredGraph", "PreparedModel", "lower_to_tf", "prepare_model"]

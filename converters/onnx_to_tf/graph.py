@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import tensorflow as tf
+from edgepack.converters.onnx_to_tf import layout
+from edgepack.converters.onnx_to_tf.prepare import PreparedModel, real_inputs
+from edgepack.converters.onnx_to_tf.registry import LOWERINGS, Node, Value
 
-from converters.onnx_to_tf import layout
-from converters.onnx_to_tf.prepare import PreparedModel, real_inputs
-from converters.onnx_to_tf.registry import LOWERINGS, Node, Value
 from edgepack.core.artifacts import TensorSpec
 from edgepack.core.errors import UnsupportedOperatorError
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf.registry import Value
+from edgepack.converters.onnx_to_tf.registry import Value
 
 
 def channels_last_perm(rank: int) -> tuple[int, ...]:

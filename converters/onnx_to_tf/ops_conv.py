@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout, padding
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout, padding
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 
 @register("Conv")

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 
 def normalize(x: Value, onnx_axes: list[int], epsilon: float):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 _LINEAR_MODES = {
     "half_pixel": {"half_pixel_centers": True},

@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout, padding
-from converters.onnx_to_tf.ops_conv import as_2d
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout, padding
+from edgepack.converters.onnx_to_tf.ops_conv import as_2d
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 
 @register("MaxPool", "AveragePool")

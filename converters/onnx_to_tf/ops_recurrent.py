@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 _ACTIVATIONS = {"Sigmoid": tf.math.sigmoid, "Tanh": tf.math.tanh, "Relu": tf.nn.relu}
 _TIME_MAJOR, _BATCH_MAJOR = None, (1, 0, 2)  # How X may be stored: [T, B, I] or [B, T, I].

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import tensorflow as tf
-
-from converters.onnx_to_tf import layout
-from converters.onnx_to_tf.registry import Node, Value, register
+from edgepack.converters.onnx_to_tf import layout
+from edgepack.converters.onnx_to_tf.registry import Node, Value, register
 
 _INT64_MAX = np.iinfo(np.int64).max
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from converters.onnx_to_tf.registry import Node
+from edgepack.converters.onnx_to_tf.registry import Node
 
 
 @dataclass

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from edgepack.converters.onnx_to_tf.control_flow import inline_constant_ifs, reject_computed_ifs
+from edgepack.converters.onnx_to_tf.fuse import fuse_gelu
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from converters.onnx_to_tf.control_flow import inline_constant_ifs, reject_computed_ifs
-from converters.onnx_to_tf.fuse import fuse_gelu
 from edgepack.core.errors import ModelFileError
 
 # Ops whose result is not a pure function of their inputs, and ops whose subgraphs may read values from the

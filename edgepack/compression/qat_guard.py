@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 import torch
 
-from calibration.ptq import Calibration
-from converters.verify import IntegerTolerance, compare
+from edgepack.calibration.ptq import Calibration
+from edgepack.converters.verify import IntegerTolerance, compare
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import VerificationError
 
@@ -77,9 +77,9 @@ def int8_onnx_figures(float_onnx: onnx.ModelProto, calibration: Calibration, dat
                       reference: np.ndarray, batch: int) -> dict:  # fmt: skip
     """Top-1 and agreement with ``reference`` (the float starting model's logits) of the int8 ONNX QDQ file written
     from ``calibration``, run in onnxruntime on ``data``."""
-    from converters.qdq import write_qdq_model
-    from converters.runtime import open_session
-    from converters.verify import predict
+    from edgepack.converters.qdq import write_qdq_model
+    from edgepack.converters.runtime import open_session
+    from edgepack.converters.verify import predict
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "int8.onnx"

@@ -100,7 +100,7 @@ def run_onnx(model: onnx.ModelProto, tensors: list[str], example: dict[str, np.n
     """The values of ``tensors`` (graph inputs included) in onnxruntime; a batch-1 model runs sample by sample."""
     import onnxruntime as ort
 
-    from calibration.collect import with_outputs
+    from edgepack.calibration.collect import with_outputs
 
     inputs = {i.name for i in model.graph.input}
     exposed = with_outputs(model, [t for t in tensors if t not in inputs])

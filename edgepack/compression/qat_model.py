@@ -24,8 +24,8 @@ import onnx
 import torch
 from torch import fx, nn
 
-from calibration.plan import fixed_output_params
-from calibration.ptq import Calibration, activation_parameters
+from edgepack.calibration.plan import fixed_output_params
+from edgepack.calibration.ptq import Calibration, activation_parameters
 from edgepack.compression.options import QatOptions, WeightMode
 from edgepack.compression.qat_matching import match_layers, match_tensors, onnx_producers, run_torch
 from edgepack.compression.qat_modules import ActivationQuantizer, QuantizedLayer, packed_weight_bytes
@@ -178,7 +178,7 @@ class QatModel(nn.Module):
 
     def calibration_for(self, float_onnx: onnx.ModelProto) -> Calibration:
         """The trained ranges mapped onto ``float_onnx``, an export of ``float_module()``, matched by value."""
-        from calibration.plan import plan_quantization
+        from edgepack.calibration.plan import plan_quantization
 
         scheme = self.calibration.scheme
         plan = plan_quantization(float_onnx, skip=set(scheme.skip_nodes))

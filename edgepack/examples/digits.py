@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.sources import digits_split
+from edgepack.calibration.sources import digits_split
 from edgepack.core.artifacts import atomic_path
 
 RECIPE = Path(__file__).with_name("digits.yaml")

@@ -73,7 +73,7 @@ class RunContext:
 
     def open_session(self, artifact: Artifact):
         """One runtime session per artifact per run (loading a model is not free)."""
-        from converters.runtime import open_session
+        from edgepack.converters.runtime import open_session
 
         if artifact.sha256 not in self._sessions:
             session = open_session(self.artifact_path(artifact))
@@ -139,14 +139,14 @@ class StageView:
         return measure.torch_outputs(module, self._run.recipe, dataset)
 
     def example_feeds(self) -> dict[str, np.ndarray]:
-        from converters.verify import pad_batch
+        from edgepack.converters.verify import pad_batch
 
         return pad_batch(next(self.verify_data.batches(self.batch_size)), self.batch_size)
 
     def export_onnx(self, model, out: Path) -> bool:
         """A torch artifact (the loaded .pt2 program itself for the source) or a module, with the recipe's export
         settings (the export stage's, else its defaults); True when the dynamo exporter was used."""
-        from converters.torch_to_onnx import example_inputs, export_to_onnx
+        from edgepack.converters.torch_to_onnx import example_inputs, export_to_onnx
 
         run, recipe = self._run, self._run.recipe
         if isinstance(model, Artifact):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.source_loaders import load_dataset
+from edgepack.calibration.source_loaders import load_dataset
 from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import Recipe
 
@@ -40,7 +40,7 @@ def stage_dataset(recipe: Recipe, source, *, stage: str, key: str, labels: bool 
     measured on samples the stage never saw."""
     from pathlib import Path
 
-    from calibration.data_config import DataConfig
+    from edgepack.calibration.data_config import DataConfig
     from edgepack.core.errors import DataError
 
     if isinstance(source, Path):

@@ -131,7 +131,7 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
 
 
 def _load_tflite(config: ModelConfig) -> LoadedModel:
-    from converters.runtime import describe_tflite
+    from edgepack.converters.runtime import describe_tflite
 
     describe_tflite(config.path)  # a file LiteRT cannot load fails here, naming it
     digest = sha256_file(config.path)

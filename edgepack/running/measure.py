@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.verify import Verification, pad_batch, predict, verify_session
+from edgepack.converters.verify import Verification, pad_batch, predict, verify_session
 from edgepack.core.artifacts import Artifact, Format, Precision, ancestors
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import VerificationError
@@ -140,7 +140,7 @@ def descends_from(ctx, artifact: Artifact, stage: str) -> bool:
 
 def weight_sparsity(ctx, artifact: Artifact) -> list[dict]:
     """Fraction of zero weights of every Conv/Linear layer: from the module for torch, else read from the file."""
-    from converters.sparsity import layer_sparsity, onnx_weight_sparsity, tflite_weight_sparsity
+    from edgepack.converters.sparsity import layer_sparsity, onnx_weight_sparsity, tflite_weight_sparsity
 
     if artifact.format == Format.ONNX:
         return onnx_weight_sparsity(ctx.artifact_path(artifact))

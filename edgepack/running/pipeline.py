@@ -93,14 +93,14 @@ def _root_artifact(ctx: RunContext) -> Artifact:
 
 
 def _onnx_root(ctx: RunContext, copy: Path) -> Artifact:
-    from converters.onnx_info import onnx_artifact
+    from edgepack.converters.onnx_info import onnx_artifact
 
     return onnx_artifact(ctx.run_dir, copy, name="onnx-fp32", stage="load", parent=None)
 
 
 def _tflite_root(ctx: RunContext, copy: Path) -> Artifact:
     """Another tool's (or an earlier run's) .tflite: described from the file, then measured like any artifact."""
-    from converters.runtime import describe_tflite
+    from edgepack.converters.runtime import describe_tflite
 
     described = describe_tflite(copy)
     return Artifact(
@@ -242,13 +242,13 @@ def _record_sparsity(ctx: RunContext, artifact: Artifact) -> None:
         return
     ctx.records[artifact.name]["sparsity"] = measure.weight_sparsity(ctx, artifact)
     if artifact.format != Format.TORCH:
-        from converters.sparsity import gzip_bytes
+        from edgepack.converters.sparsity import gzip_bytes
 
         ctx.records[artifact.name]["gzip_bytes"] = gzip_bytes(ctx.artifact_path(artifact))
 
 
 def _bench_all(ctx: RunContext) -> None:
-    from device_bench import bench
+    from edgepack.device_bench import bench
 
     options = ctx.recipe.bench
     for artifact in ctx.artifacts:
@@ -280,6 +280,6 @@ def _bench_shapes(ctx: RunContext, artifact: Artifact) -> dict[str, list[int]]:
 def _runner_sha256() -> str:
     """What a benchmark measures and records is device_bench's code (runner, probes, energy proxy): a change to it
     is part of the bench cache key."""
-    import device_bench
+    from edgepack import device_bench
 
     return cache_key(*(sha256_file(path) for path in sorted(Path(device_bench.__file__).parent.glob("*.py"))))

@@ -22,7 +22,7 @@ def run_convert(config: ConvertConfig, inputs: list[Artifact], ctx: StageContext
 
 
 def _to_tflite(ctx: StageContext, source: Artifact) -> Artifact:
-    from converters.onnx_to_tflite import convert_onnx_to_tflite, tflite_artifact
+    from edgepack.converters.onnx_to_tflite import convert_onnx_to_tflite, tflite_artifact
 
     out = ctx.artifact_path(source).with_suffix(".tflite")
     shapes = {i.name: i.shape for i in ctx.model.inputs}  # fixes dynamic dims of foreign ONNX files

@@ -31,7 +31,7 @@ class ExportConfig(StageConfig):
 def run_export(config: ExportConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
     """The latest torch model (the source, or what a compression stage made of it); an ONNX source needs no export
     and passes through (the selector finds no torch model)."""
-    from converters.onnx_info import onnx_artifact
+    from edgepack.converters.onnx_info import onnx_artifact
 
     if not inputs:
         return StageOutput([])

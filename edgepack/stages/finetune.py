@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from calibration.data_config import DataConfig
+from edgepack.calibration.data_config import DataConfig
 from edgepack.compression.options import FinetuneConfig
 from edgepack.core.artifacts import Artifact
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch_and_source

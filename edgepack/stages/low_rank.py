@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from calibration.data_config import DataConfig
+from edgepack.calibration.data_config import DataConfig
 from edgepack.compression.options import ConvDecomposition, FinetuneConfig
 from edgepack.core.artifacts import Artifact
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, latest_torch

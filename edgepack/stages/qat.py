@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from calibration.data_config import DataConfig
-from calibration.ptq import QuantScheme
+from edgepack.calibration.data_config import DataConfig
+from edgepack.calibration.ptq import QuantScheme
 from edgepack.compression.options import FinetuneConfig, QatOptions
 from edgepack.core.artifacts import Artifact
 from edgepack.core.dataset import ArrayDataset
@@ -147,7 +147,7 @@ def _export(ctx: StageContext, module, out: Path):
 
 
 def _starting_calibration(config: QatConfig, ctx: StageContext, float_onnx, data: tuple[ArrayDataset, str]):
-    from calibration.ptq import calibrate
+    from edgepack.calibration.ptq import calibrate
 
     dataset, description = data
     calibration = calibrate(float_onnx, dataset, config.scheme(), description)

@@ -17,9 +17,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from calibration.data_config import DataConfig
-from calibration.ptq import Calibration, QuantScheme
-from calibration.sensitivity import AccuracyTarget
+from edgepack.calibration.data_config import DataConfig
+from edgepack.calibration.ptq import Calibration, QuantScheme
+from edgepack.calibration.sensitivity import AccuracyTarget
 from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_float_onnx
 from edgepack.stages.handoffs import QatRanges
@@ -59,7 +59,7 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     the verification samples, in the artifact's own runtime (calibration/localise.py); None for the others."""
     import onnx
 
-    from calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
+    from edgepack.calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
 
     if artifact.precision not in (Precision.INT8, Precision.INT16X8):
         return None
@@ -73,16 +73,19 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     return tflite_layer_sqnr(float_model, ctx.artifact_path(artifact), grids, artifact.inputs, ctx.verify_data, size)
 
 
+LAYER_SQNR = Measurement(layer_sqnr, code=("edgepack.calibration.localise",))
+
+
 @register_stage("quantize", QuantizeConfig, reads=float_onnx_and_its_equalized_copy,
-                measurements={"layer_sqnr": Measurement(layer_sqnr, code=("calibration.localise",))})  # fmt: skip
+                measurements={"layer_sqnr": LAYER_SQNR})  # fmt: skip
 def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageContext) -> StageOutput:
     import onnx
 
-    from calibration.ptq import calibrate
+    from edgepack.calibration.ptq import calibrate
 
     source, equalized = inputs[0], (inputs[1:] or [None])[0]
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
-        from converters.onnx_to_tflite import check_16x8_kernels
+        from edgepack.converters.onnx_to_tflite import check_16x8_kernels
 
         check_16x8_kernels(ctx.artifact_path(source))  # before anything is written
     started = time.perf_counter()
@@ -120,7 +123,7 @@ class IntegerFile:
 
 def _integer_file(config: QuantizeConfig, ctx, prepared, calibration: Calibration, fmt: str) -> IntegerFile:
     """Checked before anything is written: the file must run most of its MACs at its own precision."""
-    from calibration.precision import integer_nodes
+    from edgepack.calibration.precision import integer_nodes
 
     name = f"{fmt}-{config.precision}"
     shipped = fmt in config.formats  # the ONNX file of a TFLite-only stage is only written for the agreement figure
@@ -130,8 +133,8 @@ def _integer_file(config: QuantizeConfig, ctx, prepared, calibration: Calibratio
 
 
 def _write_onnx(config: QuantizeConfig, ctx, source: Artifact, model, calibration: Calibration, seconds: float):
-    from converters.onnx_info import onnx_artifact
-    from converters.qdq import write_qdq_model
+    from edgepack.converters.onnx_info import onnx_artifact
+    from edgepack.converters.qdq import write_qdq_model
 
     precision = Precision(config.precision)
     out = ctx.artifact_file(precision, ".onnx")
@@ -149,9 +152,9 @@ def _write_tflite(config: QuantizeConfig, ctx, source: Artifact, model, calibrat
                   onnx_twin: Artifact, float_path: Path):  # fmt: skip
     """``model``: the float ONNX model (bias-corrected where this file's layers run int8) whose weights and biases
     the file holds, as the same integers as the ONNX file."""
-    from calibration.precision import integer_nodes
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite, tflite_artifact
-    from converters.qdq import dequantized_constants
+    from edgepack.calibration.precision import integer_nodes
+    from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite, tflite_artifact
+    from edgepack.converters.qdq import dequantized_constants
 
     precision = Precision(config.precision)
     out = ctx.artifact_file(precision, ".tflite")
@@ -183,9 +186,9 @@ def output_agreement(ctx: StageContext, onnx_twin: Artifact, tflite_path: Path, 
     starts afresh, worst layers), measured on the first LAYER_SAMPLES verification samples."""
     import onnx
 
-    from calibration.agreement import divergence_summary, layer_agreement
-    from converters.runtime import open_session
-    from converters.verify import predict
+    from edgepack.calibration.agreement import divergence_summary, layer_agreement
+    from edgepack.converters.runtime import open_session
+    from edgepack.converters.verify import predict
 
     size, onnx_path, tflite = ctx.batch_size, ctx.artifact_path(onnx_twin), open_session(tflite_path)
     onnx_out = predict(open_session(onnx_path), ctx.verify_data, size)
@@ -225,8 +228,8 @@ def _params_json(params) -> dict:
 
 def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: QuantScheme) -> Calibration | None:
     """The ranges a qat stage handed on when ``source`` (a float ONNX) was exported from its model; None otherwise."""
-    from calibration.plan import plan_quantization
-    from calibration.ptq import activation_parameters
+    from edgepack.calibration.plan import plan_quantization
+    from edgepack.calibration.ptq import activation_parameters
     from edgepack.core.errors import RecipeError, StageError
 
     exported_from = next((a for a in ctx.lineage(source) if a.format == Format.TORCH), None)

@@ -21,7 +21,7 @@ import onnx
 from edgepack.core.artifacts import Artifact
 
 if TYPE_CHECKING:
-    from calibration.bias_correction import BiasCorrection
+    from edgepack.calibration.bias_correction import BiasCorrection
 
 
 @dataclass
@@ -71,7 +71,7 @@ def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
     prepared = FloatPreparation(source, model)
     if not config.cross_layer_equalization:
         return prepared
-    from calibration.equalize import equalize_model
+    from edgepack.calibration.equalize import equalize_model
 
     equalization = equalize_model(model)
     prepared.details["cross_layer_equalization"] = equalization.summary()
@@ -84,7 +84,7 @@ def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
 
 
 def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: dict) -> Artifact:
-    from converters.onnx_info import onnx_artifact
+    from edgepack.converters.onnx_info import onnx_artifact
     from edgepack.core.artifacts import atomic_path
 
     out = ctx.artifact_file("fp32-equalized", ".onnx")
@@ -100,7 +100,7 @@ def apply_bias_correction(config, prepared: FloatPreparation, calibration, datas
     layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
     if not config.bias_correction:
         return calibration
-    from calibration.bias_correction import correct_biases, with_corrected_model
+    from edgepack.calibration.bias_correction import correct_biases, with_corrected_model
 
     prepared.correction = correct_biases(prepared.model, calibration.plan, dataset.head(config.samples), batch_size,
                                          per_channel_weights=config.per_channel_weights)  # fmt: skip

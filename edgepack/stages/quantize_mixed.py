@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from calibration.precision import (
+from edgepack.calibration.precision import (
     MIN_OWN_PRECISION_MACS,
     PRECISIONS,
     carries_its_name,
@@ -27,8 +27,8 @@ from calibration.precision import (
     node_precisions,
     own_precision,
 )
-from calibration.ptq import Calibration
-from calibration.sensitivity import (
+from edgepack.calibration.ptq import Calibration
+from edgepack.calibration.sensitivity import (
     MixedPrecision,
     RuntimeScorer,
     file_plans,
@@ -43,7 +43,7 @@ from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import QuantizationError, StageError
 
 if TYPE_CHECKING:
-    from calibration.bias_correction import BiasCorrection
+    from edgepack.calibration.bias_correction import BiasCorrection
 
 
 @dataclass
@@ -110,7 +110,7 @@ def file_macs(ctx, model: onnx.ModelProto, calibration: Calibration, name: str, 
 
 
 def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
-    from converters.onnx_to_tflite import foreign_activation_grids
+    from edgepack.converters.onnx_to_tflite import foreign_activation_grids
 
     grids = {(float(p.scale), int(p.zero_point)) for p in calibration.activations.values()}
     foreign = foreign_activation_grids(path, grids)
@@ -121,7 +121,7 @@ def check_tflite_grids(path, calibration: Calibration, artifact: str) -> None:
 
 
 def tflite_outputs(ctx, path, scorer: RuntimeScorer) -> dict:
-    from converters.runtime import open_session
-    from converters.verify import predict
+    from edgepack.converters.runtime import open_session
+    from edgepack.converters.verify import predict
 
     return predict(open_session(path), scorer.dataset, ctx.batch_size)

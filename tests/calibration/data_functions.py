@@ -1,6 +1,6 @@
 """A data function for the 'callable' source, as a user would write one in their project."""
 
-from calibration.sources import digits_split
+from edgepack.calibration.sources import digits_split
 
 
 def digits_train():

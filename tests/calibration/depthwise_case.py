@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from edgepack.converters.runtime import open_session
+from edgepack.converters.verify import predict
 
-from converters.runtime import open_session
-from converters.verify import predict
 from edgepack.core.dataset import ArrayDataset
 from tests import models
 

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.attention_masks import FLAG_LIMIT, SoftmaxInputEstimator, flag_tensors
+from edgepack.calibration.estimators import MinMaxEstimator
+from edgepack.calibration.ptq import QuantScheme, calibrate
 from onnx import numpy_helper
 
-from calibration.attention_masks import FLAG_LIMIT, SoftmaxInputEstimator, flag_tensors
-from calibration.estimators import MinMaxEstimator
-from calibration.ptq import QuantScheme, calibrate
 from edgepack.core.dataset import ArrayDataset
 from tests.converters.arch_sequence import MiniBert
 from tests.converters.torch_check import export

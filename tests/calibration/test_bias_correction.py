@@ -8,17 +8,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.bias_correction import correct_biases, quantized_weight, with_corrected_model
+from edgepack.calibration.equalize import equalize_model
+from edgepack.calibration.plan import plan_quantization
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.runtime import open_session
+from edgepack.converters.verify import predict
 from onnx import TensorProto, helper, numpy_helper
 
 import edgepack
-from calibration.bias_correction import correct_biases, quantized_weight, with_corrected_model
-from calibration.equalize import equalize_model
-from calibration.plan import plan_quantization
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import load_digits_dataset
-from converters.qdq import write_qdq_model
-from converters.runtime import open_session
-from converters.verify import predict
 from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import parse_recipe
 from tests.calibration import depthwise_case as case

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from calibration import histogram as histogram_module
-from calibration.collect import collect_ranges
-from calibration.estimators import (
+from edgepack.calibration import histogram as histogram_module
+from edgepack.calibration.collect import collect_ranges
+from edgepack.calibration.estimators import (
     MSEEstimator,
     PercentileEstimator,
     clipping_errors,
@@ -16,9 +15,9 @@ from calibration.estimators import (
     kl_after_clipping_all,
     make_estimator,
 )
-from calibration.histogram import PENDING_VALUES, StreamingHistogram
-from calibration.plan import plan_quantization
-from calibration.sources import load_digits_dataset
+from edgepack.calibration.histogram import PENDING_VALUES, StreamingHistogram
+from edgepack.calibration.plan import plan_quantization
+from edgepack.calibration.sources import load_digits_dataset
 
 RNG = np.random.default_rng(0)
 LIMIT = 4096

@@ -8,15 +8,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from edgepack.calibration.equalize import equalization_scales, equalize_model
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.runtime import open_session
+from edgepack.converters.verify import predict
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.equalize import equalization_scales, equalize_model
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import load_digits_dataset
-from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-from converters.qdq import write_qdq_model
-from converters.runtime import open_session
-from converters.verify import predict
 from edgepack.core.quantization import weight_params
 from tests.calibration import depthwise_case as case
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from calibration.estimators import (
+from edgepack.calibration.estimators import (
     EntropyEstimator,
     MinMaxEstimator,
     MovingAverageMinMaxEstimator,
@@ -14,7 +13,8 @@ from calibration.estimators import (
     kl_after_clipping,
     make_estimator,
 )
-from calibration.histogram import StreamingHistogram
+from edgepack.calibration.histogram import StreamingHistogram
+
 from edgepack.core.quantization import activation_params, weight_params
 
 RNG = np.random.default_rng(0)

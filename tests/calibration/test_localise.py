@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgepack.calibration.localise import SQNR_LIMIT_DB, SqnrSums, onnx_layer_sqnr
+from edgepack.calibration.plan import plan_quantization
+from edgepack.calibration.ptq import QuantScheme, activation_parameters, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.qdq import write_qdq_model
 from onnx import TensorProto, helper
 
 import edgepack
-from calibration.localise import SQNR_LIMIT_DB, SqnrSums, onnx_layer_sqnr
-from calibration.plan import plan_quantization
-from calibration.ptq import QuantScheme, activation_parameters, calibrate
-from calibration.sources import load_digits_dataset
-from converters.qdq import write_qdq_model
 from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import artifact, image_recipe

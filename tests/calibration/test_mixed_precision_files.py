@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.ptq import QuantScheme, calibrate, without_tensors
+from edgepack.calibration.sensitivity import plan_layers
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.torch_to_onnx import export_to_onnx
 from onnx import numpy_helper
 
 import edgepack
-from calibration.ptq import QuantScheme, calibrate, without_tensors
-from calibration.sensitivity import plan_layers
-from calibration.sources import load_digits_dataset
-from converters.torch_to_onnx import export_to_onnx
 from edgepack.core.errors import UserError
 from edgepack.recipe import parse_recipe
 from tests.calibration import outlier_case as case
@@ -65,8 +65,8 @@ def pack(weights: dict, factory: str, folder, quantize: dict, **recipe_keys):
 
 
 def test_macs_are_counted_per_node_and_split_by_the_precision_each_file_runs(bridged_onnx):
-    from calibration.precision import mac_fractions, node_macs, node_precisions
-    from calibration.sensitivity import file_plans
+    from edgepack.calibration.precision import mac_fractions, node_macs, node_precisions
+    from edgepack.calibration.sensitivity import file_plans
 
     calibration = calibrate(bridged_onnx, load_digits_dataset("image", "train"), QuantScheme())
     macs = node_macs(bridged_onnx, {"image": [1, 1, 8, 8]})
@@ -160,7 +160,8 @@ def test_bias_correction_stays_off_the_layers_a_file_runs_float(weights, tmp_pat
 
 def test_convert_with_an_sqnr_target_keeps_the_sensitive_layer_float(bridged_onnx, tmp_path):
     """What ``edgepack convert --precision int8 --calib DATA.npz --min-output-sqnr 25`` runs (no labels there)."""
-    from converters.runtime import count_tflite_ops
+    from edgepack.converters.runtime import count_tflite_ops
+
     from edgepack.convert_file import convert_file
 
     np.savez(tmp_path / "calib.npz", image=load_digits_dataset("image", "train").inputs["image"][:256])
@@ -184,7 +185,7 @@ def onnx_bias(model: onnx.ModelProto, node_name: str) -> np.ndarray:
 
 
 def tflite_conv_bias(path, filter_shape: tuple) -> np.ndarray:
-    from converters.runtime import load_tflite_interpreter
+    from edgepack.converters.runtime import load_tflite_interpreter
 
     interpreter, _, _ = load_tflite_interpreter(path, default_delegates=False)
     details = interpreter.get_tensor_details()
@@ -199,10 +200,10 @@ def tflite_conv_bias(path, filter_shape: tuple) -> np.ndarray:
 def test_layer_sqnr_of_a_file_whose_only_integer_grid_is_its_input(bridged_onnx, tmp_path):
     """onnxruntime reads an empty list of output names as 'every output': asking for graph inputs only crashed with
     'zip() argument 2 is longer than argument 1' (the pack of a plan that kept every layer high)."""
-    from calibration.collect import onnx_tensor_reader
-    from calibration.localise import tflite_layer_sqnr
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-    from converters.runtime import TFLiteSession
+    from edgepack.calibration.collect import onnx_tensor_reader
+    from edgepack.calibration.localise import tflite_layer_sqnr
+    from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from edgepack.converters.runtime import TFLiteSession
 
     data = load_digits_dataset("image", "test").head(8)
     batch = {"image": data.inputs["image"][:1]}

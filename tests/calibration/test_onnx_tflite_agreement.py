@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.agreement import divergence_summary, layer_agreement
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import dequantized_constants, write_qdq_model
+from edgepack.converters.runtime import open_session
+from edgepack.converters.verify import predict
 from onnx import numpy_helper
 
-from calibration.agreement import divergence_summary, layer_agreement
-from calibration.ptq import QuantScheme, calibrate
-from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-from converters.qdq import dequantized_constants, write_qdq_model
-from converters.runtime import open_session
-from converters.verify import predict
 from edgepack.core.dataset import ArrayDataset
 from tests.converters.arch_vision import MobileNetV2
 from tests.converters.torch_check import calibrate_batchnorm, export
@@ -160,7 +160,7 @@ def test_layers_hold_the_same_integers_in_onnxruntime_and_litert_but_for_rare_ti
 def test_a_layer_that_rounds_differently_is_named_where_it_starts(files):
     """The summary's attribution, on a made-up case: the integers of one conv differ, everything after it too."""
     folder, calibration = files
-    from calibration.agreement import LayerAgreement
+    from edgepack.calibration.agreement import LayerAgreement
 
     graph = onnx.load(str(folder / "int8.onnx")).graph
     names = list(calibration.activations)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.runtime import OnnxSession
+from edgepack.converters.verify import predict
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import load_digits_dataset
-from converters.qdq import write_qdq_model
-from converters.runtime import OnnxSession
-from converters.verify import predict
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError
 
@@ -30,7 +30,7 @@ def test_plan_follows_tflite_fusions():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
     graph = helper.make_graph(nodes, "g", [x], [y], initializers)
-    from calibration.plan import plan_quantization
+    from edgepack.calibration.plan import plan_quantization
 
     plan = plan_quantization(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert plan.activations == ["x", "r", "z"]  # 'c' is fused into the conv+relu; pool/flatten reuse r's grid

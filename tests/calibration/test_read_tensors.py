@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgepack.calibration import collect
+from edgepack.calibration.collect import collect_ranges, model_batch, onnx_tensor_reader, read_tensors
+from edgepack.calibration.estimators import MinMaxEstimator, MovingAverageMinMaxEstimator
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import collect
-from calibration.collect import collect_ranges, model_batch, onnx_tensor_reader, read_tensors
-from calibration.estimators import MinMaxEstimator, MovingAverageMinMaxEstimator
 from edgepack.core.dataset import ArrayDataset
 
 RNG = np.random.default_rng(0)

@@ -17,12 +17,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sensitivity import (
+    AccuracyTarget,
+    RuntimeScorer,
+    mixed_precision_record,
+    search_mixed_precision,
+)
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.torch_to_onnx import export_to_onnx
 from onnx import numpy_helper
 
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sensitivity import AccuracyTarget, RuntimeScorer, mixed_precision_record, search_mixed_precision
-from calibration.sources import load_digits_dataset
-from converters.torch_to_onnx import export_to_onnx
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import activation_params, weight_params
 from edgepack.reports.markdown import mixed_precision_line
@@ -97,7 +102,7 @@ def test_mixed_precision_keeps_only_the_outlier_layer_high_and_meets_the_target(
 
 
 def test_a_layer_kept_float_loses_its_grids_weights_and_biases_in_onnx_and_recovers_too(searched):
-    from calibration.sensitivity import HighPrecision, with_layers_high
+    from edgepack.calibration.sensitivity import HighPrecision, with_layers_high
 
     calibration, scorer, result = searched
     layer = result.kept[0]
@@ -126,15 +131,15 @@ def test_an_unreachable_target_is_reported_missed_with_every_layer_kept_high(out
 def mixed(searched, outlier_onnx):
     """What each file of the search's plan is written from (the stage itself refuses this plan as int8 files: the
     second conv would run 16x8 or float; the float island's mechanics are the same in the bridged net it writes)."""
-    from calibration.sensitivity import file_plans, plan_layers
+    from edgepack.calibration.sensitivity import file_plans, plan_layers
 
     calibration, _, result = searched
     return file_plans(calibration, plan_layers(outlier_onnx, calibration.plan), result.kept, result.high)
 
 
 def test_onnx_file_holds_the_outlier_layer_at_int16_and_the_rest_at_int8(mixed, outlier_onnx, searched, tmp_path):
-    from converters.qdq import write_qdq_model
-    from converters.runtime import OnnxSession
+    from edgepack.converters.qdq import write_qdq_model
+    from edgepack.converters.runtime import OnnxSession
 
     weights = write_qdq_model(outlier_onnx, tmp_path / "mixed.onnx", mixed.onnx.plan, mixed.onnx.activations)
     stored = qdq_parameters(onnx.load(str(tmp_path / "mixed.onnx")))
@@ -149,7 +154,7 @@ def test_onnx_file_holds_the_outlier_layer_at_int16_and_the_rest_at_int8(mixed, 
 
 
 def test_tflite_file_keeps_the_outlier_layer_float_between_edgepacks_grids(mixed, outlier_onnx, searched, tmp_path):
-    from converters.runtime import TFLiteSession, count_tflite_ops
+    from edgepack.converters.runtime import TFLiteSession, count_tflite_ops
 
     calibration, scorer, _ = searched
     assert set(mixed.tflite.activations) == set(calibration.activations) - {HIDDEN}
@@ -169,7 +174,7 @@ def test_tflite_file_keeps_the_outlier_layer_float_between_edgepacks_grids(mixed
 
 
 def convert(model: onnx.ModelProto, calibration, out):
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
 
     onnx.save(model, str(out.with_suffix(".onnx")))
     ranges = {t: tuple(float(v) for v in p.representable_range()) for t, p in calibration.activations.items()}
@@ -177,7 +182,7 @@ def convert(model: onnx.ModelProto, calibration, out):
 
 
 def drop_pp(session, scorer: RuntimeScorer) -> float:
-    from converters.verify import predict
+    from edgepack.converters.verify import predict
 
     logits = predict(session, scorer.dataset, 1)["logits"]
     return (scorer.float_top1 - float(np.mean(logits.argmax(1) == scorer.dataset.labels))) * 100
@@ -186,7 +191,7 @@ def drop_pp(session, scorer: RuntimeScorer) -> float:
 def test_a_float_mean_takes_its_feeding_layer_float_too(searched, outlier_onnx, tmp_path):
     """TFLite gives MEAN (GlobalAveragePool) its input's grid when its output has no fake-quant: keeping the pool's
     output float alone would leave an int8 tensor on a grid edgepack never computed for it (the blocker, shown)."""
-    from calibration.sensitivity import plan_layers, tflite_float_layers, tflite_float_tensors, without_tensors
+    from edgepack.calibration.sensitivity import plan_layers, tflite_float_layers, tflite_float_tensors, without_tensors
 
     calibration = searched[0]
     layers = plan_layers(outlier_onnx, calibration.plan)
@@ -208,7 +213,7 @@ def test_a_float_mean_takes_its_feeding_layer_float_too(searched, outlier_onnx, 
 
 
 def mean_output(path) -> tuple:
-    from converters.runtime import load_tflite_interpreter
+    from edgepack.converters.runtime import load_tflite_interpreter
 
     interpreter, _, _ = load_tflite_interpreter(path, default_delegates=False)
     op = next(op for op in interpreter._get_ops_details() if op["op_name"] == "MEAN")

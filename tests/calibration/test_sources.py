@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgepack.calibration.data_config import DataConfig
+from edgepack.calibration.source_loaders import load_dataset
+from edgepack.calibration.sources import digits_split
 from PIL import Image
 
 import edgepack
-from calibration.data_config import DataConfig
-from calibration.source_loaders import load_dataset
-from calibration.sources import digits_split
 from edgepack.core.errors import DataError
 from edgepack.recipe import parse_recipe
 from tests.edgepack.helpers import artifact, image_recipe

@@ -92,7 +92,7 @@ LAYOUT_NETS = [FlattenNet, ViewNet, PermuteFlattenNet, ConcatMeanNet, FlattenAls
 
 def digits_28(split: str) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits upsampled to 28x28 (bilinear), (N, 1, 28, 28) float32 in [0, 1], and labels."""
-    from calibration.sources import digits_split
+    from edgepack.calibration.sources import digits_split
 
     images, labels = digits_split(split)
     upsampled = functional.interpolate(torch.from_numpy(images), size=(28, 28), mode="bilinear", align_corners=False)

@@ -14,10 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+from edgepack.converters.onnx_to_tflite import TFLiteConversion, convert_onnx_to_tflite  # noqa: E402
+from edgepack.converters.runtime import OnnxSession, TFLiteSession  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
-from converters.onnx_to_tflite import TFLiteConversion, convert_onnx_to_tflite  # noqa: E402
-from converters.runtime import OnnxSession, TFLiteSession  # noqa: E402
 from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout  # noqa: E402
 
 # LiteRT float32 must match onnxruntime to within this fraction of each output's value range.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from edgepack.calibration.ptq import Calibration, QuantScheme, calibrate
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.runtime import OnnxSession, TFLiteSession
 
-from calibration.ptq import Calibration, QuantScheme, calibrate
-from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-from converters.qdq import write_qdq_model
-from converters.runtime import OnnxSession, TFLiteSession
 from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout
 from edgepack.core.dataset import ArrayDataset
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edgepack.converters.runtime import TFLiteSession
 
-from converters.runtime import TFLiteSession
 from tests.converters.arch_sequence import (
     MiniBert,
     RecurrentClassifier,

@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.converters.onnx_to_tf.prepare import prepare_model
+from edgepack.converters.onnx_to_tflite import convert_onnx_to_tflite
+from edgepack.converters.runtime import OnnxSession
 from onnx import helper, numpy_helper
 
-from converters.onnx_to_tf.prepare import prepare_model
-from converters.onnx_to_tflite import convert_onnx_to_tflite
-from converters.runtime import OnnxSession
 from edgepack.core.errors import UnsupportedOperatorError
 from tests.converters.arch_sequence import MiniBert, RecurrentClassifier, TinyViT
 from tests.converters.arch_vision import Detector, MobileNetV3Small, ResNet18, UNet

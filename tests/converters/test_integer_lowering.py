@@ -157,7 +157,8 @@ def test_sequence_models_integer_tflite_is_as_close_to_float_as_the_onnx_file(tm
 
 
 def test_16x8_refuses_an_op_with_no_16_bit_kernel_before_writing_anything(tmp_path):
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+
     from edgepack.core.errors import UnsupportedOperatorError
     from tests.converters.conftest import make_model
 
@@ -175,7 +176,8 @@ def test_16x8_refuses_an_op_with_no_16_bit_kernel_before_writing_anything(tmp_pa
 def test_16x8_logistic_writes_the_grid_litert_requires(tmp_path):
     """SiLU (Sigmoid * x): on 6eac720 the file's LOGISTIC wrote scale 1/65536, zero point -32768 and LiteRT refused
     to prepare it (activations.cc: output scale must be 1/32768)."""
-    from converters.runtime import load_tflite_interpreter
+    from edgepack.converters.runtime import load_tflite_interpreter
+
     from tests.converters.conftest import make_model
 
     nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.converters.onnx_to_tflite import convert_onnx_to_tflite
+from edgepack.converters.runtime import TFLiteSession, open_session
 from onnx import helper
 from torch import nn
 
-from converters.onnx_to_tflite import convert_onnx_to_tflite
-from converters.runtime import TFLiteSession, open_session
 from edgepack.core.errors import ModelFileError, UnsupportedOperatorError
 from tests.converters.conftest import convert_and_compare, make_model
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgepack.converters.onnx_to_tf.registry import LOWERINGS
 from onnx import helper
 
-from converters.onnx_to_tf.registry import LOWERINGS
 from tests.converters.conftest import convert_and_compare
 from tests.converters.op_cases import INT_MAX, Case, binary, chain, ints, one, resize_2x, unary, weights
 from tests.converters.op_cases_recurrent_logic import MORE_CASES

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.sparsity import gzip_bytes, onnx_weight_sparsity, tflite_weight_sparsity
+from edgepack.converters.torch_to_onnx import export_to_onnx
 
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import load_digits_dataset
-from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-from converters.qdq import write_qdq_model
-from converters.sparsity import gzip_bytes, onnx_weight_sparsity, tflite_weight_sparsity
-from converters.torch_to_onnx import export_to_onnx
 from edgepack.compression.pruning import magnitude_prune
 from tests.edgepack.pruning_helpers import conv_net_with, quick_conv_net_weights
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from edgepack.converters.onnx_to_tflite import convert_onnx_to_tflite
+from edgepack.converters.runtime import TFLiteSession, describe_tflite
 from onnx import helper
 
-from converters.onnx_to_tflite import convert_onnx_to_tflite
-from converters.runtime import TFLiteSession, describe_tflite
 from edgepack.core.errors import ModelFileError
 from tests.converters.conftest import make_model
 

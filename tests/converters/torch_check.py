@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from edgepack.converters.onnx_to_tflite import TFLiteConversion
 from torch import nn
 
-from converters.onnx_to_tflite import TFLiteConversion
 from tests.converters.conftest import convert_and_compare, worst_error
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from device_bench import RUNNER_FILES
+from edgepack.device_bench import RUNNER_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgepack.device_bench import BenchOptions, bench
 
-from device_bench import BenchOptions, bench
 from edgepack.core.errors import BenchError
 
 FAKE_ADB = Path(__file__).with_name("fake_adb.py")

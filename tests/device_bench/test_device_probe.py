@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgepack.device_bench import runner as device_probe  # the probe lives in the runner: one file ships
 
-from device_bench import runner as device_probe  # the probe lives in the runner: one file ships
 from tests.device_bench.helpers import run_shipped_runner
 
 PMIC_OUTPUT = """\

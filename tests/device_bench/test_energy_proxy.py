@@ -9,9 +9,9 @@ as does its float converter a float one). A MAC costs mult + add: fp32 3.7 + 0.9
 from __future__ import annotations
 
 import pytest
+from edgepack.device_bench import energy_proxy
+from edgepack.device_bench.energy_proxy import ENERGY_PJ, SOURCE
 
-from device_bench import energy_proxy
-from device_bench.energy_proxy import ENERGY_PJ, SOURCE
 from tests.device_bench import tiny_models
 
 MACS = 4 * 8 * 8 * 3 * 3 * 3

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+from edgepack.device_bench import BenchOptions, bench
 from onnx import TensorProto, helper, numpy_helper
 
-from device_bench import BenchOptions, bench
 from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
 from edgepack.running.pipeline import pack

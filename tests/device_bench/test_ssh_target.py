@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgepack.device_bench import BenchOptions, bench
 
 import edgepack
-from device_bench import BenchOptions, bench
 from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
 from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from edgepack.device_bench import BenchOptions, bench, bench_each_thread_count, parse_target
 from pydantic import ValidationError
 
-from device_bench import BenchOptions, bench, bench_each_thread_count, parse_target
 from edgepack.core.errors import BenchError, UserError
 
 QUICK = BenchOptions(runs=20, warmup=2, min_seconds=0.1, threads=2)

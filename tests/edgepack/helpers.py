@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from edgepack.calibration.sources import digits_split
 
-from calibration.sources import digits_split
 from tests.models import row_means
 
 FAST_BENCH = {"runs": 5, "warmup": 1, "min_seconds": 0.0, "threads": 1}

@@ -104,8 +104,7 @@ def test_convert_onnx_to_tflite_is_verified(packed, tmp_path):
 @pytest.mark.parametrize(("to", "precision"), [("tflite", "int8"), ("onnx", "int16x8")])
 def test_convert_quantizes_from_a_calibration_file(packed, tmp_path, to, precision):
     import numpy as np
-
-    from calibration.sources import digits_split
+    from edgepack.calibration.sources import digits_split
 
     np.savez(tmp_path / "calib.npz", image=digits_split("train")[0][:64])
     out = tmp_path / f"mlp.{precision}.{to}"
@@ -122,8 +121,7 @@ def test_convert_quantizes_from_a_calibration_file(packed, tmp_path, to, precisi
 
 def test_convert_refuses_an_integer_file_below_the_cosine_floor(packed, tmp_path):
     import numpy as np
-
-    from calibration.sources import digits_split
+    from edgepack.calibration.sources import digits_split
 
     np.savez(tmp_path / "calib.npz", image=digits_split("train")[0][:64])
     out = tmp_path / "mlp.int8.tflite"

@@ -8,9 +8,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from edgepack.calibration.sources import digits_split
 from torch import nn
 
-from calibration.sources import digits_split
 from edgepack.compression.distillation import accuracy, distillation_loss, finetune
 from edgepack.compression.factorisation import factorise
 from edgepack.compression.options import FinetuneConfig

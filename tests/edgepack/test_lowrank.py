@@ -155,8 +155,7 @@ def test_apply_structure_rebuilds_a_model_that_loads_the_factorised_state_dict(c
 def test_exported_onnx_holds_two_layers_per_factorised_layer_with_the_rank_inside(factory, conv, tmp_path):
     import onnx
     import onnxruntime as ort
-
-    from converters.torch_to_onnx import export_to_onnx
+    from edgepack.converters.torch_to_onnx import export_to_onnx
 
     model = seeded(getattr(models, factory))
     report = factorise(model, rank=3, conv=conv)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgepack.calibration.sources import digits_split
 
-from calibration.sources import digits_split
 from edgepack.core.errors import StageError
 from edgepack.reports.manifest import build_manifest, manifest_schema, validate_manifest
 from tests.edgepack import manifest_client

@@ -6,8 +6,8 @@ import json
 
 import onnx
 import pytest
+from edgepack.converters.runtime import count_tflite_ops
 
-from converters.runtime import count_tflite_ops
 from edgepack.core.artifacts import sha256_file
 from edgepack.running.pipeline import pack
 from tests.edgepack.helpers import artifact, image_recipe, two_input_recipe

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from edgepack.calibration.sources import digits_split
 from torch import nn
 
-from calibration.sources import digits_split
 from edgepack.compression.pruning import GradualPruner, magnitude_prune, polynomial_sparsity
 from edgepack.core.errors import PruningError
 from tests import models

@@ -16,12 +16,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.qdq import write_qdq_model
+from edgepack.converters.torch_to_onnx import export_to_onnx
 from onnx import helper, numpy_helper
 
-from calibration.ptq import QuantScheme, calibrate
-from calibration.sources import load_digits_dataset
-from converters.qdq import write_qdq_model
-from converters.torch_to_onnx import export_to_onnx
 from edgepack.compression.qat_model import WeightMode, packed_weight_bytes, prepare_qat
 from edgepack.compression.qat_modules import ActivationQuantizer, fake_quantize
 from edgepack.core.errors import UnsupportedOperatorError
@@ -140,9 +140,9 @@ def test_prepared_model_equals_onnx_qdq_file(float_model, tmp_path, name, precis
 
 
 def test_finetuned_export_matches_onnx_and_tflite(float_model, tmp_path):
-    from converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-    from converters.runtime import open_session
-    from converters.verify import predict
+    from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+    from edgepack.converters.runtime import open_session
+    from edgepack.converters.verify import predict
 
     module, float_onnx = float_model("conv_net")
     calibration = calibrate(float_onnx, TRAIN, QuantScheme())
@@ -241,7 +241,8 @@ def test_a_partial_finetune_block_keeps_the_qat_learning_rate():
 
 
 def test_a_qat_model_outside_the_integer_tolerance_is_a_verification_error():
-    from converters.verify import IntegerTolerance
+    from edgepack.converters.verify import IntegerTolerance
+
     from edgepack.compression.qat_guard import check_against_float
     from edgepack.core.errors import VerificationError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgepack.calibration.sources import digits_split
 
-from calibration.sources import digits_split
 from edgepack.core.dataset import ArrayDataset
 from edgepack.recipe import parse_recipe
 from edgepack.running.pipeline import pack

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edgepack.calibration.sources import digits_split
+from edgepack.converters.onnx_to_tflite import convert_onnx_to_tflite
+from edgepack.converters.runtime import OnnxSession, TFLiteSession
+from edgepack.converters.sparsity import onnx_weight_sparsity, tflite_weight_sparsity
+from edgepack.converters.torch_to_onnx import export_to_onnx
 from torch import nn
 
-from calibration.sources import digits_split
-from converters.onnx_to_tflite import convert_onnx_to_tflite
-from converters.runtime import OnnxSession, TFLiteSession
-from converters.sparsity import onnx_weight_sparsity, tflite_weight_sparsity
-from converters.torch_to_onnx import export_to_onnx
 from edgepack.compression.structured import prune_channels, resize_to_state_dict
 from edgepack.core.artifacts import from_runtime_layout, to_runtime_layout
 from edgepack.core.errors import PruningError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edgepack.calibration.sources import digits_split
 
 import edgepack
-from calibration.sources import digits_split
 from edgepack.convert_file import convert_file
 from edgepack.core.errors import RecipeError, UserError
 from edgepack.recipe import parse_recipe
