@@ -21,6 +21,7 @@ no signature), each of shape (samples, *input shape) in the file's own layout an
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -271,7 +272,7 @@ def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Genera
     except (ValueError, RuntimeError) as error:
         raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: {error}") from error
     delegate = tflite_delegate(interpreter)
-    sample_runner = lambda: tflite_sample_runner(interpreter)  # noqa: E731 (a factory: see LoadedModel)
+    sample_runner = functools.partial(tflite_sample_runner, interpreter)
     return LoadedModel(interpreter.invoke, runtime.name, runtime.version, delegate, inputs, sample_runner)
 
 
