@@ -71,6 +71,32 @@ def predict(session, dataset: ArrayDataset, batch_size: int) -> dict[str, np.nda
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
+def runtime_samples(session, dataset: ArrayDataset, batch_size: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Every batch of ``dataset`` as ``session``'s runtime takes it (its layout, quantized for an integer input, a
+    short last batch padded as ``predict`` pads it), stacked on a new first axis and keyed as the runtime names its
+    inputs; and how many real samples each batch holds. What device_bench.run_on_target runs on a device."""
+    feeds, counts = [], []
+    for batch in dataset.batches(batch_size):
+        counts.append(len(next(iter(batch.values()))))
+        feeds.append(_runtime_feeds(session.inputs, pad_batch(batch, batch_size)))
+    return {runtime_key(spec): np.stack([feed[spec.name] for feed in feeds]) for spec in session.inputs}, counts
+
+
+def outputs_from_runtime(session, outputs: dict[str, np.ndarray], counts: list[int]) -> dict[str, np.ndarray]:
+    """What the runtime gave for ``runtime_samples``' batches -> what ``predict`` gives for the same samples:
+    real values in the ONNX layout keyed by output name, stacked over samples, the padding dropped."""
+    result = {}
+    for spec in session.outputs:
+        batches = outputs[runtime_key(spec)]
+        result[spec.name] = np.concatenate([from_runtime(batches[i], spec)[:n] for i, n in enumerate(counts)])
+    return result
+
+
+def runtime_key(spec: TensorSpec) -> str:
+    """The key a runtime feeds or fetches a tensor by: a .tflite's signature key (or tensor name), an ONNX name."""
+    return spec.tensor_name or spec.name
+
+
 def _runtime_feeds(specs: list[TensorSpec], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {spec.name: to_runtime(batch[spec.name], spec) for spec in specs}
 

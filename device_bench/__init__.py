@@ -11,9 +11,11 @@ from edgepack.device_bench.targets import (
     TARGET_FORMS,
     BenchTarget,
     HostTarget,
+    TargetRun,
     bench,
     bench_each_thread_count,
     parse_target,
+    run_on_target,
 )
 
 __all__ = [
@@ -23,8 +25,10 @@ __all__ = [
     "BenchOptions",
     "BenchTarget",
     "HostTarget",
+    "TargetRun",
     "bench",
     "bench_each_thread_count",
     "energy_proxy",
     "parse_target",
+    "run_on_target",
 ]

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.records import SampleFiles
 from edgepack.device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
 
 from edgepack.core.errors import BenchError
@@ -26,10 +27,10 @@ class AdbTarget:
         self.serial = serial
         self.name = f"adb://{serial}"
 
-    def bench(self, model_path: Path, options: BenchOptions) -> dict:
+    def bench(self, model_path: Path, options: BenchOptions, samples: SampleFiles | None = None) -> dict:
         shell = AdbShell(find_adb(), self.serial, self.name)
         shell.check_device(options.connect_timeout_seconds)
-        return bench_on_remote(shell, model_path, options, shlex.quote(options.adb_device_dir))
+        return bench_on_remote(shell, model_path, options, shlex.quote(options.adb_device_dir), samples)
 
 
 def find_adb() -> str:
@@ -99,9 +100,9 @@ class AdbShell:
             detail = (completed.stderr or completed.stdout).strip()
             raise BenchError(f"adb target {self.target!r}: pushing {local} to {remote} failed: {detail}")
 
-    def read_text(self, remote: str) -> str | None:
+    def read_bytes(self, remote: str, timeout: float) -> bytes | None:
         with tempfile.TemporaryDirectory(prefix="edgepack-adb-") as folder:
             local = Path(folder) / Path(remote).name
-            if self.call("pull", remote, str(local), timeout=60).returncode != 0 or not local.is_file():
+            if self.call("pull", remote, str(local), timeout=timeout).returncode != 0 or not local.is_file():
                 return None
-            return local.read_text(errors="replace")
+            return local.read_bytes()

@@ -32,7 +32,10 @@ XNNPACK_LINE = "Created TensorFlow Lite XNNPACK delegate"
 FACTS_SCRIPT = (
     'echo "machine=$(uname -m 2>/dev/null)"; echo "cores=$(nproc 2>/dev/null)"; '
     'echo "governor=$(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null)"; '
-    'echo "cpu=$(getprop ro.soc.model 2>/dev/null)"'
+    'echo "cpu=$(getprop ro.soc.model 2>/dev/null)"; '
+    # os-release's PRETTY_NAME on Linux boards; Android has no os-release, but getprop names its release.
+    'echo "os=$( (. /etc/os-release && echo "$PRETTY_NAME") 2>/dev/null || '
+    '{ v=$(getprop ro.build.version.release 2>/dev/null) && [ -n "$v" ] && echo "Android $v"; })"'
 )
 
 
@@ -82,6 +85,7 @@ def record_from_output(log: str, options: BenchOptions) -> dict:
     return {
         "runtime": "tflite benchmark_model",
         "runtime_version": "unknown",  # the tool does not print its version
+        "runtime_build": {"wheel_tags": [], "build_info": None},  # a binary the user built or downloaded
         "delegate": "xnnpack" if XNNPACK_LINE in log else "none",
         "threads": threads,
         "seed": None,  # the tool fills inputs with its own random data
@@ -108,7 +112,9 @@ def facts_from_output(text: str) -> dict:
         "cores": int(cores) if cores.isdigit() else None,
         "governor": facts.get("governor", "").strip() or None,
         "cpu": facts.get("cpu", "").strip() or None,
+        "os": facts.get("os", "").strip() or None,
         "python": None,
+        "numpy": None,
         "platform": None,
         "cpu_mhz": None,
         "temperature_c_start": None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.device_bench.options import BenchOptions
@@ -20,15 +21,28 @@ INSTALL_HINTS = {
 }
 
 
-def runner_arguments(model_path: str, options: BenchOptions) -> list[str]:
-    """The runner's command-line arguments after its own path; the model path is as the device sees it."""
+@dataclass(frozen=True)
+class SampleFiles:
+    """Verification samples for the runner to run after timing (a local .npz in the runner's format, see
+    runner.py), and the local path their outputs are written to."""
+
+    samples: Path
+    outputs: Path
+
+
+def runner_arguments(
+    model_path: str, options: BenchOptions, samples: str | None = None, outputs: str | None = None
+) -> list[str]:
+    """The runner's command-line arguments after its own path; every path is as the device sees it."""
     (threads,) = options.thread_counts  # one record per thread count: the caller picked one
+    with_samples = ["--samples", samples, "--outputs", outputs] if samples else []
     return [
         model_path,
         *("--runs", str(options.runs), "--warmup", str(options.warmup)),
         *("--min-seconds", repr(options.min_seconds), "--threads", str(threads)),
         *("--seed", str(options.seed)),
         *(f"--input-shape={name}={'x'.join(map(str, shape))}" for name, shape in options.input_shapes.items()),
+        *with_samples,
     ]
 
 

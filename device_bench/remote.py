@@ -21,6 +21,7 @@ from edgepack.device_bench.options import BenchOptions
 from edgepack.device_bench.records import (
     INSTALL_HINTS,
     RUNNER_FILES,
+    SampleFiles,
     bench_failure,
     record_from_process,
     runner_arguments,
@@ -48,16 +49,24 @@ class RemoteShell(Protocol):
 
     def upload(self, local: Path, remote: str, timeout: float) -> None: ...
 
-    def read_text(self, remote: str) -> str | None:
-        """A file's text, or None when it does not exist."""
+    def read_bytes(self, remote: str, timeout: float) -> bytes | None:
+        """A file's content, or None when it does not exist."""
 
 
-def bench_on_remote(shell: RemoteShell, model_path: Path, options: BenchOptions, base_folder: str) -> dict:
-    """Benchmark ``model_path`` in a fresh folder under ``base_folder`` (a shell expression) and remove it."""
+def read_text(shell: RemoteShell, remote: str) -> str | None:
+    content = shell.read_bytes(remote, HOUSEKEEPING_SECONDS)
+    return None if content is None else content.decode(errors="replace")
+
+
+def bench_on_remote(
+    shell: RemoteShell, model_path: Path, options: BenchOptions, base_folder: str, samples: SampleFiles | None = None
+) -> dict:
+    """Benchmark ``model_path`` in a fresh folder under ``base_folder`` (a shell expression) and remove it; with
+    ``samples``, also run them there and bring their outputs back before the folder goes."""
     try:
         folder = make_folder(shell, base_folder, model_path)
         try:
-            record = bench_in_folder(shell, folder, model_path, options)
+            record = bench_in_folder(shell, folder, model_path, options, samples)
         except BaseException:
             with contextlib.suppress(Exception):  # a failed clean-up must not hide why the benchmark failed
                 remove_folder(shell, folder, model_path)
@@ -83,23 +92,37 @@ def remove_folder(shell: RemoteShell, folder: str, model_path: Path) -> None:
         raise bench_failure(model_path, shell.target, f"could not remove {folder}: {result.stderr.strip()}")
 
 
-def bench_in_folder(shell: RemoteShell, folder: str, model_path: Path, options: BenchOptions) -> dict:
+def bench_in_folder(
+    shell: RemoteShell, folder: str, model_path: Path, options: BenchOptions, samples: SampleFiles | None
+) -> dict:
     device_model = f"{folder}/model{model_path.suffix.lower()}"
     shell.upload(model_path, device_model, options.timeout_seconds)
     if options.benchmark_model is not None and model_path.suffix.lower() == ".tflite":
+        if samples is not None:
+            cause = "benchmark_model cannot run verification samples; leave benchmark_model unset to use the runner"
+            raise bench_failure(model_path, shell.target, cause)
         record = bench_with_binary(shell, folder, model_path, device_model, options)
     else:
-        record = bench_with_runner(shell, folder, model_path, device_model, options)
+        record = bench_with_runner(shell, folder, model_path, device_model, options, samples)
     # The device path is gone after clean-up; the record names the file the user benchmarked.
     return record | {"model": str(model_path), "device_model": device_model, "target": shell.target}
 
 
 def bench_with_runner(
-    shell: RemoteShell, folder: str, model_path: Path, device_model: str, options: BenchOptions
+    shell: RemoteShell,
+    folder: str,
+    model_path: Path,
+    device_model: str,
+    options: BenchOptions,
+    samples: SampleFiles | None,
 ) -> dict:
     for source in RUNNER_FILES:
         shell.upload(source, f"{folder}/{source.name}", HOUSEKEEPING_SECONDS)
-    words = [options.remote_python, f"{folder}/runner.py", *runner_arguments(device_model, options)]
+    device_samples, device_outputs = (f"{folder}/samples.npz", f"{folder}/outputs.npz") if samples else (None, None)
+    if samples is not None:
+        shell.upload(samples.samples, device_samples, options.timeout_seconds)
+    arguments = runner_arguments(device_model, options, device_samples, device_outputs)
+    words = [options.remote_python, f"{folder}/runner.py", *arguments]
     result = run_in_background(shell, folder, words, model_path, options)
     if result.exit_code == COMMAND_NOT_FOUND:
         hint = INSTALL_HINTS.get(model_path.suffix.lower(), "pip install numpy")
@@ -109,7 +132,17 @@ def bench_with_runner(
         )
         raise bench_failure(model_path, shell.target, cause)
     completed = subprocess.CompletedProcess(words, result.exit_code, result.stdout, result.stderr)
-    return record_from_process(completed, model_path, shell.target)
+    record = record_from_process(completed, model_path, shell.target)
+    if samples is not None:
+        fetch_outputs(shell, device_outputs, samples.outputs, model_path, options)
+    return record
+
+
+def fetch_outputs(shell: RemoteShell, remote: str, local: Path, model_path: Path, options: BenchOptions) -> None:
+    content = shell.read_bytes(remote, options.timeout_seconds)
+    if content is None:
+        raise bench_failure(model_path, shell.target, f"the runner wrote no outputs file {remote}")
+    local.write_bytes(content)
 
 
 def bench_with_binary(
@@ -154,5 +187,5 @@ def run_in_background(
     if not status[0].isdigit():
         detail = result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}"
         raise bench_failure(model_path, shell.target, f"the device could not start the benchmark: {detail}")
-    stdout = shell.read_text(f"{folder}/stdout.txt") or ""
-    return CommandResult(int(status[0]), stdout, shell.read_text(f"{folder}/stderr.txt") or "")
+    stdout = read_text(shell, f"{folder}/stdout.txt") or ""
+    return CommandResult(int(status[0]), stdout, read_text(shell, f"{folder}/stderr.txt") or "")

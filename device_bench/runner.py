@@ -4,16 +4,24 @@ This file and py beside it are copied as-is to the device (a Raspberry Pi, an An
 they import only the standard library, numpy and whichever interpreter is installed there; never edgepack.
 
     python runner.py MODEL --runs 50 --warmup 5 --min-seconds 1 --threads 1 [--seed 0]
+                           [--samples SAMPLES.npz --outputs OUTPUTS.npz]
 
 The measurement follows TFLite's benchmark_model and onnxruntime_perf_test: load time, first inference,
 warm-up runs, then timed runs until both ``--runs`` runs and ``--min-seconds`` have passed. Inputs are set
 once before timing so each timed run measures only the runtime's own work. On failure the record holds an
 "error" key and the exit code is non-zero.
+
+With ``--samples``, after timing the runner runs each given sample and writes the outputs to ``--outputs``, so the
+host can compare what the device computed with its own run of the same file. SAMPLES.npz holds one array per
+input, keyed as the runtime names it (ONNX input names; a .tflite's signature keys, or its tensor names when it has
+no signature), each of shape (samples, *input shape) in the file's own layout and dtype: sample i is fed exactly as
+``array[i]``. OUTPUTS.npz is keyed the same way for the outputs, stacked the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -63,6 +71,9 @@ class LoadedModel:
     runtime_version: str
     delegate: str
     inputs: list[dict]
+    # For --samples, called after timing: the runtime's input keys -> (shape, dtype name), and a function running
+    # one sample (keys -> arrays). Made late: LiteRT refuses invoke() while a signature runner holds the interpreter.
+    sample_runner: Callable[[], tuple[dict[str, tuple[list, str]], Callable[[dict], dict]]]
 
 
 class RecordingArgumentParser(argparse.ArgumentParser):
@@ -94,6 +105,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-shape", type=input_shape, action="append", default=[], metavar="NAME=DIMS",
                         help="shape of an input with dynamic dimensions, e.g. image=1x3x224x224")  # fmt: skip
     parser.add_argument("--sys-root", default="/sys", help="where sysfs is (tests point it at a fake tree)")
+    parser.add_argument("--samples", help="after timing, run these inputs (.npz, see the module's docstring)")
+    parser.add_argument("--outputs", help="where --samples' outputs go (.npz; default: SAMPLES-outputs.npz)")
     return parser.parse_args(argv)
 
 
@@ -166,6 +179,21 @@ class Runtime:
     module: object
     name: str
     version: str
+    distribution: str  # the pip package it came from: its wheel tag says which build (CPU, OS) is installed
+
+
+def runtime_build(runtime: Runtime) -> dict:
+    """Which build of the runtime this is: the installed wheel's tag (e.g. cp311-cp311-manylinux_2_27_aarch64)
+    and onnxruntime's own build info."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        wheel = distribution(runtime.distribution).read_text("WHEEL") or ""
+    except PackageNotFoundError:
+        wheel = ""
+    tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
+    build_info = getattr(runtime.module, "get_build_info", None)
+    return {"wheel_tags": tags, "build_info": build_info() if callable(build_info) else None}
 
 
 def import_tflite_runtime() -> Runtime:
@@ -187,7 +215,7 @@ def import_tflite_runtime() -> Runtime:
             runtime_version = version(distribution)
         except PackageNotFoundError:  # e.g. tensorflow-cpu or a source build: ask the package itself
             runtime_version = getattr(import_module(name), "__version__", "unknown")
-        return Runtime(module, name, runtime_version)
+        return Runtime(module, name, runtime_version, distribution)
     raise RunnerError(f"no TFLite interpreter is installed; {TFLITE_INSTALL_HINT}")
 
 
@@ -196,7 +224,7 @@ def import_onnx_runtime() -> Runtime:
         import onnxruntime
     except ImportError as error:
         raise RunnerError(f"onnxruntime is not installed; {ONNX_INSTALL_HINT}") from error
-    return Runtime(onnxruntime, "onnxruntime", onnxruntime.__version__)
+    return Runtime(onnxruntime, "onnxruntime", onnxruntime.__version__, "onnxruntime")
 
 
 def tflite_delegate(interpreter: object) -> str:
@@ -244,7 +272,31 @@ def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Genera
     except (ValueError, RuntimeError) as error:
         raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: {error}") from error
     delegate = tflite_delegate(interpreter)
-    return LoadedModel(interpreter.invoke, runtime.name, runtime.version, delegate, inputs)
+    sample_runner = functools.partial(tflite_sample_runner, interpreter)
+    return LoadedModel(interpreter.invoke, runtime.name, runtime.version, delegate, inputs, sample_runner)
+
+
+def tflite_sample_runner(interpreter: object) -> tuple[dict, Callable]:
+    """Run one sample the way edgepack's host sessions do: through the first signature, keyed by its keys (the
+    ONNX names for edgepack's files); a file without a signature by its tensor names."""
+    signatures = interpreter.get_signature_list()
+    if signatures:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        return sample_specs(runner.get_input_details()), lambda feeds: runner(**feeds)
+    details = {detail["name"]: detail for detail in interpreter.get_input_details()}
+
+    def run_by_tensor_names(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, values in feeds.items():
+            interpreter.set_tensor(details[name]["index"], values)
+        interpreter.invoke()
+        return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+
+    return sample_specs(details), run_by_tensor_names
+
+
+def sample_specs(details: dict[str, dict]) -> dict[str, tuple[list, str]]:
+    shapes = {key: detail.get("shape_signature", detail["shape"]) for key, detail in details.items()}
+    return {key: ([int(dim) for dim in shapes[key]], np.dtype(details[key]["dtype"]).name) for key in details}
 
 
 def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
@@ -263,7 +315,20 @@ def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generato
     feed = {arg.name: random_input(concrete_shape([arg.name], arg.shape, given), ORT_DTYPES[arg.type], rng)
             for arg in arguments}  # fmt: skip
     inputs = [describe_input(name, data) for name, data in feed.items()]
-    return LoadedModel(lambda: session.run(None, feed), runtime.name, runtime.version, "cpu", inputs)
+    sample_inputs = {arg.name: (list(arg.shape), ORT_DTYPES[arg.type]) for arg in arguments}
+    output_names = [arg.name for arg in session.get_outputs()]
+
+    def run_sample(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(output_names, session.run(None, feeds), strict=True))
+
+    return LoadedModel(
+        lambda: session.run(None, feed),
+        runtime.name,
+        runtime.version,
+        "cpu",
+        inputs,
+        lambda: (sample_inputs, run_sample),
+    )
 
 
 # suffix -> (import the runtime, load a model with it); importing is kept apart so load time excludes it.
@@ -350,13 +415,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def os_name() -> str | None:
+    """The OS as its /etc/os-release names it ("Debian GNU/Linux 12 (bookworm)"); None where there is none
+    (Android has no os-release; its version is in getprop, which the adb target does not read)."""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path) as release:
+                fields = dict(line.rstrip("\n").split("=", 1) for line in release if "=" in line)
+        except OSError:
+            continue
+        return fields.get("PRETTY_NAME", "").strip('"') or None
+    return None
+
+
 def machine_description() -> dict:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "os": os_name(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "numpy": np.__version__,
     }
 
 
@@ -549,6 +629,7 @@ class Measurement:
     """What one benchmark measured, before it is flattened into the record."""
 
     model: LoadedModel
+    runtime: Runtime
     init_ms: float
     first_inference_ms: float
     latencies: array
@@ -578,7 +659,7 @@ def measure(args: argparse.Namespace) -> Measurement:
     final_rss = current_rss_mib()
     growth = None if baseline_rss is None or final_rss is None else round(final_rss - baseline_rss, 3)
     return Measurement(
-        model, init_ms, first_inference_ms, latencies, elapsed_seconds, growth, energy, temperature_at_start
+        model, runtime, init_ms, first_inference_ms, latencies, elapsed_seconds, growth, energy, temperature_at_start
     )
 
 
@@ -590,6 +671,7 @@ def record_of(args: argparse.Namespace, measured: Measurement) -> dict:
             "model_bytes": os.path.getsize(args.model),
             "runtime": model.runtime,
             "runtime_version": model.runtime_version,
+            "runtime_build": runtime_build(measured.runtime),
             "delegate": model.delegate,
             "threads": args.threads,
             "seed": args.seed,
@@ -610,11 +692,61 @@ def record_of(args: argparse.Namespace, measured: Measurement) -> dict:
     )
 
 
+# --- Verification samples: run after timing (so they change no figure above), outputs written for the host.
+
+
+def read_samples(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        raise RunnerError(f"--samples {path} is not a readable .npz file: {error}") from error
+
+
+def check_samples(path: str, samples: dict[str, np.ndarray], specs: dict[str, tuple[list, str]]) -> int:
+    """The number of samples, after checking every input has an array of its dtype and per-sample shape."""
+    if set(samples) != set(specs):
+        raise RunnerError(f"--samples {path} holds arrays {sorted(samples)}; the model's inputs are {sorted(specs)}")
+    counts = {len(values) if values.ndim else 0 for values in samples.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise RunnerError(f"--samples {path}: every array needs the same number (>= 1) of samples on axis 0")
+    for key, (shape, dtype) in specs.items():
+        values = samples[key]
+        fits = values.ndim == len(shape) + 1 and all(
+            is_dynamic(dim) or dim == size for dim, size in zip(shape, values.shape[1:], strict=True)
+        )
+        if values.dtype.name != dtype or not fits:
+            raise RunnerError(f"--samples {path}: {key!r} is {values.dtype.name} {list(values.shape)}; the model takes "
+                              f"{dtype} {shape_text(shape)} per sample (axis 0 counts samples)")  # fmt: skip
+    return counts.pop()
+
+
+def run_samples(model: LoadedModel, samples_path: str, outputs_path: str) -> dict:
+    """Run every sample once, write the stacked outputs (.npz, atomically) and describe them for the record."""
+    samples = read_samples(samples_path)
+    specs, run_sample = model.sample_runner()
+    count = check_samples(samples_path, samples, specs)
+    runs = [run_sample({key: values[index] for key, values in samples.items()}) for index in range(count)]
+    outputs = {key: np.stack([np.asarray(run[key]) for run in runs]) for key in runs[0]}
+    partial = outputs_path + ".partial.npz"  # np.savez adds .npz to a name without it
+    np.savez(partial, **outputs)
+    os.replace(partial, outputs_path)
+    described = {key: {"shape": list(array.shape), "dtype": array.dtype.name} for key, array in outputs.items()}
+    return {"samples": count, "outputs_file": outputs_path, "outputs": described}
+
+
+def outputs_path_for(args: argparse.Namespace) -> str:
+    return args.outputs or os.path.splitext(args.samples)[0] + "-outputs.npz"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_arguments(argv)
-        record, exit_code = record_of(args, measure(args)), 0
+        measured = measure(args)
+        record, exit_code = record_of(args, measured), 0
+        if args.samples:
+            record["verification"] = run_samples(measured.model, args.samples, outputs_path_for(args))
     except RunnerError as error:
         record, exit_code = {"error": str(error), "argv": argv}, 1
     except Exception as error:  # anything unforeseen still ends as one parseable record

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paramiko
 from edgepack.device_bench.options import BenchOptions
+from edgepack.device_bench.records import SampleFiles
 from edgepack.device_bench.remote import CommandResult, RemoteTimeout, bench_on_remote
 
 from edgepack.core.errors import BenchError
@@ -40,10 +41,10 @@ class SshTarget:
         # Records carry the target as the user wrote it, so that filters by target (reports, gates) match it.
         self.name = name or f"ssh://{user}@{host}:{port}"
 
-    def bench(self, model_path: Path, options: BenchOptions) -> dict:
+    def bench(self, model_path: Path, options: BenchOptions, samples: SampleFiles | None = None) -> dict:
         client = self.connect(options)
         try:
-            return bench_on_remote(SshShell(client, self.name), model_path, options, REMOTE_TEMP_BASE)
+            return bench_on_remote(SshShell(client, self.name), model_path, options, REMOTE_TEMP_BASE, samples)
         finally:
             client.close()
 
@@ -119,6 +120,10 @@ class SshShell:
         self.target = target
 
     def run(self, command: str, timeout: float, send: Path | None = None) -> CommandResult:
+        exit_code, stdout, stderr = self.run_bytes(command, timeout, send)
+        return CommandResult(exit_code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+    def run_bytes(self, command: str, timeout: float, send: Path | None = None) -> tuple[int, bytes, bytes]:
         try:
             return self.execute(command, timeout, send)
         except TimeoutError as error:
@@ -128,7 +133,7 @@ class SshShell:
                 f"ssh target {self.target!r}: the connection failed during {command!r}: {error}"
             ) from error
 
-    def execute(self, command: str, timeout: float, send: Path | None) -> CommandResult:
+    def execute(self, command: str, timeout: float, send: Path | None) -> tuple[int, bytes, bytes]:
         channel = self.transport.open_session(timeout=timeout)
         channel.settimeout(timeout)  # a read waiting longer than this raises TimeoutError
         try:
@@ -136,9 +141,9 @@ class SshShell:
             channel.exec_command("sh -c " + shlex.quote(command))
             if send is not None:
                 send_file(channel, send)
-            stdout = channel.makefile("rb").read().decode(errors="replace")
-            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
-            return CommandResult(channel.recv_exit_status(), stdout, stderr)
+            stdout = channel.makefile("rb").read()
+            stderr = channel.makefile_stderr("rb").read()
+            return channel.recv_exit_status(), stdout, stderr
         finally:
             channel.close()
 
@@ -147,9 +152,9 @@ class SshShell:
         if result.exit_code != 0:
             raise BenchError(f"ssh target {self.target!r}: copying {local} to {remote} failed: {result.stderr.strip()}")
 
-    def read_text(self, remote: str) -> str | None:
-        result = self.run(f"cat {shlex.quote(remote)}", timeout=60)
-        return result.stdout if result.exit_code == 0 else None
+    def read_bytes(self, remote: str, timeout: float) -> bytes | None:
+        exit_code, stdout, _ = self.run_bytes(f"cat {shlex.quote(remote)}", timeout)
+        return stdout if exit_code == 0 else None
 
 
 def send_file(channel: paramiko.Channel, path: Path) -> None:

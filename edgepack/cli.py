@@ -85,6 +85,13 @@ def bench(
             "--input-shape", help="name=1x3x224x224 for an input with dynamic dimensions (the file's layout)."
         ),
     ] = None,
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            help="Samples (.npz, one array per input, ONNX layout) to run on the target and on the host in the same "
+            "runtime; records how far apart the outputs are."
+        ),
+    ] = None,
 ):
     """Benchmark a model file in a separate process (latency percentiles, memory, energy)."""
     from pydantic import ValidationError
@@ -101,13 +108,20 @@ def bench(
         options = BenchOptions(**fields, benchmark_model=benchmark_model)
     except ValidationError as e:
         raise UserError(describe_validation_error(e, "edgepack bench", BenchOptions)) from e
-    records = bench_each_thread_count(model, target=target, options=options)
+    if verify is not None:
+        from edgepack.target_verify import bench_and_verify
+
+        records = bench_and_verify(model, target, options, verify)
+    else:
+        records = bench_each_thread_count(model, target=target, options=options)
     if as_json:
         out.print_json(json.dumps(records[0] if len(records) == 1 else records))
         return
-    from edgepack.reports.tables import bench_table
+    from edgepack.reports.tables import bench_table, verification_table
 
     out.print(bench_table(records))
+    if verify is not None:
+        out.print(verification_table(records))
 
 
 @app.command()

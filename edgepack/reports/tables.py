@@ -54,11 +54,28 @@ _BENCH_ROWS = [
     ),
     ("peak RSS MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
     ("model bytes", lambda r: f"{r['model_bytes']:,}"),
+    ("device", lambda r: f"{r['machine']}, {r['os'] or '-'}, Python {r['python']}"),
+    ("runtime build", lambda r: ", ".join(r["runtime_build"]["wheel_tags"]) or "-"),
     ("cpu", lambda r: f"{r['cpu']} x{r['cores']}"),
     ("governor / temperature C", lambda r: f"{r['governor'] or '-'} / {r['temperature_c'] or '-'}"),
     ("energy proxy uJ", lambda r: f"{r['energy']['proxy']['uj_per_inference']:.4g}"),
     ("energy measured uJ", _bench_measured_energy),
 ]
+
+
+def verification_table(records: list[dict]) -> Table:
+    """`bench --verify`: per thread count and output, how far the target's outputs are from the host's."""
+    first = records[0]
+    table = Table(title=f"outputs on {first['target']} vs host, {first['verification']['samples']} samples")
+    for column in ("threads", "output", "max abs error", "mean abs error", "cosine", "max steps", "within 1 step"):
+        table.add_column(column, justify="left" if column == "output" else "right")
+    for record in records:
+        for o in record["verification"]["outputs"]:
+            steps = "-" if o["max_steps"] is None else f"{o['max_steps']:g} of {o['output_step']:.3g}"
+            within = "-" if o["within_one_step"] is None else f"{o['within_one_step']:.1%}"
+            figures = (f"{o['max_abs_error']:.3g}", f"{o['mean_abs_error']:.3g}", f"{o['cosine_similarity']:.6f}")
+            table.add_row(str(record["threads"]), o["output"], *figures, steps, within)
+    return table
 
 
 def inspect_tables(description: dict) -> list[Table]:

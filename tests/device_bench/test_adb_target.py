@@ -17,8 +17,9 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from edgepack.device_bench import BenchOptions, bench
+from edgepack.device_bench import BenchOptions, bench, run_on_target
 
 from edgepack.core.errors import BenchError
 
@@ -72,6 +73,18 @@ def test_the_runner_goes_over_push_shell_pull_and_the_folder_is_removed(phone, o
     pushed = {Path(call[4]).name for call in calls[1:] if call[2] == "push"}
     assert pushed == {"model.onnx", "runner.py"}
     assert calls[-1][3].startswith("rm -rf -- ") and list(phone.iterdir()) == []
+
+
+def test_samples_go_with_the_runner_and_their_outputs_come_back_by_pull(phone, onnx_model):
+    samples = {"x": np.random.default_rng(2).standard_normal((2, 1, 3, 8, 8)).astype(np.float32)}
+    run = run_on_target(onnx_model, f"adb://{SERIAL}", samples, options_for(phone, runs=1, min_seconds=0))
+    on_host = run_on_target(onnx_model, "host", samples, options_for(phone, runs=1, min_seconds=0))
+    assert np.array_equal(run.outputs["y"], on_host.outputs["y"]) and run.outputs["y"].shape == (2, 1, 4, 8, 8)
+    calls = adb_calls(phone)[1:]  # after 'adb devices'
+    pushed = {Path(call[4]).name for call in calls if call[2] == "push"}
+    pulled = {Path(call[3]).name for call in calls if call[2] == "pull"}
+    assert pushed == {"model.onnx", "runner.py", "samples.npz"} and "outputs.npz" in pulled
+    assert list(phone.iterdir()) == []
 
 
 def test_benchmark_model_output_becomes_the_record(phone, tflite_model, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from tests.device_bench.helpers import run_shipped_runner
@@ -54,3 +57,39 @@ def test_bad_arguments_still_end_as_one_error_record(tmp_path, onnx_model, bad_a
     record, exit_code, _ = run_shipped_runner(tmp_path, [str(onnx_model), *bad_argument], blocked=[])
     assert exit_code != 0
     assert record["error"].startswith("bad arguments")
+
+
+@pytest.mark.parametrize("model_fixture", ["tflite_model", "onnx_model"])
+def test_samples_run_after_timing_give_what_the_hosts_session_gives(request, model_fixture):
+    """run_on_target's outputs are the runtime's own for each sample, keyed and stacked as the samples were."""
+    from edgepack.converters.runtime import open_session
+    from edgepack.device_bench import BenchOptions, run_on_target
+
+    path = request.getfixturevalue(model_fixture)
+    session = open_session(path)
+    (spec,) = session.inputs
+    images = np.random.default_rng(1).standard_normal((3, *spec.shape)).astype(np.float32)
+    run = run_on_target(path, "host", {spec.tensor_name or spec.name: images}, BenchOptions(runs=1, min_seconds=0))
+    (output,) = session.outputs
+    expected = np.stack([session.run({spec.name: image})[output.name] for image in images])
+    assert np.array_equal(run.outputs[output.tensor_name or output.name], expected)
+    assert run.record["verification"] == {"samples": 3, "outputs": {output.tensor_name or output.name: {
+        "shape": list(expected.shape), "dtype": "float32"}}}  # fmt: skip
+    assert run.record["os"] and run.record["runtime_build"]["wheel_tags"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"image": np.zeros((2, 1, 3, 8, 8), np.float32)}, r"holds arrays \['image'\]; the model's inputs are \['x'\]"),
+        ({"x": np.zeros((2, 1, 3, 8, 8), np.float64)}, r"'x' is float64 \[2, 1, 3, 8, 8\]; the model takes float32"),
+        ({"x": np.zeros((2, 3, 8, 8), np.float32)}, r"takes float32 \[1, 3, 8, 8\] per sample \(axis 0 counts"),
+    ],
+)
+def test_samples_that_do_not_fit_the_model_end_as_one_error_record(tmp_path, onnx_model, arrays, expected):
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, **arrays)
+    arguments = [str(onnx_model), "--runs", "1", "--min-seconds", "0", "--samples", str(samples)]
+    record, exit_code, _ = run_shipped_runner(tmp_path, arguments, blocked=PROJECT_PACKAGES)
+    assert exit_code != 0 and re.search(expected, record["error"]), record
+    assert not (tmp_path / "samples-outputs.npz").exists()

@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from edgepack.device_bench import BenchOptions, bench
+from edgepack.device_bench import BenchOptions, bench, run_on_target
 
 import edgepack
 from edgepack.core.errors import BenchError
@@ -67,6 +68,15 @@ def test_a_record_comes_back_like_the_hosts_and_the_folder_is_removed(sshd, tfli
     folder = Path(record["device_model"]).parent
     assert folder.name.startswith("edgepack-bench.") and not folder.exists()
     assert bench_folders() == before
+
+
+def test_samples_travel_over_ssh_and_their_outputs_come_back_byte_for_byte(sshd, onnx_model):
+    before = bench_folders()
+    samples = {"x": np.random.default_rng(3).standard_normal((4, 1, 3, 8, 8)).astype(np.float32)}
+    run = run_on_target(onnx_model, sshd.target, samples, options_for(sshd, runs=1, min_seconds=0))
+    on_host = run_on_target(onnx_model, "host", samples, options_for(sshd, runs=1, min_seconds=0))
+    assert np.array_equal(run.outputs["y"], on_host.outputs["y"]) and run.record["verification"]["samples"] == 4
+    assert bench_folders() == before  # the samples and outputs went with the folder
 
 
 def test_an_unknown_host_key_is_refused_with_the_command_that_accepts_it(sshd, tflite_model, tmp_path):
