@@ -102,8 +102,10 @@ def main() -> None:
             ops = optimized_ops(path, folder)
             left = {op: count for op, count in sorted(ops.items()) if op in FLOAT_OPS}
             ratios = [p50_ms(path, feed, threads, args.runs) / floats[threads] for threads in (1, 2)]
-            print(f"int8 {label}: int8/float p50 {ratios[0]:.2f}x (1 thread), {ratios[1]:.2f}x (2 threads); "
-                  f"QLinearConv {ops['QLinearConv']}, float/QDQ ops left after onnxruntime's fusion: {left}")
+            print(
+                f"int8 {label}: int8/float p50 {ratios[0]:.2f}x (1 thread), {ratios[1]:.2f}x (2 threads); "
+                f"QLinearConv {ops['QLinearConv']}, float/QDQ ops left after onnxruntime's fusion: {left}"
+            )
 
 
 if __name__ == "__main__":

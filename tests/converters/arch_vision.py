@@ -216,7 +216,8 @@ class AudioNet(nn.Module):
 def with_explicit_same_padding(module: nn.Module) -> nn.Module:
     """Every padded Conv2d becomes ZeroPad2d + an unpadded Conv2d with TensorFlow's 'same' amounts (stride 2: the
     extra row and column at the end), as TF-trained ports such as efficientnet-lite-pytorch export: explicit Pad
-    nodes. The weights are shared, so the result computes what ``module`` computes when strides divide the input."""
+    nodes. Edits ``module`` in place; stride-2 layers then pad as TensorFlow does, not as PyTorch's symmetric
+    padding did, so the outputs change a little."""
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d) and child.padding != (0, 0):
             total = max(child.kernel_size[0] - child.stride[0], 0)
