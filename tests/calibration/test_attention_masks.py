@@ -158,3 +158,26 @@ def quantize_with(float_onnx, folder, scheme: QuantScheme) -> IntegerFiles:
     shapes = {name: [1, LENGTH] for name in BERT_INPUTS}
     convert_onnx_to_tflite(float_path, tflite_path, shapes, FakeQuantization(calibration.fake_quant_ranges(), 8))
     return IntegerFiles(onnx_path, tflite_path, calibration)
+
+
+@pytest.mark.parametrize("flag", [FINFO_MIN, -math.inf])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_rarely_padded_mask_stays_float_whatever_the_method(method, flag):
+    """One padded position in 12800. Flags are decided on the exact extremes, for every method: a histogram has
+    no bin for -inf, so its range alone would be [0, 0], a grid on which int8 stops masking."""
+    node, value = onnx.helper.make_node, onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [node("Cast", ["mask"], ["keep"], to=onnx.TensorProto.BOOL),
+         node("Where", ["keep", "zero", "lowest"], ["additive"]),
+         node("Add", ["scores", "additive"], ["masked"]), node("Softmax", ["masked"], ["weights"])],
+        "rare_mask", [value(n, onnx.TensorProto.FLOAT, ["n", 64]) for n in ("scores", "mask")],
+        [value("weights", onnx.TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(flag, np.float32), "lowest")])  # fmt: skip
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    mask = np.ones((200, 64), np.float32)
+    mask[7, 63] = 0.0
+    data = ArrayDataset({"scores": rng.standard_normal((200, 64)).astype(np.float32), "mask": mask})
+    calibration = calibrate(model, data, QuantScheme(method=method))
+    assert "additive" in calibration.kept_float and "additive" not in calibration.activations
