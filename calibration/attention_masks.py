@@ -25,6 +25,30 @@ from edgepack.calibration.estimators import RangeEstimator
 FLAG_LIMIT = 1e6  # no activation that carries signal comes near this; masks use 1e4 to 3.4e38
 
 
+class FlagAwareEstimator:
+    """Whether a tensor holds flags is decided on its exact extremes, for every method: a clipping method (percentile,
+    mse, entropy) could otherwise clip a rarely padded mask to a grid near 0, and int8 would stop masking. Once the
+    extremes pass ``FLAG_LIMIT`` the tensor stays float, so ``inner`` is not fed any more."""
+
+    def __init__(self, inner: RangeEstimator):
+        self.inner = inner
+        self.low, self.high = math.inf, -math.inf
+
+    @property
+    def flagged(self) -> bool:
+        return max(-self.low, self.high) > FLAG_LIMIT  # -inf and inf too
+
+    def observe(self, values: np.ndarray, samples: int = 1) -> None:
+        if not values.size:
+            return
+        self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        if not self.flagged:
+            self.inner.observe(values, samples)
+
+    def range(self) -> tuple[float, float]:
+        return (self.low, self.high) if self.flagged else self.inner.range()
+
+
 class SoftmaxInputEstimator:
     """``inner`` sees the values cut at the running floor; the range never reaches below the final floor."""
 

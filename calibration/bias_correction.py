@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+from edgepack.calibration.attention_masks import FLAG_LIMIT
 from edgepack.calibration.plan import plan_quantization
 from edgepack.calibration.ptq import Calibration
 from onnx import helper, numpy_helper
@@ -128,14 +129,17 @@ def _expected_output_errors(model: onnx.ModelProto, layers: list[_Layer], datase
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     names = [layer.error_output for layer in layers]
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, np.ndarray] = {}
     for batch in dataset.batches(batch_size):
         real = len(next(iter(batch.values())))
         for name, value in zip(names, session.run(names, pad_batch(batch, batch_size)), strict=True):
             per_channel = np.moveaxis(value[:real].astype(np.float64), 1, 0).reshape(value.shape[1], -1)
-            sums[name] = sums.get(name, 0.0) + per_channel.sum(axis=1)
-            counts[name] = counts.get(name, 0) + per_channel.shape[1]
-    return {name: (sums[name] / counts[name]).astype(np.float32) for name in names}
+            # A layer reading flags (an attention mask's -inf or finfo.min) errs by inf, NaN or ~1e36 there: those
+            # positions carry no signal to correct, and one of them would decide the whole bias.
+            finite = np.abs(per_channel) <= FLAG_LIMIT  # False for NaN too
+            sums[name] = sums.get(name, 0.0) + np.where(finite, per_channel, 0.0).sum(axis=1)
+            counts[name] = counts.get(name, 0) + finite.sum(axis=1)
+    return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in names}
 
 
 def _with_error_twins(model: onnx.ModelProto, layers: list[_Layer]) -> onnx.ModelProto:

@@ -148,7 +148,11 @@ class EntropyEstimator(HistogramEstimator):
         stride = max(1, (last - levels) // self.max_candidates)
         candidates = np.arange(levels, last + 1, stride)
         divergences = kl_after_clipping_all(counts[:last], candidates, levels)
-        return (candidates[int(np.argmin(divergences))] + 0.5) * width
+        # Ties go to the widest clip: a tensor of one value (an exported constant such as a LayerNorm weight behind
+        # an Identity) is one spike, which every candidate clips into its last bin at KL 0; the first candidate
+        # clipped MiniBert's LayerNorm weights of 1.0 to 0.125.
+        best = divergences.size - 1 - int(np.argmin(divergences[::-1]))
+        return (candidates[best] + 0.5) * width
 
 
 def kl_after_clipping(counts: np.ndarray, keep: int, levels: int) -> float:

@@ -18,8 +18,11 @@ small activation costs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 DEFAULT_BINS = 4096
 DEFAULT_SAMPLE_LIMIT = 4096  # values binned per sample and tensor; about 1/8 of MobileNetV2's at 96x96
 EXACT_VALUES = 1 << 18  # values binned exactly before subsampling starts
@@ -57,6 +60,12 @@ class StreamingHistogram:
             return
         low, high = float(values.min()), float(values.max())
         self.low, self.high = min(self.low, low), max(self.high, high)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            # -inf (an attention mask's flag) or NaN has no bin: the extremes keep it, the bins take the rest
+            values = values[np.isfinite(values)]
+            if not values.size:
+                return
+            low, high = float(values.min()), float(values.max())
         peak = max(-low, high)
         if peak == 0.0:
             self._add_zeros(values.size)
@@ -107,6 +116,8 @@ class StreamingHistogram:
         (float32 puts a value within float32 rounding of an edge in the neighbouring bin at worst); R itself goes
         to the last bin."""
         dtype = values.dtype if values.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        if self.half_range > FLOAT32_MAX / 2:  # x + R and R itself would overflow float32 (finfo.min masks)
+            dtype = np.dtype(np.float64)
         scaled = np.add(values, dtype.type(self.half_range), dtype=dtype)
         scaled *= dtype.type(self.bins / (2 * self.half_range))
         counts = np.bincount(scaled.astype(np.intp), minlength=self.bins + 1)

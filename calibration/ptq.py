@@ -10,9 +10,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import onnx
-from edgepack.calibration.attention_masks import SoftmaxInputEstimator, flag_tensors, softmax_inputs
+from edgepack.calibration.attention_masks import (
+    FlagAwareEstimator,
+    SoftmaxInputEstimator,
+    flag_tensors,
+    softmax_inputs,
+)
 from edgepack.calibration.collect import check_calibration_data, collect_ranges
-from edgepack.calibration.estimators import Method, make_estimator
+from edgepack.calibration.estimators import Method, MinMaxEstimator, make_estimator
 from edgepack.calibration.plan import fixed_output_params, plan_quantization
 from edgepack.converters.onnx_info import constant_values
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,13 +81,15 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
 
     def estimator(name: str):
         chosen = make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
+        chosen = chosen if isinstance(chosen, MinMaxEstimator) else FlagAwareEstimator(chosen)  # minmax: extremes
         return SoftmaxInputEstimator(chosen, softmax[name], levels) if name in softmax else chosen
 
     ranges = collect_ranges(model, plan.activations, dataset, estimator)
     flags = flag_tensors(ranges)  # attention masks: left float in both files
-    calibration = Calibration(scheme, plan, ranges, activation_parameters(plan, ranges, scheme))
-    calibration.constants = constant_parameters(model, plan, scheme)
-    return replace(without_tensors(calibration, set(flags)), kept_float=flags) if flags else calibration
+    # Flags get no grid at all (a range reaching -inf has no scale), so they are dropped before parameters are made.
+    kept = without_tensors(Calibration(scheme, plan, ranges, {}), set(flags))
+    return replace(kept, activations=activation_parameters(kept.plan, ranges, scheme),
+                   constants=constant_parameters(model, kept.plan, scheme), kept_float=flags)  # fmt: skip
 
 
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:

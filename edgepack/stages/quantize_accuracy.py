@@ -33,6 +33,7 @@ class FloatPreparation:
     artifacts: list[Artifact] = field(default_factory=list)  # written here, returned before the integer files
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
     correction: BiasCorrection | None = None
+    source_holds_model: bool = True  # False once Pads are folded into ``model`` and no artifact holds the result
 
     def model_for(self, integer_nodes: set[str]) -> onnx.ModelProto:
         """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only."""
@@ -48,7 +49,7 @@ class FloatPreparation:
     @contextmanager
     def model_file(self, ctx, model: onnx.ModelProto) -> Iterator[Path]:
         """A file holding ``model`` for the TFLite converter, which reads ONNX from disk."""
-        if model is self.model:
+        if model is self.model and self.source_holds_model:
             yield ctx.artifact_path(self.source)
             return
         with tempfile.TemporaryDirectory(prefix="edgepack-bias-corrected-") as folder:
@@ -66,20 +67,33 @@ EQUALIZED = "onnx-fp32-equalized"
 
 def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
                         earlier: Artifact | None = None) -> FloatPreparation:  # fmt: skip
-    """Equalize when the scheme asks; the equalized model is written, described and returned as an artifact (or
-    ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
-    prepared = FloatPreparation(source, model)
+    """Fold explicit Pads; equalize when the scheme asks; the equalized model is written, described and returned as
+    an artifact (or ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
+    prepared = _with_pads_folded(FloatPreparation(source, model))
     if not config.cross_layer_equalization:
         return prepared
     from edgepack.calibration.equalize import equalize_model
 
-    equalization = equalize_model(model)
+    equalization = equalize_model(prepared.model)
     prepared.details["cross_layer_equalization"] = equalization.summary()
     if not equalization.pairs:
         return prepared
-    prepared.model = equalization.model
+    prepared.model, prepared.source_holds_model = equalization.model, True
     prepared.source = earlier or _equalized_artifact(ctx, source, equalization.model, prepared.details)
     prepared.artifacts += [] if earlier else [prepared.source]  # a second quantize stage reuses the first's file
+    return prepared
+
+
+def _with_pads_folded(prepared: FloatPreparation) -> FloatPreparation:
+    """Pads folded into the Conv/pool reading them (calibration/fold_pads.py), always: the function is the same to
+    the last bit, and a quantization point on a Pad output leaves DQ/Q pairs onnxruntime cannot fuse. No artifact
+    is written for it: the source computes the same, so it stays the integer files' parent."""
+    from edgepack.calibration.fold_pads import fold_pads
+
+    folding = fold_pads(prepared.model)
+    if folding.folded:
+        prepared.model, prepared.source_holds_model = folding.model, False
+        prepared.details["pad_folding"] = folding.summary()
     return prepared
 
 

@@ -11,12 +11,16 @@ import onnx
 import pytest
 import torch
 from edgepack.calibration.attention_masks import FLAG_LIMIT, SoftmaxInputEstimator, flag_tensors
+from edgepack.calibration.bias_correction import correct_biases, with_corrected_model
 from edgepack.calibration.estimators import MinMaxEstimator
 from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import write_qdq_model
 from onnx import numpy_helper
 
 from edgepack.core.dataset import ArrayDataset
 from tests.converters.arch_sequence import MiniBert
+from tests.converters.integer_check import IntegerFiles, cosine, run_onnx, run_tflite_each
 from tests.converters.torch_check import export
 from tests.edgepack.test_cli import edgepack
 
@@ -105,3 +109,75 @@ def _tflite_scales(path) -> list[float]:
     details = Interpreter(model_path=str(path)).get_tensor_details()  # read only: nothing allocated
     return [float(s) for d in details for s in d["quantization_parameters"]["scales"]
             if d["dtype"] in (np.int8, np.int16)]  # fmt: skip
+
+
+METHODS = ["minmax", "moving_average", "percentile", "entropy", "mse"]
+
+
+@pytest.fixture(scope="module")
+def masked_berts(tmp_path_factory):
+    """HF BERT's finfo.min mask and the -inf one of masked_fill (torch's SDPA export writes the same Where)."""
+    folder = tmp_path_factory.mktemp("masked_berts")
+    examples = tuple(torch.from_numpy(a) for a in padded_bert_data(1).values())
+    paths = {}
+    for mask in ("finfo", "-inf"):
+        torch.manual_seed(0)
+        module = MiniBert(layers=1, mask=mask).eval()
+        paths[mask] = export(module, folder / f"bert_{mask}.onnx", examples, BERT_INPUTS, ["hidden", "pooled"])
+    return paths
+
+
+@pytest.mark.parametrize("mask", ["finfo", "-inf"])
+@pytest.mark.parametrize("method,bias_correction", [(m, False) for m in METHODS] + [("percentile", True),
+                                                                                   ("minmax", True)])  # fmt: skip
+def test_every_method_quantizes_a_padded_bert_to_both_files(masked_berts, tmp_path, mask, method, bias_correction):
+    """Before: the histogram methods crashed on the -inf mask (NaN bins: 'list' argument must have no negative
+    elements), and a clipping method could give a rarely padded mask a grid. Each file is measured in its runtime."""
+    files = quantize_with(masked_berts[mask], tmp_path, QuantScheme(method=method, bias_correction=bias_correction))
+    assert list(files.calibration.kept_float) and all(
+        p.scale.max() < 1.0 for p in files.calibration.activations.values()
+    )
+    feeds = padded_bert_data(16, seed=1)
+    reference = run_onnx(masked_berts[mask], feeds)
+    for produced in (run_onnx(files.onnx_path, feeds), run_tflite_each(files.tflite_path, feeds)):
+        for name, values in reference.items():
+            assert cosine(values, produced[name]) >= 0.99, (name, cosine(values, produced[name]))
+
+
+def quantize_with(float_onnx, folder, scheme: QuantScheme) -> IntegerFiles:
+    """integer_check.quantize_both with a scheme of its own, bias correction included (as the quantize stage)."""
+    model = onnx.load(str(float_onnx))
+    data = ArrayDataset(padded_bert_data(64))
+    calibration = calibrate(model, data, scheme)
+    if scheme.bias_correction:
+        correction = correct_biases(model, calibration.plan, data, batch_size=1)
+        model, calibration = correction.model, with_corrected_model(calibration, correction.model)
+    float_path, onnx_path, tflite_path = folder / "float.onnx", folder / "int8.onnx", folder / "int8.tflite"
+    onnx.save(model, str(float_path))
+    write_qdq_model(model, onnx_path, calibration.plan, calibration.activations, constants=calibration.constants)
+    shapes = {name: [1, LENGTH] for name in BERT_INPUTS}
+    convert_onnx_to_tflite(float_path, tflite_path, shapes, FakeQuantization(calibration.fake_quant_ranges(), 8))
+    return IntegerFiles(onnx_path, tflite_path, calibration)
+
+
+@pytest.mark.parametrize("flag", [FINFO_MIN, -math.inf])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_rarely_padded_mask_stays_float_whatever_the_method(method, flag):
+    """One padded position in 12800. Flags are decided on the exact extremes, for every method: a histogram has
+    no bin for -inf, so its range alone would be [0, 0], a grid on which int8 stops masking."""
+    node, value = onnx.helper.make_node, onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [node("Cast", ["mask"], ["keep"], to=onnx.TensorProto.BOOL),
+         node("Where", ["keep", "zero", "lowest"], ["additive"]),
+         node("Add", ["scores", "additive"], ["masked"]), node("Softmax", ["masked"], ["weights"])],
+        "rare_mask", [value(n, onnx.TensorProto.FLOAT, ["n", 64]) for n in ("scores", "mask")],
+        [value("weights", onnx.TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(flag, np.float32), "lowest")])  # fmt: skip
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    mask = np.ones((200, 64), np.float32)
+    mask[7, 63] = 0.0
+    data = ArrayDataset({"scores": rng.standard_normal((200, 64)).astype(np.float32), "mask": mask})
+    calibration = calibrate(model, data, QuantScheme(method=method))
+    assert "additive" in calibration.kept_float and "additive" not in calibration.activations

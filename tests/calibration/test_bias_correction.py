@@ -152,3 +152,34 @@ def test_convert_command_takes_the_same_options(tmp_path_factory, tmp_path):
     with pytest.raises(UserError, match="cross_layer_equalization only apply to --precision int8"):
         convert_file(tmp_path / "spread.onnx", to="tflite", out=tmp_path / "f.tflite", input_shapes=[],
                      quant_options={"cross_layer_equalization": True})  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", [float(np.finfo(np.float32).min), -np.inf])
+def test_positions_holding_mask_flags_do_not_decide_the_correction(flag):
+    """A Gemm reading rows an attention mask flagged: its weight error times the flag is ~1e36 (finfo.min) or NaN
+    (-inf) there; before, those rows alone set the bias (1e34 or NaN). Now the correction is that of the real rows."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["one", "mask"], ["inverted"]), helper.make_node("Mul", ["inverted", "flag"], ["m"]),
+         helper.make_node("Add", ["x", "m"], ["masked"]), helper.make_node("Gemm", ["masked", "w", "b"], ["y"])],
+        "masked_gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8]),
+                        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+         numpy_helper.from_array(np.array(flag if np.isfinite(flag) else 1.0, np.float32), "flag")])  # fmt: skip
+    if not np.isfinite(flag):  # (1 - mask) * inf is NaN where the mask is 1: -inf comes from a Where instead
+        graph.node[1].CopyFrom(helper.make_node("Where", ["is_padding", "minus_inf", "zero"], ["m"]))
+        graph.node.insert(1, helper.make_node("Cast", ["inverted"], ["is_padding"], to=TensorProto.BOOL))
+        graph.initializer.extend([numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+                                  numpy_helper.from_array(np.array(0.0, np.float32), "zero")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((64, 8)).astype(np.float32) + 1.0  # a mean input, so the correction is not ~0
+    mask = (rng.random((64, 1)) > 0.25).astype(np.float32)
+    plan = plan_quantization(model)
+    flagged = correct_biases(model, plan, ArrayDataset({"x": x, "mask": mask}), batch_size=8).corrections
+    real = mask[:, 0] == 1
+    clean = correct_biases(model, plan, ArrayDataset({"x": x[real], "mask": mask[real]}), batch_size=8).corrections
+    np.testing.assert_allclose(next(iter(flagged.values())), next(iter(clean.values())),
+                               rtol=1e-5, atol=1e-7)  # fmt: skip

@@ -54,8 +54,9 @@ class EncoderLayer(nn.Module):
 class MiniBert(nn.Module):
     """BERT/MiniLM: word + position + segment embeddings, masked attention, tanh pooler over [CLS]."""
 
-    def __init__(self, vocab=1000, dim=64, heads=4, layers=2, max_len=64, gelu="none"):
+    def __init__(self, vocab=1000, dim=64, heads=4, layers=2, max_len=64, gelu="none", mask="finfo"):
         super().__init__()
+        self.mask = mask  # "finfo": HF BERT's (1 - mask) x finfo.min; "-inf": masked_fill(-inf), as SDPA exports
         self.words, self.positions = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
         self.segments = nn.Embedding(2, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
@@ -68,6 +69,8 @@ class MiniBert(nn.Module):
         x = self.norm(x)
         # (1 - mask) * large negative, broadcast over heads and query positions, as HF BERT does.
         additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        if self.mask == "-inf":
+            additive = torch.zeros_like(additive).masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
         for layer in self.layers:
             x = layer(x, additive)
         return x, torch.tanh(self.pooler(x[:, 0]))

@@ -211,3 +211,18 @@ class AudioNet(nn.Module):
 
     def forward(self, waveform):
         return self.fc(self.features(waveform).mean(dim=-1))
+
+
+def with_explicit_same_padding(module: nn.Module) -> nn.Module:
+    """Every padded Conv2d becomes ZeroPad2d + an unpadded Conv2d with TensorFlow's 'same' amounts (stride 2: the
+    extra row and column at the end), as TF-trained ports such as efficientnet-lite-pytorch export: explicit Pad
+    nodes. Edits ``module`` in place; stride-2 layers then pad as TensorFlow does, not as PyTorch's symmetric
+    padding did, so the outputs change a little."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and child.padding != (0, 0):
+            total = max(child.kernel_size[0] - child.stride[0], 0)
+            child.padding = (0, 0)
+            setattr(module, name, nn.Sequential(nn.ZeroPad2d((total // 2, total - total // 2) * 2), child))
+        else:
+            with_explicit_same_padding(child)
+    return module
