@@ -33,6 +33,7 @@ class FloatPreparation:
     artifacts: list[Artifact] = field(default_factory=list)  # written here, returned before the integer files
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
     correction: BiasCorrection | None = None
+    source_file_holds_model: bool = True  # False when normalising changed the graph: the source file is not ``model``
 
     def model_for(self, integer_nodes: set[str]) -> onnx.ModelProto:
         """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only."""
@@ -48,11 +49,11 @@ class FloatPreparation:
     @contextmanager
     def model_file(self, ctx, model: onnx.ModelProto) -> Iterator[Path]:
         """A file holding ``model`` for the TFLite converter, which reads ONNX from disk."""
-        if model is self.model:
+        if model is self.model and self.source_file_holds_model:
             yield ctx.artifact_path(self.source)
             return
-        with tempfile.TemporaryDirectory(prefix="edgepack-bias-corrected-") as folder:
-            path = Path(folder) / "bias_corrected.onnx"
+        with tempfile.TemporaryDirectory(prefix="edgepack-float-") as folder:
+            path = Path(folder) / "float.onnx"
             onnx.save(model, str(path))
             yield path
 
@@ -67,8 +68,12 @@ EQUALIZED = "onnx-fp32-equalized"
 def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
                         earlier: Artifact | None = None) -> FloatPreparation:  # fmt: skip
     """Equalize when the scheme asks; the equalized model is written, described and returned as an artifact (or
-    ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
-    prepared = FloatPreparation(source, model)
+    ``earlier``, the file an earlier quantize stage wrote of the same source, is reused). A graph edgepack did not
+    write is normalised first (converters/normalise.py), so calibration and both writers read the same tensors."""
+    from edgepack.converters.normalise import normalised_for_quantization
+
+    normalised = normalised_for_quantization(model)
+    prepared = FloatPreparation(source, normalised, source_file_holds_model=normalised is model)
     if not config.cross_layer_equalization:
         return prepared
     from edgepack.calibration.equalize import equalize_model
