@@ -42,7 +42,7 @@ def recogniser(opset: int, softmax_axis: int = -1, reshaped_softmax: bool = Fals
     else:
         nodes.append(helper.make_node("Softmax", ["logits"], ["softmax_9.tmp_0"], axis=softmax_axis, name="softmax_9"))
     model = make_model(nodes, {"x": [1, 3, 4, 8]}, ["softmax_9.tmp_0"], CONV, opset=opset)
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("softmax_9.tmp_0", onnx.TensorProto.FLOAT, [1, 8, 6]))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("softmax_9.tmp_0", onnx.TensorProto.FLOAT, [1, 32, 6]))
     return model
 
 
