@@ -70,6 +70,15 @@ def test_foreign_graphs_quantize_to_both_formats(tmp_path, calibration, case, to
     assert result["precision"] == "int8" and result["cosine_similarity"] >= 0.99, result
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_foreign_graphs_convert_to_float_tflite(tmp_path, case):
+    # The int8 files are held to what float does: each case converts to float too (an opset 12 Softmax flattening
+    # from axis 1 is lowered as Flatten -> Softmax -> Reshape, as onnx's adapter writes it for the int8 files).
+    onnx.save(CASES[case](), tmp_path / "m.onnx")
+    result = convert_file(tmp_path / "m.onnx", to="tflite", out=tmp_path / "m.tflite", input_shapes=[])
+    assert result["precision"] == "fp32" and result["max_abs_error"] <= result["tolerance"], result
+
+
 def test_normalising_keeps_names_and_a_last_axis_softmax_one_node():
     model = weights_as_constant_nodes(recogniser(12, softmax_axis=2))
     normalised = normalised_for_quantization(model)
