@@ -95,8 +95,10 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:
     dtype = scheme.activation_dtype
     params = {t: activation_params(*ranges[t], dtype, scheme.symmetric_activations) for t in plan.activations}
-    params |= {t: params[source] for t, source in plan.shared.items()}
+    # Fixed grids before shared ones: a Reshape after a Softmax (onnx's opset 13 Softmax adapter writes one) shares
+    # the Softmax's fixed grid.
     params |= {t: fixed_output_params(op, dtype) for t, op in plan.fixed.items()}
+    params |= {t: params[source] for t, source in plan.shared.items()}
     return params
 
 

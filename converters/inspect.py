@@ -34,15 +34,17 @@ def _describe_onnx(path: Path) -> dict:
 
 
 def _describe_tflite(path: Path) -> dict:
-    from edgepack.converters.runtime import TFLiteSession, count_tflite_ops
+    """From the flatbuffer alone: a file using custom ops the installed runtime lacks is still described."""
+    from edgepack.converters.runtime import describe_tflite
 
-    session = TFLiteSession(path)
+    description = describe_tflite(path)
     return {
         "format": "tflite",
-        "runtime": f"{session.runtime} {session.version}",
-        "inputs": _dump(session.inputs),
-        "outputs": _dump(session.outputs),
-        "op_counts": dict(sorted(count_tflite_ops(path).items())),
+        "precision": description.precision,
+        "inputs": _dump(description.inputs),
+        "outputs": _dump(description.outputs),
+        "op_counts": description.op_counts,
+        "custom_ops": description.custom_ops,
     }
 
 

@@ -6,10 +6,11 @@ maps keys TF had to sanitize back to ONNX names). Importing this module never im
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edgepack.converters.tflite_graph import is_tflite, missing_custom_op_message, read_tflite_graph
 from edgepack.converters.tflite_metadata import read_io_metadata, tflite_precision
 
 from edgepack.core.artifacts import Quantization, TensorSpec
@@ -76,21 +77,24 @@ class TFLiteSession:
 
     def __init__(self, path, num_threads: int | None = None):
         try:
-            self.interpreter, self.runtime, self.version = load_tflite_interpreter(path, num_threads)
-            record = read_io_metadata(Path(path).read_bytes()) or {}
+            inputs, outputs = self._open(path, num_threads)
         except (ValueError, RuntimeError) as e:
-            raise ModelFileError(f"LiteRT cannot load {str(path)!r}: {e}") from e
+            reason = missing_custom_op_message(e, "the installed LiteRT") or str(e)
+            raise ModelFileError(f"LiteRT cannot load {str(path)!r}: {reason}") from e
+        record = read_io_metadata(Path(path).read_bytes()) or {}
+        self.inputs = specs_in_model_order(inputs, record.get("inputs", []))
+        self.outputs = specs_in_model_order(outputs, record.get("outputs", []))
+
+    def _open(self, path, num_threads: int | None) -> tuple[dict[str, dict], dict[str, dict]]:
+        self.interpreter, self.runtime, self.version = load_tflite_interpreter(path, num_threads)
+        self.interpreter.allocate_tensors()  # now, not at the first run: a kernel the runtime lacks fails here
         signatures = self.interpreter.get_signature_list()
         if signatures:
             self._runner = self.interpreter.get_signature_runner(next(iter(signatures)))
-            inputs, outputs = self._runner.get_input_details(), self._runner.get_output_details()
-        else:  # No signature: fall back to the interpreter's tensor names.
-            self._runner = None
-            self.interpreter.allocate_tensors()
-            inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
-            outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-        self.inputs = specs_in_model_order(inputs, record.get("inputs", []))
-        self.outputs = specs_in_model_order(outputs, record.get("outputs", []))
+            return self._runner.get_input_details(), self._runner.get_output_details()
+        self._runner = None  # No signature: fall back to the interpreter's tensor names.
+        inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
+        return inputs, {d["name"]: d for d in self.interpreter.get_output_details()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keyed = {spec.tensor_name or spec.name: feeds[spec.name] for spec in self.inputs}
@@ -142,21 +146,29 @@ class TFLiteDescription:
     op_counts: dict[str, int]
     precision: str  # fp32, fp16, dynamic_int8, int8 or int16x8
     written_by_edgepack: bool  # It carries edgepack's metadata (ONNX names and layouts).
+    custom_ops: list[str] = field(default_factory=list)  # ops a runtime must register to run the file
 
 
 def describe_tflite(path) -> TFLiteDescription:
-    """Inspect any .tflite file (edgepack's or another tool's) without TensorFlow, so it can be benched as is."""
+    """Inspect any .tflite file (edgepack's or another tool's) from its flatbuffer, without TensorFlow and without an
+    interpreter: a file whose custom ops this runtime lacks is still described (converters/tflite_graph.py)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"TFLite file {str(path)!r} does not exist")
-    session = TFLiteSession(path)
     data = path.read_bytes()
+    if not is_tflite(data):
+        raise ModelFileError(f"{str(path)!r} is not a TFLite file (no TFL3 flatbuffer identifier)")
+    try:
+        graph, record = read_tflite_graph(data), read_io_metadata(data) or {}
+    except Exception as e:  # a damaged flatbuffer fails in the generated reader's own ways
+        raise ModelFileError(f"{str(path)!r} is not a readable TFLite file: {e}") from e
     return TFLiteDescription(
-        inputs=session.inputs,
-        outputs=session.outputs,
-        op_counts=dict(sorted(count_tflite_ops(path).items())),
+        inputs=specs_in_model_order(graph.inputs, record.get("inputs", [])),
+        outputs=specs_in_model_order(graph.outputs, record.get("outputs", [])),
+        op_counts=graph.op_counts,
         precision=tflite_precision(data),
-        written_by_edgepack=read_io_metadata(data) is not None,
+        written_by_edgepack=bool(record),
+        custom_ops=graph.custom_ops,
     )
 
 

@@ -265,12 +265,25 @@ def describe_input(name: str, data: np.ndarray) -> dict:
     return {"name": name, "shape": list(data.shape), "dtype": data.dtype.name}
 
 
+def missing_custom_op(error: Exception) -> str | None:
+    """LiteRT's 'Encountered unresolved custom op: X' as a sentence naming X (this file imports nothing of the
+    project, so converters/tflite_graph.py's twin of this cannot be used here)."""
+    found = re.search(r"unresolved custom op: (\w+)", str(error))
+    if found is None:
+        return None
+    return (
+        f"the file uses the custom op {found.group(1)!r}, which this runtime does not register; run it with a "
+        "TFLite runtime built with that op (the one the file was made for), or rebuild the model without it"
+    )
+
+
 def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
     try:
         interpreter = runtime.module.Interpreter(model_path=path, num_threads=threads)
         inputs = set_tflite_inputs(interpreter, rng, given)
     except (ValueError, RuntimeError) as error:
-        raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: {error}") from error
+        raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: "
+                          f"{missing_custom_op(error) or error}") from error  # fmt: skip
     delegate = tflite_delegate(interpreter)
     sample_runner = functools.partial(tflite_sample_runner, interpreter)
     return LoadedModel(interpreter.invoke, runtime.name, runtime.version, delegate, inputs, sample_runner)

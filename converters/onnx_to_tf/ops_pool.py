@@ -139,5 +139,14 @@ def lower_softmax(node: Node) -> Value:
     x = node.inputs[0]
     axis = node.attr("axis", -1 if node.opset >= 13 else 1) % x.rank
     if node.opset < 13 and axis != x.rank - 1:
-        raise node.unsupported(f"opset {node.opset} Softmax flattens from axis {axis}; supported: the last axis")
+        return flattened_softmax(x, axis)
     return Value(tf.nn.softmax(x.data, axis=layout.runtime_axis(axis, x.rank, x.perm)), x.perm)
+
+
+def flattened_softmax(x: Value, axis: int) -> Value:
+    """Before opset 13 a Softmax normalises over all axes from ``axis`` on together: flatten there, softmax over the
+    flat axis, reshape back (what onnx's 12 -> 13 adapter writes, so float and int8 files compute alike)."""
+    shape = list(x.onnx_shape)
+    flat = layout.reshaped(x, [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))])
+    normalised = Value(tf.nn.softmax(flat.data, axis=layout.runtime_axis(1, 2, flat.perm)), flat.perm)
+    return layout.reshaped(normalised, shape)

@@ -90,8 +90,9 @@ def inspect_tables(description: dict) -> list[Table]:
     ops = Table(title="op counts")
     ops.add_column("op")
     ops.add_column("count", justify="right")
+    custom = set(description.get("custom_ops", []))  # a runtime must register these to run the file
     for op, count in description["op_counts"].items():
-        ops.add_row(op, str(count))
+        ops.add_row(f"{op} (custom)" if op in custom else op, str(count))
     return [tensors, ops]
 
 

@@ -133,7 +133,7 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
 def _load_tflite(config: ModelConfig) -> LoadedModel:
     from edgepack.converters.runtime import describe_tflite
 
-    describe_tflite(config.path)  # a file LiteRT cannot load fails here, naming it
+    describe_tflite(config.path)  # a file that is not TFLite fails here, naming it
     digest = sha256_file(config.path)
     return LoadedModel(ModelFormat.TFLITE, digest, file_path=config.path, input_hashes={str(config.path): digest})
 

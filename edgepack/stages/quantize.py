@@ -60,11 +60,13 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     import onnx
 
     from edgepack.calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
+    from edgepack.converters.normalise import normalised_for_quantization
 
     if artifact.precision not in (Precision.INT8, Precision.INT16X8):
         return None
     parent = ctx.lineage(artifact)[0]
-    float_model, size = onnx.load(str(ctx.artifact_path(parent))), ctx.batch_size
+    # the graph the stage calibrated: its activations' names are those of the normalised parent
+    float_model, size = normalised_for_quantization(onnx.load(str(ctx.artifact_path(parent)))), ctx.batch_size
     activations = artifact.details["activations"]
     if artifact.format == Format.ONNX:
         quantized = onnx.load(str(ctx.artifact_path(artifact)))

@@ -33,7 +33,7 @@ class FloatPreparation:
     artifacts: list[Artifact] = field(default_factory=list)  # written here, returned before the integer files
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
     correction: BiasCorrection | None = None
-    source_holds_model: bool = True  # False once Pads are folded into ``model`` and no artifact holds the result
+    source_holds_model: bool = True  # False when ``model`` is not the source file's graph (normalised, Pads folded)
 
     def model_for(self, integer_nodes: set[str]) -> onnx.ModelProto:
         """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only."""
@@ -52,8 +52,8 @@ class FloatPreparation:
         if model is self.model and self.source_holds_model:
             yield ctx.artifact_path(self.source)
             return
-        with tempfile.TemporaryDirectory(prefix="edgepack-bias-corrected-") as folder:
-            path = Path(folder) / "bias_corrected.onnx"
+        with tempfile.TemporaryDirectory(prefix="edgepack-float-") as folder:
+            path = Path(folder) / "float.onnx"
             onnx.save(model, str(path))
             yield path
 
@@ -67,9 +67,13 @@ EQUALIZED = "onnx-fp32-equalized"
 
 def prepare_float_model(config, ctx, source: Artifact, model: onnx.ModelProto,
                         earlier: Artifact | None = None) -> FloatPreparation:  # fmt: skip
-    """Fold explicit Pads; equalize when the scheme asks; the equalized model is written, described and returned as
-    an artifact (or ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
-    prepared = _with_pads_folded(FloatPreparation(source, model))
+    """Normalise a graph edgepack did not write (converters/normalise.py), so calibration and both writers read the
+    same tensors; fold explicit Pads; equalize when the scheme asks (the equalized model is written, described and
+    returned as an artifact, or ``earlier``, the file an earlier quantize stage wrote of the same source, is reused)."""
+    from edgepack.converters.normalise import normalised_for_quantization
+
+    normalised = normalised_for_quantization(model)
+    prepared = _with_pads_folded(FloatPreparation(source, normalised, source_holds_model=normalised is model))
     if not config.cross_layer_equalization:
         return prepared
     from edgepack.calibration.equalize import equalize_model

@@ -190,3 +190,16 @@ def test_batch_major_recurrence_matches_its_time_major_twin(tmp_path, op):
     error, tolerance = worst_error(session.run(feeds), run_tflite(tmp_path / "layout1.tflite", feeds))
     assert error <= tolerance
     assert conversion.op_counts["TRANSPOSE"] == 0, conversion.op_counts
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_opset11_softmax_flattening_from_an_inner_axis(tmp_path, axis):
+    # Before opset 13 a Softmax normalises over every axis from ``axis`` on (old segmentation and OCR exports).
+    weights = {"w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Softmax", ["c"], ["y"], axis=axis),
+    ]
+    onnx.save(make_model(nodes, {"x": [1, 3, 5, 6]}, ["y"], weights, opset=11), tmp_path / "softmax.onnx")
+    result = convert_and_compare(tmp_path / "softmax.onnx", tmp_path / "softmax.tflite")
+    assert result.max_error <= result.tolerance and result.conversion.op_counts["SOFTMAX"] == 1
