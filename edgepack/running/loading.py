@@ -35,6 +35,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
         ModelFormat.ONNX: _load_onnx,
         ModelFormat.TFLITE: _load_tflite,
     }
+    if config.path is not None and config.path.is_dir():
+        raise ModelFileError(f"model file {config.path} is a directory (model.path in the recipe); give the model file")
     if config.path is not None and not config.path.is_file():
         raise ModelFileError(f"model file {config.path} does not exist (model.path in the recipe)")
     return loaders[ModelFormat(config.format)](config)
@@ -60,13 +62,18 @@ def _call_factory(spec: str) -> torch.nn.Module:
         raise RecipeError(f"model.factory {spec!r}: module {module_name!r} cannot be imported ({e})") from e
     except AttributeError as e:
         raise RecipeError(f"model.factory {spec!r}: {module_name} has no attribute {attr!r}") from e
-    model = factory()
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: say it was the factory, with its own message
+        raise RecipeError(f"model.factory {spec!r} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
         raise RecipeError(f"model.factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    if path.is_dir():
+        raise ModelFileError(f"weights file {path} is a directory (model.weights in the recipe); name the .pt file")
     if not path.is_file():
         raise ModelFileError(f"weights file {path} does not exist (model.weights in the recipe)")
     try:
@@ -126,8 +133,31 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
         onnx.checker.check_model(str(config.path))
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a valid ONNX model: {e}") from e
+    _check_onnx_inputs(config)
     digest = sha256_file(config.path)
     return LoadedModel(ModelFormat.ONNX, digest, file_path=config.path, input_hashes={str(config.path): digest})
+
+
+def _check_onnx_inputs(config: ModelConfig) -> None:
+    """model.inputs must name the file's inputs, with shapes its fixed dimensions accept."""
+    from edgepack.converters.onnx_info import load_onnx, tensor_specs
+
+    model = load_onnx(config.path)
+    specs = {s.name: s.shape for s in tensor_specs(model.graph.input, {t.name for t in model.graph.initializer})}
+    given = {i.name: i.shape for i in config.inputs}
+    if set(given) != set(specs):
+        raise RecipeError(
+            f"model.inputs names {sorted(given)} but {config.path} has the inputs {sorted(specs)}; "
+            "use the file's input names (edgepack inspect FILE lists them)"
+        )
+    for name, shape in given.items():
+        if not specs[name]:
+            continue  # the file gives no shape for it
+        if len(shape) != len(specs[name]) or any(f > 0 and f != g for f, g in zip(specs[name], shape, strict=True)):
+            raise RecipeError(
+                f"model.inputs {name!r} has shape {shape} but input {name!r} of {config.path} has shape {specs[name]} "
+                "(dimensions <= 0 are free); give a shape that fits the file"
+            )
 
 
 def _load_tflite(config: ModelConfig) -> LoadedModel:

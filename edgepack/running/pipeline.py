@@ -43,8 +43,7 @@ def pack(
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe), list(overrides))
-    run_dir = Path(out or Path("runs") / recipe.name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _make_run_dir(Path(out or Path("runs") / recipe.name).resolve())
     _seed_everything(recipe.seed)
     steps = Steps(quiet=quiet)
     ctx = _start(recipe, run_dir, steps)
@@ -53,6 +52,18 @@ def pack(
     _bench_all(ctx)
     results = write_run_outputs(ctx)
     return PackResult(run_dir, results)
+
+
+def _make_run_dir(run_dir: Path) -> Path:
+    from edgepack.core.errors import UserError
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is an existing file, not a folder; name a run folder (new or earlier run's)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}); choose another --out") from e
+    return run_dir
 
 
 def _seed_everything(seed: int) -> None:
