@@ -43,10 +43,17 @@ def pack(
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe), list(overrides))
-    run_dir = _make_run_dir(Path(out or Path("runs") / recipe.name).resolve())
+    run_dir = Path(out or Path("runs") / recipe.name).resolve()
+    created = not run_dir.exists()
+    _make_run_dir(run_dir)
     _seed_everything(recipe.seed)
     steps = Steps(quiet=quiet)
-    ctx = _start(recipe, run_dir, steps)
+    try:
+        ctx = _start(recipe, run_dir, steps)
+    except BaseException:
+        if created:  # a run that fails while loading leaves no folder behind (this call made it; nothing is cached)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     for config in recipe.stages:
         _run_stage(ctx, config)
     _bench_all(ctx)
@@ -54,7 +61,7 @@ def pack(
     return PackResult(run_dir, results)
 
 
-def _make_run_dir(run_dir: Path) -> Path:
+def _make_run_dir(run_dir: Path) -> None:
     from edgepack.core.errors import UserError
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -63,7 +70,6 @@ def _make_run_dir(run_dir: Path) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}); choose another --out") from e
-    return run_dir
 
 
 def _seed_everything(seed: int) -> None:
