@@ -119,7 +119,7 @@ def default_stages() -> list[StageConfig]:
     return [get_stage(name).config_class(stage=name) for name in ("export", "convert")]
 
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+NAME_PATTERN = re.compile(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]*")  # one file-name part: no folders, not hidden
 
 
 class Recipe(Strict):
@@ -151,8 +151,8 @@ class Recipe(Strict):
     def _plain_name(cls, name: str) -> str:
         if not NAME_PATTERN.fullmatch(name):
             raise ValueError(
-                "a recipe name is a plain file-name part (letters, digits, '_', '-', '.', '+'; no '/' and not "
-                "starting with '.'), e.g. mobilenet_v3"
+                "a recipe name is a plain file-name part (no '/' or '\\', not starting with '.'), as it names the "
+                "run's files, e.g. mobilenet_v3"
             )
         return name
 
