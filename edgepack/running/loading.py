@@ -79,7 +79,10 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for a file that is not a state_dict
-        raise ModelFileError(f"weights file {path} is not a torch state_dict that loads weights-only: {e}") from e
+        raise ModelFileError(
+            f"weights file {path} is not a torch state_dict that loads safely (weights-only; {_unpickle_reason(e)}); "
+            "re-save it with torch.save(model.state_dict(), PATH) from the code that built the model"
+        ) from e
     if not isinstance(state, dict):
         raise ModelFileError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
     try:
@@ -92,6 +95,14 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
             f"weights file {path} does not fit the factory's module: missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}"
         )
+
+
+def _unpickle_reason(error: Exception) -> str:
+    """Torch's reason without its advice to load unsafely (weights_only=False): never give that advice."""
+    text = " ".join(str(error).split())
+    reason = text.partition("WeightsUnpickler error:")[2] or text
+    reason = reason.split(". Please")[0].split(" Check the documentation")[0].strip()
+    return reason if reason and "weights_only" not in reason else type(error).__name__
 
 
 def _load_torchscript(config: ModelConfig) -> LoadedModel:

@@ -26,6 +26,7 @@ class Case:
     id: str
     make: Callable[[Path], list[str]]
     culprit: tuple[str, ...]  # every one appears in the error line
+    absent: tuple[str, ...] = ()  # none appears anywhere in stderr (e.g. advice to load a pickle unsafely)
 
 
 def _pack(tmp: Path, recipe: dict | str, *extra: str) -> list[str]:
@@ -76,6 +77,26 @@ def _binary_recipe(tmp: Path) -> list[str]:
 def _directory_recipe(tmp: Path) -> list[str]:
     (tmp / "recipes").mkdir()
     return ["pack", str(tmp / "recipes"), "--out", str(tmp / "run")]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _pickle_as_weights(tmp: Path) -> list[str]:
+    import torch
+
+    torch.save({"layer": _Evil()}, tmp / "evil.pt")
+    recipe = _mlp()
+    recipe["model"]["weights"] = str(tmp / "evil.pt")
+    return _pack(tmp, recipe)
+
+
+def _pickled_npz(tmp: Path) -> list[str]:
+    path = tmp / "data.npz"
+    np.savez(path, image=np.array([{"a": 1}] * 4, dtype=object))
+    return _pack(tmp, _mlp(data={"source": "npz", "path": str(path)}))
 
 
 def _directory_weights(tmp: Path) -> list[str]:
@@ -146,6 +167,9 @@ CASES = [
     Case("truncated .npz", _truncated_npz, ("data.npz", "truncated")),
     Case("binary recipe", _binary_recipe, ("recipe.yaml", "not a text (UTF-8) file")),
     Case("directory as the recipe", _directory_recipe, ("recipes is a directory",)),
+    Case("malicious pickle as the weights", _pickle_as_weights, ("evil.pt", "loads safely", "torch.save("),
+         ("weights_only=False", "weights_only` set to `False", "this must never run")),
+    Case("pickled .npz", _pickled_npz, ("data.npz", "pickled Python objects"), ("allow_pickle",)),
     Case("directory as the weights", _directory_weights, ("weights file", "is a directory")),
     Case("factory that raises", _factory_that_raises, ("model.factory 'tests.models:train_and_save' raised TypeError",
                                                        "missing")),
@@ -168,4 +192,6 @@ def test_bad_input_is_one_clear_error_line(case: Case, tmp_path):
     assert lines and lines[-1].startswith("error:") and "internal error" not in done.stderr, done.stderr
     for culprit in case.culprit:
         assert culprit in lines[-1], lines[-1]
+    for text in case.absent:
+        assert text not in done.stderr + done.stdout, done.stderr
     assert not (tmp_path / "run").exists()  # a failed pack leaves no run folder behind
