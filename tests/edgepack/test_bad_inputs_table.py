@@ -174,6 +174,8 @@ CASES = [
     Case("factory that raises", _factory_that_raises, ("model.factory 'tests.models:train_and_save' raised TypeError",
                                                        "missing")),
     Case("--out is an existing file", _out_is_a_file, ("taken is an existing file",)),
+    Case("--out where no folder can be made", lambda t: [*_pack(t, _mlp())[:2], "--out", "/sys/edgepack-run"],
+         ("cannot create the run folder /sys/edgepack-run", "choose another --out")),
     Case("gate: results.json lacks keys", _results_without_keys("gate"), ("results.json lacks the key(s)", "recipe")),
     Case("report: results.json lacks keys", _results_without_keys("report"), ("results.json lacks the key(s)",)),
 ]  # fmt: skip
