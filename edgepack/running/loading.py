@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +126,8 @@ def _load_torchscript(config: ModelConfig) -> LoadedModel:
 
 def _load_torch_export(config: ModelConfig) -> LoadedModel:
     try:
-        program = torch.export.load(str(config.path))
+        with _quiet_logger("torch.export"):  # it logs its own traceback before raising; ours names the file
+            program = torch.export.load(str(config.path))
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a torch.export (.pt2) file: {e}") from e
     digest = sha256_file(config.path)
@@ -135,6 +138,17 @@ def _load_torch_export(config: ModelConfig) -> LoadedModel:
         exported_program=program,
         input_hashes={str(config.path): digest},
     )
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _load_onnx(config: ModelConfig) -> LoadedModel:

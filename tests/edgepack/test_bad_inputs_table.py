@@ -99,6 +99,12 @@ def _pickled_npz(tmp: Path) -> list[str]:
     return _pack(tmp, _mlp(data={"source": "npz", "path": str(path)}))
 
 
+def _text_as_pt2(tmp: Path) -> list[str]:
+    (tmp / "model.pt2").write_text("not a model")
+    recipe = {"model": {"path": str(tmp / "model.pt2"), "inputs": [{"name": "x", "shape": [1, 4]}]}, "bench": None}
+    return _pack(tmp, recipe)
+
+
 def _directory_weights(tmp: Path) -> list[str]:
     (tmp / "weights").mkdir()
     recipe = _mlp()
@@ -170,6 +176,7 @@ CASES = [
     Case("malicious pickle as the weights", _pickle_as_weights, ("evil.pt", "loads safely", "torch.save("),
          ("weights_only=False", "weights_only` set to `False", "this must never run")),
     Case("pickled .npz", _pickled_npz, ("data.npz", "pickled Python objects"), ("allow_pickle",)),
+    Case(".pt2 that is not a zip", _text_as_pt2, ("model.pt2 is not a torch.export (.pt2) file",), ("Traceback",)),
     Case("directory as the weights", _directory_weights, ("weights file", "is a directory")),
     Case("factory that raises", _factory_that_raises, ("model.factory 'tests.models:train_and_save' raised TypeError",
                                                        "missing")),
