@@ -255,14 +255,25 @@ def parse_recipe(data: dict, *, source: str = "recipe", base_dir: Path | None = 
 
 def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     def resolve(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base_dir / p).resolve()
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base_dir / p).resolve()
 
     model = recipe.model.model_copy(
         update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path)}
     )
     data = recipe.data.model_copy(update={"path": resolve(recipe.data.path)}) if recipe.data else None
     stages = [_resolve_stage_paths(stage, resolve) for stage in recipe.stages]
-    return recipe.model_copy(update={"model": model, "data": data, "stages": stages})
+    bench = (
+        recipe.bench.model_copy(update={k: resolve(getattr(recipe.bench, k)) for k in BENCH_PATHS})
+        if recipe.bench
+        else None
+    )
+    return recipe.model_copy(update={"model": model, "data": data, "stages": stages, "bench": bench})
+
+
+BENCH_PATHS = ("ssh_identity_file", "ssh_known_hosts", "benchmark_model")  # relative to the recipe, as the rest
 
 
 STAGE_DATA_KEYS = ("calibration_data", "train_data")
