@@ -105,6 +105,11 @@ def _text_as_pt2(tmp: Path) -> list[str]:
     return _pack(tmp, recipe)
 
 
+def _ssh_without_key(tmp: Path) -> list[str]:
+    model = str(_relu_onnx(tmp))
+    return ["bench", model, "--target", "ssh://pi@127.0.0.1:9", "--identity-file", str(tmp / "no_key")]
+
+
 def _directory_weights(tmp: Path) -> list[str]:
     (tmp / "weights").mkdir()
     recipe = _mlp()
@@ -180,6 +185,8 @@ CASES = [
     Case("directory as the weights", _directory_weights, ("weights file", "is a directory")),
     Case("factory that raises", _factory_that_raises, ("model.factory 'tests.models:train_and_save' raised TypeError",
                                                        "missing")),
+    Case("ssh identity file that does not exist", _ssh_without_key, ("the identity file", "no_key", "does not exist"),
+         ("cannot reach",)),
     Case("--out is an existing file", _out_is_a_file, ("taken is an existing file",)),
     Case("--out where no folder can be made", lambda t: [*_pack(t, _mlp())[:2], "--out", "/sys/edgepack-run"],
          ("cannot create the run folder /sys/edgepack-run", "choose another --out")),
