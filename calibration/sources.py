@@ -5,6 +5,7 @@ Evaluation uses the same sources with labels; image folders and callables load i
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,27 @@ def load_digits_dataset(input_name: str, split: str = "test") -> ArrayDataset:
 
 def load_npz_dataset(path: Path, input_names: list[str]) -> ArrayDataset:
     """A .npz (or .npy for a single input) holding one array per input name, plus optional 'labels'."""
+    if Path(path).is_dir():
+        raise DataError(f"data file {path} is a directory; give a .npz (or .npy) file (data.path in the recipe)")
     if not Path(path).is_file():
         raise DataError(f"data file {path} does not exist (data.path in the recipe)")
     try:
         arrays = _read_arrays(Path(path), input_names)
-    except (ValueError, OSError) as e:
-        raise DataError(f"data file {path} is not a readable .npz/.npy file: {e}") from e
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"data file {path} is not a readable .npz/.npy file: {_npz_reason(e)}") from e
     missing = [n for n in input_names if n not in arrays]
     if missing:
         raise DataError(f"data file {path} has no array for input(s) {missing}; it holds {sorted(arrays)}")
     labels = arrays.get("labels")
     return ArrayDataset({n: arrays[n] for n in input_names}, None if labels is None else labels.astype(np.int64))
+
+
+def _npz_reason(error: Exception) -> str:
+    if "allow_pickle" in str(error):  # numpy's hint would advise loading pickles: never
+        return "it holds pickled Python objects, which are never loaded; save plain numeric arrays with np.savez"
+    if isinstance(error, zipfile.BadZipFile | EOFError):
+        return f"it is truncated or not a zip archive ({error}); write it again with np.savez"
+    return str(error)
 
 
 def _read_arrays(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:

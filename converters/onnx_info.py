@@ -15,9 +15,13 @@ def load_onnx(path: Path):
     import onnx
 
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ModelFileError(f"{path} is not a readable ONNX file: {e}") from e
+    if not model.graph.output:  # an empty file parses as an empty model
+        raise ModelFileError(f"{path} holds no ONNX graph (no outputs; {Path(path).stat().st_size} bytes): it is empty "
+                             "or not an ONNX model; export the model again")  # fmt: skip
+    return model
 
 
 def tensor_specs(values, initializers: set[str] = frozenset()) -> list[TensorSpec]:

@@ -50,6 +50,7 @@ class SshTarget:
 
     def connect(self, options: BenchOptions) -> paramiko.SSHClient:
         known_hosts = (options.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+        self.check_identity_file(options)
         client = paramiko.SSHClient()
         if known_hosts.is_file():
             client.get_host_keys().load(str(known_hosts))
@@ -65,6 +66,15 @@ class SshTarget:
             raise BenchError(f"ssh target {self.name!r}: {self.describe(error, known_hosts, options)}") from error
         return client
 
+    def check_identity_file(self, options: BenchOptions) -> None:
+        path = options.ssh_identity_file
+        if path is not None and not path.expanduser().is_file():
+            what = "is a directory" if path.expanduser().is_dir() else "does not exist"
+            raise BenchError(
+                f"ssh target {self.name!r}: the identity file {path} (--identity-file, or bench.ssh_identity_file in "
+                f"a recipe) {what}; give the private key that logs in to the device"
+            )
+
     def describe(self, error: Exception, known_hosts: Path, options: BenchOptions) -> str:
         if isinstance(error, UnknownHostKey):
             return self.unknown_host_message(error.key, known_hosts)
@@ -74,6 +84,11 @@ class SshTarget:
                 f"the host key differs from the one in {known_hosts}: refused, as it may be a man-in-the-middle. "
                 f"If the device was reinstalled, remove the old key with: ssh-keygen -R {shlex.quote(name)} "
                 f"-f {shlex.quote(str(known_hosts))}, then accept the new one"
+            )
+        if isinstance(error, paramiko.SSHException) and "No authentication methods" in str(error):
+            return (
+                f"no key to log in as {self.user!r} with: ssh-agent offers none and ~/.ssh holds none; give one with "
+                "--identity-file (bench.ssh_identity_file in a recipe) and put its public key on the device"
             )
         if isinstance(error, paramiko.AuthenticationException):
             return self.login_failed_message(error, options)

@@ -41,6 +41,7 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], pr
     ``min_cosine``: an integer file's floor on each output's cosine to the source (default 0.99)."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
+    _check_out_suffix(Path(out), to)
     _check_precision(precision, calib)
     if quant_options and precision == "fp32":
         raise UserError(f"{', '.join(quant_options)} only apply to --precision int8 or int16x8, not fp32")
@@ -79,6 +80,14 @@ def _with_min_cosine(recipe: Recipe, precision: str, min_cosine: float) -> Recip
         raise UserError(f"--min-cosine {min_cosine}: a cosine lies in [-1, 1]; the default is 0.99")
     verify = recipe.verify.model_dump() | {"integer_tolerance": {"min_cosine": min_cosine}}
     return Recipe.model_validate(recipe.model_dump() | {"verify": verify})
+
+
+def _check_out_suffix(out: Path, to: str) -> None:
+    if out.suffix.lower() != f".{to}":
+        raise UserError(f"--out {out} does not end in .{to}, the format asked for with --to {to}; "
+                        f"name it {out.with_suffix('.' + to).name} (or change --to)")  # fmt: skip
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the file to write, e.g. {out / ('model.' + to)}")
 
 
 def _check_precision(precision: str, calib: Path | None) -> None:

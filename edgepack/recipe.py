@@ -5,6 +5,8 @@ Relative paths in a recipe are resolved against the folder of the recipe file.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Hashable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +119,9 @@ def default_stages() -> list[StageConfig]:
     return [get_stage(name).config_class(stage=name) for name in ("export", "convert")]
 
 
+NAME_PATTERN = re.compile(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]*")  # one file-name part: no folders, not hidden
+
+
 class Recipe(Strict):
     name: str = Field("model", description="Short name of the model; used in file names and reports.")
     model: ModelConfig
@@ -140,6 +145,16 @@ class Recipe(Strict):
     gate: GateConfig | None = Field(
         None, description="Budgets checked at the end of pack; 'edgepack pack' exits 1 when one is violated."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                "a recipe name is a plain file-name part (no '/' or '\\', not starting with '.'), as it names the "
+                "run's files, e.g. mobilenet_v3"
+            )
+        return name
 
     @field_validator("targets")
     @classmethod
@@ -173,6 +188,33 @@ class Recipe(Strict):
                 f"stages {torch_only} change a torch module, but model.format is {self.model.format}; give the model "
                 "as model.factory + model.weights (or a torch.export .pt2 file), or remove those stages"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_stages_after_export(self) -> Recipe:
+        if self.model.format in (ModelFormat.ONNX, ModelFormat.TFLITE):
+            return self
+        names = [s.stage for s in self.stages]
+        for i, name in enumerate(names):
+            if name in ONNX_READERS and "export" not in names[:i]:
+                raise ValueError(
+                    f"stages[{i}] ({name}) reads an ONNX model, but model.format is {self.model.format} and no export "
+                    f"stage comes before it; put {{stage: export}} before it, e.g. stages: [export, {name}]"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _qat_and_quantize_agree(self) -> Recipe:
+        qat = next((s for s in self.stages if s.stage == "qat"), None)
+        if qat is None:
+            return self
+        after = self.stages[self.stages.index(qat) + 1 :]
+        for i, stage in enumerate(after, start=self.stages.index(qat) + 1):
+            if stage.stage == "quantize" and stage.precision != qat.precision:
+                raise ValueError(
+                    f"the qat stage trains {qat.precision} but stages[{i}] (quantize) asks for {stage.precision}; "
+                    "set the same precision in both"
+                )
         return self
 
     @field_validator("stages", mode="before")
@@ -213,17 +255,29 @@ def parse_recipe(data: dict, *, source: str = "recipe", base_dir: Path | None = 
 
 def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     def resolve(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base_dir / p).resolve()
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base_dir / p).resolve()
 
     model = recipe.model.model_copy(
         update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path)}
     )
     data = recipe.data.model_copy(update={"path": resolve(recipe.data.path)}) if recipe.data else None
     stages = [_resolve_stage_paths(stage, resolve) for stage in recipe.stages]
-    return recipe.model_copy(update={"model": model, "data": data, "stages": stages})
+    bench = (
+        recipe.bench.model_copy(update={k: resolve(getattr(recipe.bench, k)) for k in BENCH_PATHS})
+        if recipe.bench
+        else None
+    )
+    return recipe.model_copy(update={"model": model, "data": data, "stages": stages, "bench": bench})
+
+
+BENCH_PATHS = ("ssh_identity_file", "ssh_known_hosts", "benchmark_model")  # relative to the recipe, as the rest
 
 
 STAGE_DATA_KEYS = ("calibration_data", "train_data")
+ONNX_READERS = ("quantize",)  # stages that read an exported ONNX model: after an export stage on a torch source
 
 
 def _resolve_stage_paths(stage: StageConfig, resolve) -> StageConfig:
@@ -239,16 +293,52 @@ def _resolve_stage_paths(stage: StageConfig, resolve) -> StageConfig:
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe file, apply ``key=value`` overrides, validate."""
-    path = Path(path)
+    data = read_recipe_yaml(Path(path)) or {}
+    for text in overrides:
+        apply_override(data, text)
+    return parse_recipe(data, source=str(path), base_dir=Path(path).parent.resolve())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own check names an unhashable key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeError(
+                    f"{self.name}: key {key!r} is given twice (lines {seen[key]} and {line}); keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise RecipeError(f"recipe file {path} is a directory; give the recipe's YAML file, e.g. {path}/recipe.yaml")
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file {path} is not a text (UTF-8) file: byte {e.start} cannot be decoded") from e
+    try:
+        return yaml.load(text, Loader=_loader(path))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from e
-    for text in overrides:
-        apply_override(data, text)
-    return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())
+
+
+def _loader(path: Path):
+    def make(stream):
+        loader = _UniqueKeyLoader(stream)
+        loader.name = str(path)
+        return loader
+
+    return make
 
 
 def apply_override(data: dict, text: str) -> None:
@@ -258,8 +348,8 @@ def apply_override(data: dict, text: str) -> None:
         raise RecipeError(f"--set {text!r}: expected key=value, e.g. bench.runs=20")
     *parents, leaf = key.split(".")
     node: Any = data
-    for part in parents:
-        node = _child(node, part, key)
+    for depth, part in enumerate(parents):
+        node = _child(node, part, key, parents[: depth + 1])
     value = yaml.safe_load(raw) if raw else ""
     if isinstance(node, list):
         node[_index(node, leaf, key)] = value
@@ -267,12 +357,19 @@ def apply_override(data: dict, text: str) -> None:
         node[leaf] = value
 
 
-def _child(node: Any, part: str, key: str) -> Any:
+def _child(node: Any, part: str, key: str, path: list[str]) -> Any:
     if isinstance(node, list):
         return node[_index(node, part, key)]
     if not isinstance(node, dict):
         raise RecipeError(f"--set {key}: {part!r} is inside a value that is not a mapping")
-    return node.setdefault(part, {})
+    if node.get(part) is None:  # absent or null in the recipe: start the section from its defaults
+        node[part] = {}
+    child = node[part]
+    if not isinstance(child, dict | list):
+        where = ".".join(path)
+        raise RecipeError(f"--set {key}: {where!r} is {child!r} in the recipe, not a section with keys; "
+                          f"set it whole, e.g. --set {where}=VALUE")  # fmt: skip
+    return child
 
 
 def _index(node: list, part: str, key: str) -> int:

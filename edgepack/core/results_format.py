@@ -143,6 +143,29 @@ def read_results(run_dir) -> dict:
     if not path.is_file():
         raise UserError(f"{path} does not exist: RUN_DIR must be a folder written by 'edgepack pack'")
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-run 'edgepack pack' to rewrite it") from e
+    _check_spine(path, results)
+    return results
+
+
+SPINE = ("recipe", "inputs", "environment", "steps", "artifacts")
+ARTIFACT_SPINE = ("name", "format", "precision", "path", "sha256", "bytes", "parent", "inputs", "outputs", "details",
+                  "verification", "accuracy", "bench")  # fmt: skip
+
+
+def _check_spine(path: Path, results) -> None:
+    """The keys every results.json has (the module docstring): a file without them was not written by 'pack'."""
+    again = "; it was not written by this edgepack's 'pack': re-run 'edgepack pack' to rewrite it"
+    if not isinstance(results, dict):
+        raise UserError(f"{path} holds a {type(results).__name__}, not the results mapping{again}")
+    missing = [k for k in SPINE if k not in results]
+    if missing:
+        raise UserError(f"{path} lacks the key(s) {missing}{again}")
+    if not isinstance(results["artifacts"], list) or not all(isinstance(a, dict) for a in results["artifacts"]):
+        raise UserError(f"{path}: 'artifacts' is not a list of artifact records{again}")
+    for i, artifact in enumerate(results["artifacts"]):
+        lacking = [k for k in ARTIFACT_SPINE if k not in artifact]
+        if lacking:
+            raise UserError(f"{path}: artifacts[{i}] ({artifact.get('name', '?')}) lacks the key(s) {lacking}{again}")

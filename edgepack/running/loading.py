@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
         ModelFormat.ONNX: _load_onnx,
         ModelFormat.TFLITE: _load_tflite,
     }
+    if config.path is not None and config.path.is_dir():
+        raise ModelFileError(f"model file {config.path} is a directory (model.path in the recipe); give the model file")
     if config.path is not None and not config.path.is_file():
         raise ModelFileError(f"model file {config.path} does not exist (model.path in the recipe)")
     return loaders[ModelFormat(config.format)](config)
@@ -60,19 +64,27 @@ def _call_factory(spec: str) -> torch.nn.Module:
         raise RecipeError(f"model.factory {spec!r}: module {module_name!r} cannot be imported ({e})") from e
     except AttributeError as e:
         raise RecipeError(f"model.factory {spec!r}: {module_name} has no attribute {attr!r}") from e
-    model = factory()
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: say it was the factory, with its own message
+        raise RecipeError(f"model.factory {spec!r} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
         raise RecipeError(f"model.factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    if path.is_dir():
+        raise ModelFileError(f"weights file {path} is a directory (model.weights in the recipe); name the .pt file")
     if not path.is_file():
         raise ModelFileError(f"weights file {path} does not exist (model.weights in the recipe)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for a file that is not a state_dict
-        raise ModelFileError(f"weights file {path} is not a torch state_dict that loads weights-only: {e}") from e
+        raise ModelFileError(
+            f"weights file {path} is not a torch state_dict that loads safely (weights-only; {_unpickle_reason(e)}); "
+            "re-save it with torch.save(model.state_dict(), PATH) from the code that built the model"
+        ) from e
     if not isinstance(state, dict):
         raise ModelFileError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
     try:
@@ -85,6 +97,14 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
             f"weights file {path} does not fit the factory's module: missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}"
         )
+
+
+def _unpickle_reason(error: Exception) -> str:
+    """Torch's reason without its advice to load unsafely (weights_only=False): never give that advice."""
+    text = " ".join(str(error).split())
+    reason = text.partition("WeightsUnpickler error:")[2] or text
+    reason = reason.split(". Please")[0].split(" Check the documentation")[0].strip()
+    return reason if reason and "weights_only" not in reason else type(error).__name__
 
 
 def _load_torchscript(config: ModelConfig) -> LoadedModel:
@@ -106,7 +126,8 @@ def _load_torchscript(config: ModelConfig) -> LoadedModel:
 
 def _load_torch_export(config: ModelConfig) -> LoadedModel:
     try:
-        program = torch.export.load(str(config.path))
+        with _quiet_logger("torch.export"):  # it logs its own traceback before raising; ours names the file
+            program = torch.export.load(str(config.path))
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a torch.export (.pt2) file: {e}") from e
     digest = sha256_file(config.path)
@@ -119,6 +140,17 @@ def _load_torch_export(config: ModelConfig) -> LoadedModel:
     )
 
 
+@contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_onnx(config: ModelConfig) -> LoadedModel:
     import onnx
 
@@ -126,8 +158,31 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
         onnx.checker.check_model(str(config.path))
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a valid ONNX model: {e}") from e
+    _check_onnx_inputs(config)
     digest = sha256_file(config.path)
     return LoadedModel(ModelFormat.ONNX, digest, file_path=config.path, input_hashes={str(config.path): digest})
+
+
+def _check_onnx_inputs(config: ModelConfig) -> None:
+    """model.inputs must name the file's inputs, with shapes its fixed dimensions accept."""
+    from edgepack.converters.onnx_info import load_onnx, tensor_specs
+
+    model = load_onnx(config.path)
+    specs = {s.name: s.shape for s in tensor_specs(model.graph.input, {t.name for t in model.graph.initializer})}
+    given = {i.name: i.shape for i in config.inputs}
+    if set(given) != set(specs):
+        raise RecipeError(
+            f"model.inputs names {sorted(given)} but {config.path} has the inputs {sorted(specs)}; "
+            "use the file's input names (edgepack inspect FILE lists them)"
+        )
+    for name, shape in given.items():
+        if not specs[name]:
+            continue  # the file gives no shape for it
+        if len(shape) != len(specs[name]) or any(f > 0 and f != g for f, g in zip(specs[name], shape, strict=True)):
+            raise RecipeError(
+                f"model.inputs {name!r} has shape {shape} but input {name!r} of {config.path} has shape {specs[name]} "
+                "(dimensions <= 0 are free); give a shape that fits the file"
+            )
 
 
 def _load_tflite(config: ModelConfig) -> LoadedModel:

@@ -44,15 +44,32 @@ def pack(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe), list(overrides))
     run_dir = Path(out or Path("runs") / recipe.name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    _make_run_dir(run_dir)
     _seed_everything(recipe.seed)
     steps = Steps(quiet=quiet)
-    ctx = _start(recipe, run_dir, steps)
+    try:
+        ctx = _start(recipe, run_dir, steps)
+    except BaseException:
+        if created:  # a run that fails while loading leaves no folder behind (this call made it; nothing is cached)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     for config in recipe.stages:
         _run_stage(ctx, config)
     _bench_all(ctx)
     results = write_run_outputs(ctx)
     return PackResult(run_dir, results)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    from edgepack.core.errors import UserError
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is an existing file, not a folder; name a run folder (new or earlier run's)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}); choose another --out") from e
 
 
 def _seed_everything(seed: int) -> None:
@@ -73,8 +90,31 @@ def _start(recipe: Recipe, run_dir: Path, steps: Steps) -> RunContext:
     ctx.artifacts.append(root)
     ctx.records[root.name] = {"verification": None}
     ctx.reference  # noqa: B018  run the source once now: a wrong input shape fails here, clearly, not in a stage
+    _check_labels(recipe, ctx.reference, eval_data)
     _evaluate(ctx, root)
     return ctx
+
+
+def _check_labels(recipe: Recipe, reference: dict[str, np.ndarray], eval_data) -> None:
+    """A classifier's class names and evaluation labels must fit its first output (the class scores)."""
+    from edgepack.core.errors import DataError, RecipeError
+    from edgepack.recipe import Task
+
+    if recipe.task != Task.CLASSIFICATION:
+        return
+    first = next(iter(reference.values()))
+    classes = int(np.prod(first.shape[1:]))
+    if recipe.labels is not None and len(recipe.labels) != classes:
+        raise RecipeError(
+            f"'labels' lists {len(recipe.labels)} class names but the model's output {next(iter(reference))!r} has "
+            f"{classes} scores per sample; give one name per class, in index order (or remove 'labels')"
+        )
+    labels = None if eval_data is None else eval_data.labels
+    if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(
+            f"the evaluation data's labels range over [{labels.min()}, {labels.max()}] but the model has {classes} "
+            f"classes (labels 0..{classes - 1}); check the data's labels against the model (or set task: other)"
+        )
 
 
 def _root_artifact(ctx: RunContext) -> Artifact:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -36,6 +38,14 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
     data["model"]["weights"] = "w.pt"
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
     assert load_recipe(tmp_path / "r.yaml").model.weights == tmp_path / "w.pt"
+
+
+def test_relative_ssh_files_resolve_against_the_recipe_folder_and_home_expands(tmp_path):
+    data = minimal() | {"bench": {"ssh_identity_file": "keys/pi", "ssh_known_hosts": "~/.ssh/known_hosts"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    bench = load_recipe(tmp_path / "r.yaml").bench
+    assert bench.ssh_identity_file == tmp_path / "keys" / "pi"
+    assert bench.ssh_known_hosts == Path.home() / ".ssh" / "known_hosts"
 
 
 def test_overrides_set_nested_keys_and_list_items():
