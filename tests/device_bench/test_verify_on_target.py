@@ -102,13 +102,15 @@ def test_a_second_run_takes_the_verified_records_from_the_cache(packed, sshd, tr
     assert [a["bench"] for a in again.artifacts if a["name"] in ARTIFACTS] == [artifacts[n]["bench"] for n in ARTIFACTS]
 
 
-def test_other_samples_verify_again_on_the_target_only(packed, sshd, trained_weights, monkeypatch):
+def test_other_samples_are_verified_again_on_the_target_only(packed, sshd, trained_weights, monkeypatch):
     _, result = packed
     calls = []
     monkeypatch.setattr(on_target, "run_on_target", lambda *a, **k: calls.append(a[1]) or run_on_target(*a, **k))
-    recipe = digits_recipe(sshd, trained_weights("conv_net"), float_tolerance=2e-4)
+    recipe = digits_recipe(sshd, trained_weights("conv_net"), samples=16)
     edgepack.pack(parse_recipe(recipe), out=result.run_dir, quiet=True)
-    benches = [s for s in read_results(result.run_dir)["steps"] if "bench" in s["name"]]
+    results = read_results(result.run_dir)
+    assert {a["bench"][1]["verification_on_target"]["samples"] for a in results["artifacts"] if a["bench"]} == {16}
+    benches = [s for s in results["steps"] if "bench" in s["name"]]
     assert all(s["cached"] for s in benches if s["name"].endswith("host threads=1"))
     assert not any(s["cached"] for s in benches if "ssh://" in s["name"])
     assert sorted(set(calls)) == ["host", sshd.target]
