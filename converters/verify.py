@@ -202,14 +202,26 @@ def verify_session(
 ) -> Verification:
     """``relative_tolerance`` for float files, ``integer`` for integer ones (cosine and top-1 agreement floors)."""
     actual = predict(session, dataset, batch_size)
+    return judge(reference, actual, (session.runtime, session.version), relative_tolerance, integer, classifier)
+
+
+def judge(
+    reference: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    runtime: tuple[str, str],
+    relative_tolerance: float | None,
+    integer: IntegerTolerance | None,
+    classifier: bool,
+) -> Verification:
+    """``actual`` (outputs of ``runtime`` = (name, version), wherever they were computed) held to the tolerances."""
     comparisons, top1 = compare(
         reference, actual, relative_tolerance=relative_tolerance, integer=integer, classifier=classifier
     )
     min_top1 = integer.min_top1_agreement if integer and top1 is not None else None
     return Verification(
-        samples=len(dataset),
-        runtime=session.runtime,
-        runtime_version=session.version,
+        samples=len(next(iter(actual.values()))),
+        runtime=runtime[0],
+        runtime_version=runtime[1],
         outputs=comparisons,
         top1_agreement=top1,
         min_top1_agreement=min_top1,

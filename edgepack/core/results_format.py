@@ -35,6 +35,16 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   (calibration/precision.py; a file runs at least half of them at its own precision, or is not written).
 - ``artifacts[].details.bias_correction``: the layers whose bias was corrected in this file, and
   ``float_bias_kept``: those that run float in it and keep their float bias (calibration/bias_correction.py).
+- ``artifacts[].bench[].verification_on_target``: each benchmark record of a remote target (ssh://, adb://) of an
+  ONNX or TFLite file: the verification samples run on the device with the benchmark, held to the reference as
+  ``verification`` is (the same keys: per output ``max_abs_error``, ``mean_abs_error``, ``cosine_similarity``,
+  ``sqnr_db``, ``tolerance``/``min_cosine``; ``top1_agreement``, ``min_top1_agreement``, ``samples``, ``runtime``,
+  ``runtime_version`` on the device, ``passed``), and ``host_run``: the device's outputs against this host's run of
+  the same file (edgepack/target_verify.py ``agreement``: ``host`` facts, per output ``max_abs_error``,
+  ``mean_abs_error``, ``cosine_similarity``, ``sqnr_db``, ``output_step`` (None for a float output), ``max_steps``,
+  ``within_one_step``). A record in results.json always passed: a float file outside ``verify.float_tolerance``,
+  an integer file outside ``verify.integer_tolerance`` or more than one output step from the host run failed the
+  run (edgepack/running/on_target.py). Host records have no such key.
 - ``artifacts[].robustness``: ``Robustness`` - top-1 under input perturbations, measured in the artifact's own
   runtime (edgepack/robustness.py).
 - ``gate``: ``GateOutcome`` (top level) - the recipe's ``gate:`` budgets checked at the end of ``pack``

@@ -10,7 +10,12 @@ from edgepack.reports.text import FILTERS, energy_text
 
 def render_html(results: dict, data: dict) -> str:
     from edgepack.reports.plots import build_plots
-    from edgepack.reports.rows import provenance_rows, verification_rows
+    from edgepack.reports.rows import (
+        TARGET_VERIFICATION_COLUMNS,
+        provenance_rows,
+        target_verification_rows,
+        verification_rows,
+    )
 
     return (
         _environment()
@@ -20,6 +25,7 @@ def render_html(results: dict, data: dict) -> str:
             plots=build_plots(data),
             gate_text=_gate_text(data["gate"]),
             verification={"header": VERIFICATION_HEADER, "rows": verification_rows(results)},
+            on_targets={"header": TARGET_VERIFICATION_COLUMNS, "rows": target_verification_rows(results)},
             recipe_yaml=yaml.safe_dump(results["recipe"], sort_keys=False, default_flow_style=None, width=80),
             provenance=_artifact_hashes(results) + provenance_rows(results),
             energy_text=energy_text,

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 
 from edgepack.core.artifacts import write_text_atomic
-from edgepack.reports.rows import SUMMARY_COLUMNS, bench_rows, provenance_rows, summary_rows, verification_rows
+from edgepack.reports.rows import (
+    SUMMARY_COLUMNS,
+    TARGET_VERIFICATION_COLUMNS,
+    bench_rows,
+    provenance_rows,
+    summary_rows,
+    target_verification_rows,
+    verification_rows,
+)
 from edgepack.reports.text import markdown_table
 
 
@@ -34,6 +42,7 @@ def render_markdown(results: dict) -> str:
             ["artifact", "output", "max abs err", "mean abs err", "cosine", "tolerance", "top-1 agree"],
             verification_rows(results),
         ),
+        *_target_verification_section(results),
         "## Latency on the host",
         markdown_table(
             ["artifact", "target", "runtime", "threads", "runs", "mean", "p50", "p90", "p99", "max", "peak RSS MiB"],
@@ -48,6 +57,16 @@ def render_markdown(results: dict) -> str:
         markdown_table(["what", "value"], provenance_rows(results)),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _target_verification_section(results: dict) -> list[str]:
+    rows = target_verification_rows(results)
+    if not rows:
+        return []
+    about = ("The verification samples run on each remote target with its benchmark, held to the same tolerances; "
+             "steps vs host: how far the device's outputs are from the host's run of the same file, in steps of an "
+             "integer output's grid (else its max abs difference).")  # fmt: skip
+    return ["## Verification on the targets", about, markdown_table(TARGET_VERIFICATION_COLUMNS, rows)]
 
 
 def write_reports(run_dir: Path, results: dict) -> None:

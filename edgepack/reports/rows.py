@@ -64,6 +64,41 @@ def verification_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+TARGET_VERIFICATION_COLUMNS = ["artifact", "target", "threads", "output", "max abs err", "mean abs err", "cosine",
+                               "tolerance", "top-1 agree", "steps vs host"]  # fmt: skip
+
+
+def target_verification_rows(results: dict) -> list[list[str]]:
+    """One row per (artifact, remote target, threads, output): the device's outputs against the reference, and how
+    many output steps (integer files) from the host's run of the same file."""
+    rows = []
+    for artifact in results["artifacts"]:
+        for record in artifact.get("bench") or []:
+            checked = record.get("verification_on_target")
+            for out in (checked or {}).get("outputs", []):
+                rows.append([artifact["name"], record["target"], str(record["threads"]),
+                             *_target_figures(checked, out)])  # fmt: skip
+    return rows
+
+
+def _target_figures(checked: dict, out: dict) -> list[str]:
+    agree, floor = checked.get("top1_agreement"), checked.get("min_top1_agreement")
+    host = next((o for o in checked["host_run"]["outputs"] if o["output"] == out["output"]), None)
+    if host is None or host["max_steps"] is None:
+        steps = "-" if host is None else f"{host['max_abs_error']:.1e} abs"
+    else:
+        steps = f"{host['max_steps']:g} of {host['output_step']:.3g}"
+    return [
+        out["output"],
+        f"{out['max_abs_error']:.2e}",
+        f"{out['mean_abs_error']:.2e}",
+        f"{out['cosine_similarity']:.6f}",
+        _tolerance_text(out),
+        "-" if agree is None else f"{agree:.3f}" + ("" if floor is None else f" (>= {floor})"),
+        steps,
+    ]
+
+
 def bench_rows(results: dict) -> list[list[str]]:
     """One row per (artifact, target, threads); '-' for a figure a target does not give (benchmark_model's p90)."""
 

@@ -54,12 +54,14 @@ def verify_artifact(ctx, artifact: Artifact, siblings: list[Artifact] = ()) -> V
         classifier=recipe.task == Task.CLASSIFICATION,
     )
     if not verification.passed:
-        raise _verification_error(ctx, artifact, verification, [artifact, *[s for s in siblings if s != artifact]])
+        raise verification_error(ctx, artifact, verification, [artifact, *[s for s in siblings if s != artifact]])
     return verification
 
 
-def _verification_error(ctx, artifact: Artifact, verification: Verification, localised: list[Artifact]):
-    where = f"{verification.runtime} {verification.runtime_version}, {verification.samples} samples"
+def verification_error(ctx, artifact: Artifact, verification: Verification, localised: list[Artifact], on: str = ""):
+    """The VerificationError of a failed ``verification``, the worst figure first; ``on``: where it ran, when that
+    is not this host ("on target ssh://pi@board, ")."""
+    where = f"{on}{verification.runtime} {verification.runtime_version}, {verification.samples} samples"
     failures = verification.failures()
     if artifact.precision == Precision.FP32:
         worst = max(verification.outputs, key=lambda c: c.max_abs_error / (c.tolerance or 1))

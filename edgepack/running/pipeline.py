@@ -288,23 +288,32 @@ def _record_sparsity(ctx: RunContext, artifact: Artifact) -> None:
 
 
 def _bench_all(ctx: RunContext) -> None:
-    from edgepack.device_bench import bench
-
     options = ctx.recipe.bench
     for artifact in ctx.artifacts:
         ctx.records[artifact.name]["bench"] = []
-        if options is None or artifact.format not in (Format.ONNX, Format.TFLITE):
-            continue
-        # One record per (target, thread count); with only one, the step keeps its plain name.
-        shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
-        runs = [(target, shaped.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
-        for target, one in runs:
-            key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256())
-            step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
-            about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
-            path = ctx.artifact_path(artifact)
-            record = _cached_record(ctx, "bench", key, step, about, lambda: bench(path, target=target, options=one))  # noqa: B023
-            ctx.records[artifact.name]["bench"].append(record)
+        if options is not None and artifact.format in (Format.ONNX, Format.TFLITE):
+            _bench_artifact(ctx, artifact, options)
+
+
+def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
+    """One record per (target, thread count); with only one, the step keeps its plain name. A remote target also
+    runs the verification samples and checks its outputs (running/on_target.py): a failure fails the run."""
+    from edgepack.device_bench import bench
+    from edgepack.running.on_target import TargetCheck, is_remote
+
+    shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
+    runs = [(target, shaped.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
+    check, path = TargetCheck(ctx, artifact), ctx.artifact_path(artifact)
+    for target, one in runs:
+        remote = is_remote(target)
+        # On a remote target the samples' content, the reference and the tolerances are part of the key.
+        key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256(),
+                        *([check.key] if remote else []))  # fmt: skip
+        step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
+        about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
+        about += " and verifying its outputs there" if remote else ""
+        compute = functools.partial(check.bench, target, one) if remote else functools.partial(bench, path, target, one)
+        ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute))
 
 
 def _bench_shapes(ctx: RunContext, artifact: Artifact) -> dict[str, list[int]]:

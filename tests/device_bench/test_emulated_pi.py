@@ -143,3 +143,38 @@ def test_the_command_line_verifies_on_the_pi(pi, digits_files, held_out, tmp_pat
     assert record["verification"]["host"]["machine"] == "x86_64"
     (figures,) = record["verification"]["outputs"]
     assert figures["max_steps"] == 0 and figures["cosine_similarity"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def packed_on_pi(pi, trained_weights, tmp_path_factory) -> dict[str, dict]:
+    """`edgepack pack` of the digits recipe with targets [host, the Pi]: every file verified on the Pi too."""
+    stages = [{"stage": "export"}, {"stage": "convert", "to": ["tflite"]}, {"stage": "quantize"}]
+    bench = pi.options(runs=2, warmup=0).model_dump(mode="json", exclude_defaults=True)
+    recipe = image_recipe("conv_net", trained_weights("conv_net"), stages=stages, bench=bench, robustness=None,
+                          targets=["host", pi.target])  # fmt: skip
+    result = edgepack.pack(parse_recipe(recipe), out=tmp_path_factory.mktemp("digits_pack") / "run", quiet=True)
+    return {a["name"]: a for a in result.artifacts if a["name"] in ARTIFACTS} | {"run_dir": result.run_dir}
+
+
+@pytest.mark.parametrize("name", ARTIFACTS)
+def test_a_pack_verifies_each_file_on_the_pi(pi, packed_on_pi, name):
+    host, on_pi = packed_on_pi[name]["bench"]
+    assert (host["target"], on_pi["target"], on_pi["machine"]) == ("host", pi.target, "aarch64")
+    checked = on_pi["verification_on_target"]
+    (output,) = checked["outputs"]
+    (apart,) = checked["host_run"]["outputs"]
+    print(f"{name} on the Pi: max abs error {output['max_abs_error']:.3g}, cosine {output['cosine_similarity']:.6f},"
+          f" top-1 agreement {checked['top1_agreement']}, vs host {apart['max_abs_error']:.3g} / {apart['max_steps']}"
+          " steps")  # fmt: skip
+    assert checked["passed"] and output["passed"] and checked["host_run"]["host"]["machine"] == "x86_64"
+    if name.endswith("int8"):
+        assert apart["output_step"] > 0 and apart["max_steps"] <= 1 and apart["within_one_step"] == 1.0, apart
+    else:
+        assert output["max_abs_error"] <= output["tolerance"] and apart["output_step"] is None
+    assert list(pi.host_path("/tmp").glob("edgepack-bench.*")) == []
+
+
+def test_the_pack_report_shows_the_pi(pi, packed_on_pi):
+    report = (packed_on_pi["run_dir"] / "report.md").read_text()
+    section = report.split("## Verification on the targets")[1].split("\n## ")[0]
+    assert sum(f"| {pi.target} |" in line for line in section.splitlines()) == len(ARTIFACTS)

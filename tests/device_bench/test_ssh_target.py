@@ -138,8 +138,10 @@ def test_a_recipe_benchmarks_every_artifact_on_the_host_and_over_ssh(sshd, onnx_
     for artifact in result.artifacts:
         assert [record["target"] for record in artifact["bench"]] == ["host", sshd.target]
         assert {record["runtime"] for record in artifact["bench"]} == {artifact["bench"][0]["runtime"]}
+        assert artifact["bench"][1]["verification_on_target"]["passed"]  # random inputs: no data, no classes
     report = (tmp_path / "run" / "report.md").read_text()
-    assert report.count(f"| {sshd.target} |") == 2
+    latency, on_targets = report.split("## Latency")[1], report.split("## Verification on the targets")[1]
+    assert latency.count(f"| {sshd.target} |") == 2 and on_targets.count(f"| {sshd.target} |") >= 2
 
 
 def test_the_command_line_reaches_the_ssh_target(sshd, tflite_model):
