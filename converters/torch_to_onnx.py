@@ -72,21 +72,23 @@ def _quiet_export(model, example, path: Path, input_names, output_names, opset: 
     kwargs = dict(input_names=input_names, output_names=output_names, opset_version=opset, dynamo=dynamo)
     if dynamo:
         kwargs.update(external_data=False, optimize=True, verbose=False)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example, str(path), **kwargs)
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):
-    """The exporter logs a warning per torchvision op it cannot register; torchvision is optional here."""
+def quiet_logger(name: str, level: int = logging.ERROR):
+    """Logger ``name`` below ``level`` silenced for the block: torch's exporters log warnings and tracebacks of their
+    own (a warning per torchvision op they cannot register; torch.export's traceback before it raises) where edgepack
+    reports the outcome in one line."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    previous = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(previous)
 
 
 def example_inputs(feeds: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgepack.converters.torch_to_onnx import quiet_logger
 from edgepack.core.artifacts import sha256_file
 from edgepack.core.errors import ModelFileError, RecipeError
 from edgepack.recipe import ModelConfig, ModelFormat
@@ -126,7 +126,8 @@ def _load_torchscript(config: ModelConfig) -> LoadedModel:
 
 def _load_torch_export(config: ModelConfig) -> LoadedModel:
     try:
-        with _quiet_logger("torch.export"):  # it logs its own traceback before raising; ours names the file
+        # torch.export logs its own traceback before raising; the error below names the file instead.
+        with quiet_logger("torch.export", logging.CRITICAL):
             program = torch.export.load(str(config.path))
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a torch.export (.pt2) file: {e}") from e
@@ -138,17 +139,6 @@ def _load_torch_export(config: ModelConfig) -> LoadedModel:
         exported_program=program,
         input_hashes={str(config.path): digest},
     )
-
-
-@contextmanager
-def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _load_onnx(config: ModelConfig) -> LoadedModel:
