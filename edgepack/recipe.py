@@ -327,7 +327,7 @@ def read_recipe_yaml(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise RecipeError(f"recipe file {path} is not a text (UTF-8) file: byte {e.start} cannot be decoded") from e
     try:
-        return yaml.load(text, Loader=_loader(path))
+        return yaml.load(text, Loader=_loader(path))  # safe: a yaml.SafeLoader subclass (refuses duplicate keys)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from e
 

@@ -100,7 +100,7 @@ def _load_weights(module: torch.nn.Module, path: Path) -> None:
 
 
 def _unpickle_reason(error: Exception) -> str:
-    """Torch's reason without its advice to load unsafely (weights_only=False): never give that advice."""
+    """Torch's reason without its advice to turn weights-only loading off: never give that advice."""
     text = " ".join(str(error).split())
     reason = text.partition("WeightsUnpickler error:")[2] or text
     reason = reason.split(". Please")[0].split(" Check the documentation")[0].strip()
