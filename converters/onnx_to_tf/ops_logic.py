@@ -59,3 +59,23 @@ def lower_where(node: Node) -> Value:
     dtype = tensor_dtype(choices) if any(not c.is_constant for c in choices) else choices[0].data.dtype
     operands = [laid_out(condition, rank, perm, np.bool_)] + [laid_out(c, rank, perm, dtype) for c in choices]
     return Value(tf.where(*operands), perm)
+
+
+@register("IsNaN")
+def lower_is_nan(node: Node) -> Value:
+    """torch's SDPA with a boolean mask exports ``Where(IsNaN(softmax), 0, softmax)``: a fully masked row is zeros."""
+    x = node.inputs[0]
+    return Value(tf.math.is_nan(x.data), x.perm)
+
+
+@register("IsInf")
+def lower_is_inf(node: Node) -> Value:
+    """Past the largest finite value: TFLite stores tf.math.is_inf's infinite constant as a finite one."""
+    x = node.inputs[0]
+    largest = np.finfo(x.data.dtype.as_numpy_dtype).max
+    positive, negative = node.attr("detect_positive", 1), node.attr("detect_negative", 1)
+    if positive and negative:
+        return Value(tf.math.greater(tf.math.abs(x.data), largest), x.perm)
+    if positive or negative:
+        return Value(tf.math.greater(x.data, largest) if positive else tf.math.less(x.data, -largest), x.perm)
+    return Value(tf.zeros_like(x.data, dtype=tf.bool), x.perm)

@@ -1,4 +1,4 @@
-"""Pooling, reductions and softmax. Pools run channels-last; reductions map axes instead of transposing."""
+"""Pooling, reductions, running sums and softmax. Pools run channels-last; reductions map axes, not transposing."""
 
 from __future__ import annotations
 
@@ -150,3 +150,13 @@ def flattened_softmax(x: Value, axis: int) -> Value:
     flat = layout.reshaped(x, [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))])
     normalised = Value(tf.nn.softmax(flat.data, axis=layout.runtime_axis(1, 2, flat.perm)), flat.perm)
     return layout.reshaped(normalised, shape)
+
+
+@register("CumSum")
+def lower_cumsum(node: Node) -> Value:
+    """Running sums (position ids from an attention mask: ``cumsum(mask) * mask``), along the stored axis."""
+    x = node.inputs[0]
+    axis = int(np.asarray(node.constant_input(1, "axis")).reshape(-1)[0]) % x.rank
+    stored_axis = layout.runtime_axis(axis, x.rank, x.perm)
+    exclusive, reverse = bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0))
+    return Value(tf.math.cumsum(x.data, axis=stored_axis, exclusive=exclusive, reverse=reverse), x.perm)

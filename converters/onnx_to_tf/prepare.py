@@ -151,6 +151,9 @@ def static_shape(inp: onnx.ValueInfoProto, override: list[int] | None, onnx_path
 
 
 def infer_shapes(model: onnx.ModelProto, onnx_path: Path) -> onnx.ModelProto:
+    """Shapes inferred afresh: onnx keeps a value_info it finds (a symbolic ``unk__0`` from before a fold, or the
+    exporter's ``batch``) over what it can now infer, and one stale dim hides every shape downstream of it."""
+    del model.graph.value_info[:]
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:

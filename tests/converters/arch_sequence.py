@@ -144,3 +144,20 @@ class StreamingKeywordNet(nn.Module):
         x = torch.relu(self.conv(frames)).transpose(1, 2)
         sequence, new_gru_state = self.gru(x, gru_state)
         return self.fc(sequence), frames[:, :, -self.context :], new_gru_state
+
+
+class BooleanMaskAttention(nn.Module):
+    """Attention through torch's SDPA with a boolean key mask (as HF's newer mask code passes it): both exporters
+    write ``Where(IsNaN(softmax), 0, softmax)`` so a fully masked row gives zeros, not NaN."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x, attention_mask):
+        batch, length, dim = x.shape
+        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        keep = attention_mask[:, None, None, :] > 0
+        context = functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return self.out(context.transpose(1, 2).reshape(batch, length, dim))

@@ -47,6 +47,21 @@ def to_float(node_type: str, operands, constants=None, shape=None) -> Case:
     return chain(nodes, constants, **({"shape": shape} if shape else {}))
 
 
+def is_inf(**attrs) -> Case:
+    """Infinities of both signs (exp overflowing: +inf for x > 0, -inf for x < 0), found as IsInf with ``attrs`` and
+    made visible as floats. (A division by a constant zero would not do: the converter's 1/0 constant is no inf.)"""
+    nodes = [
+        helper.make_node("Mul", ["x", "big"], ["up"]),
+        helper.make_node("Neg", ["up"], ["down"]),
+        helper.make_node("Exp", ["up"], ["e_up"]),
+        helper.make_node("Exp", ["down"], ["e_down"]),
+        helper.make_node("Sub", ["e_up", "e_down"], ["d"]),
+        helper.make_node("IsInf", ["d"], ["b"], **attrs),
+        helper.make_node("Cast", ["b"], ["y0"], to=1),
+    ]
+    return chain(nodes, {"big": np.float32(1e4)})
+
+
 def signs() -> list[onnx.NodeProto]:
     """x > 0 and x < 0.5: two boolean tensors to combine."""
     return [helper.make_node("Greater", ["x", "zero"], ["p"]), helper.make_node("Less", ["x", "half"], ["q"])]
@@ -143,4 +158,20 @@ MORE_CASES: dict[str, list[Case]] = {
     ],
     "Tile": [one("Tile", ("x", "r"), {"r": ints(1, 2, 1, 3)}, expect=("TILE",))],
     "Gather": [embedding_lookup()],
+    # NaN from the square root of the negative inputs, replaced as torch's boolean-mask SDPA export does.
+    "IsNaN": [
+        chain(
+            [
+                helper.make_node("Sqrt", ["x"], ["s"]),
+                helper.make_node("IsNaN", ["s"], ["b"]),
+                helper.make_node("Where", ["b", "zero", "s"], ["y0"]),
+            ],
+            {"zero": np.float32(0)},
+        )
+    ],
+    "IsInf": [is_inf(), is_inf(detect_negative=0), is_inf(detect_positive=0)],
+    "CumSum": [
+        one("CumSum", ("x", "axis"), {"axis": ints(1)}, expect=("CUMSUM",)),
+        one("CumSum", ("x", "axis"), {"axis": ints(-1)}, shape=[2, 7], exclusive=1, reverse=1),
+    ],
 }

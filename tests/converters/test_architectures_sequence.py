@@ -9,6 +9,7 @@ import torch
 from edgepack.converters.runtime import TFLiteSession
 
 from tests.converters.arch_sequence import (
+    BooleanMaskAttention,
     MiniBert,
     RecurrentClassifier,
     StreamingKeywordNet,
@@ -125,3 +126,12 @@ def test_streaming_model_carries_state_through_inputs_and_outputs(tmp_path, dyna
         assert error <= tolerance, f"{error:.3g} > {tolerance:.3g}"
         torch_state = (torch.from_numpy(expected["conv_state_out"]), torch.from_numpy(expected["gru_state_out"]))
         tflite_state = {"conv_state": actual["conv_state_out"], "gru_state": actual["gru_state_out"]}
+
+
+def test_boolean_mask_attention_lowers_isnan(tmp_path):
+    # The dynamo exporter writes the same Where(IsNaN) (onnxscript's SDPA with a boolean mask); legacy is faster.
+    torch.manual_seed(0)
+    x, mask = torch.randn(1, 8, 16), torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0]])
+    result = check_architecture(BooleanMaskAttention().eval(), (x, mask), tmp_path, ["x", "mask"], ["y"])
+    result.assert_matches()
+    assert result.onnx_ops["IsNaN"] == 1 and result.ops["SELECT_V2"] >= 1, result.ops
