@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edgepack.calibration.collect import padded_batches
+from edgepack.calibration.collect import ort_feeds, padded_batches
 from onnx import helper, numpy_helper
 
 from edgepack.core.artifacts import TensorSpec
-from edgepack.core.dataset import ArrayDataset
+from edgepack.core.dataset import ArrayDataset, real_rows
 from edgepack.core.quantization import QuantParams
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -73,7 +73,8 @@ def layer_agreement(qdq_path: Path, tflite_path: Path, activations: dict[str, Qu
             matches = tflite.match(onnx_steps, activations)
             counts = {t: _Counts() for t in matches}
         for tensor, index in matches.items():
-            counts[tensor].add(np.abs(onnx_steps[tensor] - tflite.steps(tflite_values, index))[:count])
+            steps = np.abs(onnx_steps[tensor] - tflite.steps(tflite_values, index))
+            counts[tensor].add(real_rows(steps, count, batch_size))
     return _in_graph_order(qdq.graph, counts)
 
 
@@ -93,7 +94,7 @@ def _onnx_integer_reader(model: onnx.ModelProto, activations: dict[str, QuantPar
     session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = session.run(list(names.values()), batch)
+        values = session.run(list(names.values()), ort_feeds(session, batch))
         return {t: v.astype(np.int64) - int(zero_points[t]) for t, v in zip(names, values, strict=True)}
 
     return read

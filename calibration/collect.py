@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from edgepack.calibration.estimators import RangeEstimator
 
-from edgepack.core.dataset import ArrayDataset
+from edgepack.core.dataset import ArrayDataset, in_model_shape, real_rows
 from edgepack.core.errors import DataError
 
 MIN_CALIBRATION_SAMPLES = 8
@@ -45,7 +45,7 @@ class TensorBatch:
     samples: int  # of which real: in batch-first values, the first ``samples`` rows
 
     def real(self, name: str) -> np.ndarray:
-        return self.values[name][: self.samples]
+        return real_rows(self.values[name], self.samples, self.rows)
 
 
 def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -70,10 +70,17 @@ def onnx_tensor_reader(model: onnx.ModelProto, tensors: list[str]) -> TensorRead
 
     def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # onnxruntime reads an empty list of names as "every output": with only graph inputs asked, run nothing
-        values = dict(zip(fetched, session.run(fetched, batch), strict=True)) if fetched else {}
+        values = dict(zip(fetched, session.run(fetched, ort_feeds(session, batch)), strict=True)) if fetched else {}
         return values | {t: batch[t] for t in tensors if t in inputs}
 
     return read
+
+
+def ort_feeds(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch as ``session`` takes it: a sample of an input batched on another axis (a [2, 1, 128] state) or not at
+    all (a scalar) in the input's own static shape."""
+    fixed = {i.name: i.shape for i in session.get_inputs() if all(isinstance(d, int) for d in i.shape)}
+    return {name: in_model_shape(array, fixed[name]) if name in fixed else array for name, array in batch.items()}
 
 
 def read_tensors(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset) -> Iterator[TensorBatch]:

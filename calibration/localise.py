@@ -22,7 +22,7 @@ import onnx
 from edgepack.calibration.collect import onnx_tensor_reader, padded_batches
 
 from edgepack.core.artifacts import TensorSpec
-from edgepack.core.dataset import ArrayDataset
+from edgepack.core.dataset import ArrayDataset, real_rows
 from edgepack.core.errors import ModelFileError
 from edgepack.core.results_format import LayerSqnr
 
@@ -63,7 +63,8 @@ def onnx_layer_sqnr(float_model: onnx.ModelProto, quantized_model: onnx.ModelPro
     for batch, count in padded_batches(dataset, batch_size):
         reference, measured = read_float(batch), read_quantized(batch)
         for tensor in tensors:
-            sums[tensor].add(reference[tensor][:count], measured[read_name[tensor]][:count])
+            reference_rows, measured_rows = reference[tensor], measured[read_name[tensor]]
+            sums[tensor].add(real_rows(reference_rows, count, batch_size), real_rows(measured_rows, count, batch_size))
     return onnx_layers(float_model.graph, {t: s.sqnr_db() for t, s in sums.items()})
 
 
@@ -101,7 +102,7 @@ def tflite_layer_sqnr(float_model: onnx.ModelProto, tflite_path, grids: dict[str
             sums = {t: SqnrSums() for t in matches}
         measured = _run_tflite(interpreter, batch, input_specs, matches)
         for tensor, value in measured.items():
-            sums[tensor].add(reference[tensor][:count], value[:count])
+            sums[tensor].add(real_rows(reference[tensor], count, batch_size), real_rows(value, count, batch_size))
     return _tflite_layers(interpreter, matches or {}, sums)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.core.artifacts import TensorSpec, from_runtime_layout, to_runtime_layout
-from edgepack.core.dataset import ArrayDataset
+from edgepack.core.dataset import ArrayDataset, in_model_shape, real_rows
 
 
 class IntegerTolerance(BaseModel):
@@ -67,7 +67,7 @@ def predict(session, dataset: ArrayDataset, batch_size: int) -> dict[str, np.nda
         count = len(next(iter(batch.values())))
         outputs = session.run(_runtime_feeds(session.inputs, pad_batch(batch, batch_size)))
         for spec in session.outputs:
-            results[spec.name].append(from_runtime(outputs[spec.name], spec)[:count])
+            results[spec.name].append(real_rows(from_runtime(outputs[spec.name], spec), count, batch_size))
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
@@ -103,11 +103,15 @@ def _runtime_feeds(specs: list[TensorSpec], batch: dict[str, np.ndarray]) -> dic
 
 def to_runtime(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """Real-valued data (ONNX layout) -> what the runtime takes: its layout, and quantized for an integer input."""
-    array = to_runtime_layout(array, spec)
+    array = to_runtime_layout(in_model_shape(array, onnx_shape(spec)), spec)
     if _quantized_io(spec) and np.issubdtype(array.dtype, np.floating):
         q, info = spec.quantization, np.iinfo(spec.dtype)
         return np.clip(np.round(array / q.scale[0]) + q.zero_point[0], info.min, info.max).astype(spec.dtype)
     return array.astype(spec.dtype, copy=False)
+
+
+def onnx_shape(spec: TensorSpec) -> list[int]:
+    return list(spec.shape) if spec.perm_from_onnx is None else [spec.shape[i] for i in np.argsort(spec.perm_from_onnx)]
 
 
 def from_runtime(array: np.ndarray, spec: TensorSpec) -> np.ndarray:

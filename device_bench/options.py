@@ -26,6 +26,11 @@ class BenchOptions(BaseModel):
         description="Input name -> shape in the file's own layout, for inputs with dynamic dimensions (a dynamic "
         "batch alone runs at 1; any other dynamic dimension must be given). A pack fills it from model.inputs.",
     )
+    input_values: dict[str, Path] = Field(
+        {},
+        description="Input name -> .npy file fed as that input instead of random data (a sample rate, a state); "
+        "host target only. A pack fills it from model.inputs' 'value'.",
+    )
     timeout_seconds: float = Field(300, gt=0, description="Seconds before the runner process is stopped.")
     remote_python: str = Field("python3", description="Python command on an ssh or adb device.")
     ssh_identity_file: Path | None = Field(

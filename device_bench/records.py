@@ -41,7 +41,9 @@ def runner_arguments(
         *("--runs", str(options.runs), "--warmup", str(options.warmup)),
         *("--min-seconds", repr(options.min_seconds), "--threads", str(threads)),
         *("--seed", str(options.seed)),
-        *(f"--input-shape={name}={'x'.join(map(str, shape))}" for name, shape in options.input_shapes.items()),
+        # A scalar's shape [] has nothing dynamic to give.
+        *(f"--input-shape={name}={'x'.join(map(str, shape))}" for name, shape in options.input_shapes.items() if shape),
+        *(f"--input={name}={path}" for name, path in options.input_values.items()),
         *with_samples,
     ]
 

@@ -3,7 +3,7 @@
 This file and py beside it are copied as-is to the device (a Raspberry Pi, an Android phone), so
 they import only the standard library, numpy and whichever interpreter is installed there; never edgepack.
 
-    python runner.py MODEL --runs 50 --warmup 5 --min-seconds 1 --threads 1 [--seed 0]
+    python runner.py MODEL --runs 50 --warmup 5 --min-seconds 1 --threads 1 [--seed 0] [--input NAME=FILE.npy]
                            [--samples SAMPLES.npz --outputs OUTPUTS.npz]
 
 The measurement follows TFLite's benchmark_model and onnxruntime_perf_test: load time, first inference,
@@ -104,6 +104,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input data")
     parser.add_argument("--input-shape", type=input_shape, action="append", default=[], metavar="NAME=DIMS",
                         help="shape of an input with dynamic dimensions, e.g. image=1x3x224x224")  # fmt: skip
+    parser.add_argument("--input", type=input_file, action="append", default=[], metavar="NAME=FILE.npy",
+                        help="feed this value, not random data (a sample rate, a state), e.g. sr=sr.npy")  # fmt: skip
     parser.add_argument("--sys-root", default="/sys", help="where sysfs is (tests point it at a fake tree)")
     parser.add_argument("--samples", help="after timing, run these inputs (.npz, see the module's docstring)")
     parser.add_argument("--outputs", help="where --samples' outputs go (.npz; default: SAMPLES-outputs.npz)")
@@ -120,6 +122,33 @@ def input_shape(text: str) -> tuple[str, list[int]]:
     if not name or not shape or min(shape) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIMxDIMx..., e.g. image=1x3x224x224")
     return name, shape
+
+
+def input_file(text: str) -> tuple[str, str]:
+    """'sr=sr.npy' -> ('sr', 'sr.npy')."""
+    name, _, path = text.partition("=")
+    if not name or not path.endswith(".npy"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=FILE.npy, e.g. sr=sample_rate.npy")
+    return name, path
+
+
+def load_input_values(items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    values = {}
+    for name, path in items:
+        try:
+            values[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise RunnerError(f"--input {name}={path}: cannot read it as a .npy array ({error})") from error
+    return values
+
+
+def given_or_random(names: list[str], shape: list[int], dtype: type, rng: np.random.Generator,
+                    values: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+    """The value given for any of the input's ``names`` (in its dtype), else seeded random data."""
+    name = next((n for n in names if n in values), None)
+    if name is None:
+        return random_input(shape, dtype, rng)
+    return np.asarray(values[name]).astype(dtype, copy=False)
 
 
 def is_dynamic(dim: object) -> bool:
@@ -243,7 +272,8 @@ def tflite_input_names(detail: dict) -> list[str]:
     return [name, plain] if plain != name else [name]
 
 
-def set_tflite_inputs(interpreter: object, rng: np.random.Generator, given: dict[str, list[int]]) -> list[dict]:
+def set_tflite_inputs(interpreter: object, rng: np.random.Generator, given: dict[str, list[int]],
+                      values: dict[str, np.ndarray] | None = None) -> list[dict]:  # fmt: skip
     """Give dynamic dimensions their sizes, allocate, and fill every input once."""
     details = interpreter.get_input_details()
     check_input_names(given, [tflite_input_names(d) for d in details])
@@ -255,7 +285,7 @@ def set_tflite_inputs(interpreter: object, rng: np.random.Generator, given: dict
     interpreter.allocate_tensors()
     inputs = []
     for detail in interpreter.get_input_details():
-        data = random_input(list(detail["shape"]), detail["dtype"], rng)
+        data = given_or_random(tflite_input_names(detail), list(detail["shape"]), detail["dtype"], rng, values or {})
         interpreter.set_tensor(detail["index"], data)
         inputs.append(describe_input(detail["name"], data))
     return inputs
@@ -277,10 +307,11 @@ def missing_custom_op(error: Exception) -> str | None:
     )
 
 
-def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
+def load_tflite(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict,
+                values: dict | None = None) -> LoadedModel:  # fmt: skip
     try:
         interpreter = runtime.module.Interpreter(model_path=path, num_threads=threads)
-        inputs = set_tflite_inputs(interpreter, rng, given)
+        inputs = set_tflite_inputs(interpreter, rng, given, values)
     except (ValueError, RuntimeError) as error:
         raise RunnerError(f"{runtime.name} {runtime.version} could not load {path}: "
                           f"{missing_custom_op(error) or error}") from error  # fmt: skip
@@ -312,7 +343,8 @@ def sample_specs(details: dict[str, dict]) -> dict[str, tuple[list, str]]:
     return {key: ([int(dim) for dim in shapes[key]], np.dtype(details[key]["dtype"]).name) for key in details}
 
 
-def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict) -> LoadedModel:
+def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generator, given: dict,
+              values: dict | None = None) -> LoadedModel:  # fmt: skip
     ort = runtime.module
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -325,8 +357,8 @@ def load_onnx(runtime: Runtime, path: str, threads: int, rng: np.random.Generato
         raise RunnerError(f"onnxruntime {runtime.version} could not load {path}: {error}") from error
     arguments = session.get_inputs()
     check_input_names(given, [[arg.name] for arg in arguments])
-    feed = {arg.name: random_input(concrete_shape([arg.name], arg.shape, given), ORT_DTYPES[arg.type], rng)
-            for arg in arguments}  # fmt: skip
+    feed = {arg.name: given_or_random([arg.name], concrete_shape([arg.name], arg.shape, given), ORT_DTYPES[arg.type],
+                                      rng, values or {}) for arg in arguments}  # fmt: skip
     inputs = [describe_input(name, data) for name, data in feed.items()]
     sample_inputs = {arg.name: (list(arg.shape), ORT_DTYPES[arg.type]) for arg in arguments}
     output_names = [arg.name for arg in session.get_outputs()]
@@ -661,7 +693,10 @@ def measure(args: argparse.Namespace) -> Measurement:
     # The baseline is taken after the imports so that the growth is what the model itself costs.
     baseline_rss = current_rss_mib()
     start = time.perf_counter()
-    model = load(runtime, args.model, args.threads, np.random.default_rng(args.seed), dict(args.input_shape))
+    values = load_input_values(args.input)
+    # A given value fixes its input's shape (and is checked against the input's names like a given shape).
+    given = dict(args.input_shape) | {name: list(value.shape) for name, value in values.items()}
+    model = load(runtime, args.model, args.threads, np.random.default_rng(args.seed), given, values)
     init_ms = (time.perf_counter() - start) * 1000.0
     first_inference_ms = milliseconds_of(model.invoke)
     for _ in range(args.warmup):

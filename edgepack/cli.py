@@ -85,6 +85,10 @@ def bench(
             "--input-shape", help="name=1x3x224x224 for an input with dynamic dimensions (the file's layout)."
         ),
     ] = None,
+    input_values: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="NAME=FILE.npy: feed this value, not random data (a sample rate, a state)."),
+    ] = None,
     verify: Annotated[
         Path | None,
         typer.Option(
@@ -103,6 +107,7 @@ def bench(
 
     fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}
     fields["input_shapes"] = parse_input_shapes(input_shapes or [])
+    fields["input_values"] = dict(item.partition("=")[::2] for item in input_values or [])
     fields |= {"ssh_identity_file": identity_file, "ssh_known_hosts": known_hosts, "remote_python": remote_python}
     try:
         options = BenchOptions(**fields, benchmark_model=benchmark_model)
@@ -149,7 +154,15 @@ def convert(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the converted file.")],
     input_shapes: Annotated[
         list[str] | None,
-        typer.Option("--input-shape", help="name=1x3x224x224; needed for torch files, overrides dynamic ONNX dims."),
+        typer.Option(
+            "--input-shape",
+            help="name=1x3x224x224 (needed for torch files, overrides dynamic ONNX dims); "
+            "name=2x1x128@1: the batch is axis 1; name= a scalar.",
+        ),
+    ] = None,
+    input_values: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="NAME=FILE.npy: this input's value in every verification sample, not random."),
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, int8 or int16x8 (16-bit activations, 8-bit weights).")] = "fp32",
     calib: Annotated[
@@ -178,7 +191,8 @@ def convert(
     if min_output_sqnr is not None:
         options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}
     result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision,
-                          calib=calib, quant_options=options, min_cosine=min_cosine)  # fmt: skip
+                          calib=calib, quant_options=options, min_cosine=min_cosine,
+                          input_values=dict(item.partition("=")[::2] for item in input_values or []))  # fmt: skip
     check = (
         f"max abs error {result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e}"
         if result["tolerance"] is not None

@@ -15,18 +15,27 @@ TARGETS = ("onnx", "tflite")
 
 
 def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
-    """['image=1x3x224x224'] -> {'image': [1, 3, 224, 224]}"""
+    """['image=1x3x224x224', 'state=2x1x128@1', 'sr='] -> {'image': [1, 3, 224, 224], 'state': [2, 1, 128],
+    'sr': []}: '@AXIS' names the batch axis (parse_batch_axes), nothing after '=' is a scalar."""
     shapes = {}
     for item in items:
-        name, sep, dims = item.partition("=")
+        name, sep, rest = item.partition("=")
+        dims, _, axis = rest.partition("@")
         try:
-            shape = [int(d) for d in dims.lower().split("x")]
+            shape = [int(d) for d in dims.lower().split("x")] if dims else []
+            int(axis or 0)
         except ValueError:
-            shape = []
-        if not sep or not name or not shape or min(shape) <= 0:
-            raise UserError(f"--input-shape {item!r}: expected name=DIMxDIMx..., e.g. image=1x3x224x224")
+            shape = [0]
+        if not sep or not name or min(shape, default=1) <= 0:
+            raise UserError(f"--input-shape {item!r}: expected name=DIMxDIMx... (e.g. image=1x3x224x224), '@AXIS' "
+                            "after it when the batch is not axis 0 (state=2x1x128@1), name= for a scalar")  # fmt: skip
         shapes[name] = shape
     return shapes
+
+
+def parse_batch_axes(items: list[str]) -> dict[str, int]:
+    """The '@AXIS' of each --input-shape that has one (checked by parse_input_shapes)."""
+    return {item.partition("=")[0]: int(item.partition("@")[2]) for item in items if "@" in item}
 
 
 PRECISIONS = ("fp32", "int8", "int16x8")
@@ -34,11 +43,12 @@ PRECISIONS = ("fp32", "int8", "int16x8")
 
 def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], precision: str = "fp32",
                  calib: Path | None = None, quant_options: dict | None = None,
-                 min_cosine: float | None = None) -> dict:  # fmt: skip
+                 min_cosine: float | None = None, input_values: dict[str, Path] | None = None) -> dict:  # fmt: skip
     """Convert (and with ``precision`` int8/int16x8, quantize from ``calib``) one file; verified like a packed one.
 
     ``quant_options``: more quantize-stage fields (per_channel_weights, cross_layer_equalization, bias_correction).
-    ``min_cosine``: an integer file's floor on each output's cosine to the source (default 0.99)."""
+    ``min_cosine``: an integer file's floor on each output's cosine to the source (default 0.99).
+    ``input_values``: input name -> .npy holding its value in every verification sample (a sample rate, a state)."""
     if to not in TARGETS:
         raise UserError(f"--to {to!r} is not a target format; allowed: {', '.join(TARGETS)}")
     _check_out_suffix(Path(out), to)
@@ -46,7 +56,8 @@ def convert_file(model: Path, *, to: str, out: Path, input_shapes: list[str], pr
     if quant_options and precision == "fp32":
         raise UserError(f"{', '.join(quant_options)} only apply to --precision int8 or int16x8, not fp32")
     model_format = _source_format(Path(model), to, precision)
-    recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes))
+    recipe = _recipe_for(Path(model).resolve(), model_format, to, parse_input_shapes(input_shapes),
+                         parse_batch_axes(input_shapes), input_values or {})  # fmt: skip
     if precision != "fp32":
         recipe = _quantizing(recipe, to, precision, Path(calib).resolve(), quant_options or {})
     if min_cosine is not None:
@@ -128,8 +139,18 @@ def _source_format(model: Path, to: str, precision: str = "fp32") -> ModelFormat
     return model_format
 
 
-def _recipe_for(model: Path, model_format: ModelFormat, to: str, shapes: dict[str, list[int]]) -> Recipe:
+def _recipe_for(model: Path, model_format: ModelFormat, to: str, shapes: dict[str, list[int]],
+                batch_axes: dict[str, int] | None = None, values: dict[str, Path] | None = None) -> Recipe:  # fmt: skip
     inputs = _onnx_inputs(model, shapes) if model_format == ModelFormat.ONNX else _torch_inputs(model, shapes)
+    for spec in inputs:
+        if spec["name"] in (batch_axes or {}):
+            spec["batch_axis"] = batch_axes[spec["name"]]
+        if spec["name"] in (values or {}):
+            spec["value"] = str(Path(values[spec["name"]]).resolve())
+    unknown = sorted((set(batch_axes or {}) | set(values or {})) - {spec["name"] for spec in inputs})
+    if unknown:
+        raise UserError(f"--input-shape/--input name {unknown}, not inputs of {model}; its inputs: "
+                        f"{[spec['name'] for spec in inputs]}")  # fmt: skip
     stages = [] if model_format == ModelFormat.ONNX else [{"stage": "export"}]
     stages += [{"stage": "convert"}] if to == "tflite" else []
     return Recipe.model_validate(

@@ -52,15 +52,45 @@ SUFFIX_FORMATS = {
 
 class InputSpec(Strict):
     name: str = Field(description="Input name in the exported model (ONNX input name, TFLite signature key).")
-    shape: list[int] = Field(description="Static shape in the torch/ONNX layout, batch first, e.g. [1, 3, 224, 224].")
+    shape: list[int] = Field(
+        description="Exact static shape in the torch/ONNX layout, e.g. [1, 3, 224, 224]; [] for a scalar."
+    )
     dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Element type of the input.")
+    batch_axis: int | None = Field(
+        0,
+        description="Which axis of 'shape' holds the batch (1 for a [2, batch, 128] state); null for an input "
+        "without one (a scalar is never batched). Data files hold one row per sample along the batch axis, moved "
+        "first: a [2, 1, 128] state with batch_axis 1 is stored as [N, 2, 128], a scalar as [N].",
+    )
+    value: Path | None = Field(
+        None,
+        description="A .npy file with this input's value, fed in every sample edgepack makes up (verification "
+        "without data, benchmarks) where random values are meaningless (a sample rate, an initial state).",
+    )
 
     @field_validator("shape")
     @classmethod
     def _positive(cls, shape: list[int]) -> list[int]:
-        if not shape or any(d <= 0 for d in shape):
+        if any(d <= 0 for d in shape):
             raise ValueError(f"every dimension must be a positive integer, got {shape}")
         return shape
+
+    @model_validator(mode="after")
+    def _batch_axis_in_shape(self) -> InputSpec:
+        if not self.shape and self.batch_axis == 0:
+            self.batch_axis = None  # A scalar has no batch axis; 0 is only the default for tensors.
+        if self.batch_axis is not None and not 0 <= self.batch_axis < len(self.shape):
+            raise ValueError(f"batch_axis {self.batch_axis} of input {self.name!r} is not an axis of its shape "
+                             f"{self.shape}; give 0..{len(self.shape) - 1}, or null when it has none")  # fmt: skip
+        return self
+
+    @property
+    def sample_shape(self) -> list[int]:
+        """The shape with the batch axis first (a leading 1 for an input without one): how data files stack it."""
+        if self.batch_axis is None:
+            return [1, *self.shape]
+        rest = [d for axis, d in enumerate(self.shape) if axis != self.batch_axis]
+        return [self.shape[self.batch_axis], *rest]
 
 
 class ModelConfig(Strict):
@@ -260,8 +290,9 @@ def resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
         p = p.expanduser()
         return p if p.is_absolute() else (base_dir / p).resolve()
 
+    inputs = [i.model_copy(update={"value": resolve(i.value)}) for i in recipe.model.inputs]
     model = recipe.model.model_copy(
-        update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path)}
+        update={"weights": resolve(recipe.model.weights), "path": resolve(recipe.model.path), "inputs": inputs}
     )
     data = recipe.data.model_copy(update={"path": resolve(recipe.data.path)}) if recipe.data else None
     stages = [_resolve_stage_paths(stage, resolve) for stage in recipe.stages]

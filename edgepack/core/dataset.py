@@ -61,3 +61,29 @@ def check_dataset(dataset: ArrayDataset, shapes: dict[str, list[int]], dtypes: d
         dataset.inputs[name] = array.astype(dtypes[name], copy=False)
     if dataset.labels is not None and len(dataset.labels) != len(dataset):
         raise DataError(f"{source}: {len(dataset.labels)} labels for {len(dataset)} samples")
+
+
+def load_input_value(path, name: str, shape: list[int]) -> np.ndarray:
+    """An input's value from a .npy file (a sample rate, an initial state), checked against the input's shape."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"value of input {name!r}: cannot read {str(path)!r} as a .npy array ({e})") from e
+    if list(value.shape) != list(shape):
+        raise DataError(f"value of input {name!r} in {str(path)!r} has shape {list(value.shape)}; the input's is "
+                        f"{list(shape)}: save exactly one value of the input's shape")  # fmt: skip
+    return value
+
+
+def in_model_shape(rows: np.ndarray, shape: list[int]) -> np.ndarray:
+    """One sample (batch axis first, as datasets hold it) in the model's own shape, where the batch axis is elsewhere
+    or absent (a [2, 1, 128] state, a scalar): with a batch of one, moving the batch axis is only a reshape."""
+    if list(rows.shape) == list(shape) or rows.size != int(np.prod(shape)):
+        return rows
+    return rows.reshape(shape)
+
+
+def real_rows(values: np.ndarray, count: int, rows: int) -> np.ndarray:
+    """The ``count`` real samples of a batch of ``rows`` (padding cut). Nothing padded, the value stays whole: a
+    tensor not batched on axis 0 (a scalar, a [2, 1, 128] state) has no sample rows to cut."""
+    return values[:count] if count < rows else values

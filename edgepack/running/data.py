@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.calibration.source_loaders import load_dataset
-from edgepack.core.dataset import ArrayDataset
-from edgepack.recipe import Recipe
+from edgepack.core.dataset import ArrayDataset, load_input_value
+from edgepack.recipe import InputSpec, Recipe
 
 
 def load_eval_data(recipe: Recipe) -> ArrayDataset | None:
     if recipe.data is None:
         return None
     inputs = recipe.model.inputs
-    dataset, _ = load_dataset(recipe.data, {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs})
+    dataset, _ = load_dataset(recipe.data, {i.name: i.sample_shape for i in inputs}, {i.name: i.dtype for i in inputs})
     return dataset
 
 
@@ -24,8 +24,17 @@ def verification_samples(recipe: Recipe, eval_data: ArrayDataset | None) -> Arra
     if eval_data is not None:
         picked = rng.permutation(len(eval_data))[:count]
         return eval_data.take(np.sort(picked))
-    inputs = {i.name: _random_input(rng, [count, *i.shape[1:]], i.dtype) for i in recipe.model.inputs}
+    inputs = {i.name: _made_up_input(rng, count, i) for i in recipe.model.inputs}
     return ArrayDataset(inputs)
+
+
+def _made_up_input(rng: np.random.Generator, count: int, spec: InputSpec) -> np.ndarray:
+    """``count`` samples (batch axis first): the input's given value in each, else seeded random values."""
+    shape = [count, *spec.sample_shape[1:]]
+    if spec.value is None:
+        return _random_input(rng, shape, spec.dtype)
+    value = load_input_value(spec.value, spec.name, spec.shape)
+    return np.broadcast_to(value.reshape(spec.sample_shape), shape).astype(spec.dtype)
 
 
 def _random_input(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarray:
@@ -53,7 +62,7 @@ def stage_dataset(recipe: Recipe, source, *, stage: str, key: str, labels: bool 
             "data so that accuracy is measured on samples it never saw"
         )
     inputs = recipe.model.inputs
-    shapes, dtypes = {i.name: i.shape for i in inputs}, {i.name: i.dtype for i in inputs}
+    shapes, dtypes = {i.name: i.sample_shape for i in inputs}, {i.name: i.dtype for i in inputs}
     dataset, description = load_dataset(source, shapes, dtypes, split="train")  # digits: train; others ignore it
     if labels and dataset.labels is None:
         raise DataError(

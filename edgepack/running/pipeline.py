@@ -301,7 +301,9 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
     from edgepack.device_bench import bench
     from edgepack.running.on_target import TargetCheck, is_remote
 
-    shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
+    values = {i.name: i.value for i in ctx.recipe.model.inputs if i.value is not None} | options.input_values
+    shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes,
+                                        "input_values": values})  # fmt: skip
     runs = [(target, shaped.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
     check, path = TargetCheck(ctx, artifact), ctx.artifact_path(artifact)
     for target, one in runs:
