@@ -4,6 +4,8 @@ with a [2, batch, 128] state and a scalar sample rate. Shared by the tests and b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -59,7 +61,8 @@ def export_bert(attention: str, exporter: str, path: Path, dynamic: bool = False
                 "external_data": False}  # fmt: skip
     else:
         axes = {"dynamic_axes": {name: {0: "batch", 1: "sequence"} for name in BERT_INPUTS}}
-    with warnings.catch_warnings(), quiet_logger("torch.onnx"):
+    # The dynamo exporter prints its progress to stdout.
+    with warnings.catch_warnings(), quiet_logger("torch.onnx"), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example, str(path), input_names=BERT_INPUTS, output_names=BERT_OUTPUTS,
                           opset_version=18, dynamo=exporter == "dynamo", **axes)  # fmt: skip
