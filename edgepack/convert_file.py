@@ -197,7 +197,9 @@ def _static(shape: list[int], name: str, model: Path) -> list[int]:
     if min(fixed, default=1) <= 0:
         raise UserError(
             f"input {name!r} of {model} has dynamic dimensions {shape}; fix them with "
-            f"--input-shape {name}=" + "x".join(str(d if d > 0 else 1) for d in fixed)
+            f"--input-shape {name}="
+            + "x".join(str(d if d > 0 else 1) for d in fixed)
+            + " (with @AXIS after it when the batch is not axis 0, e.g. a [2, batch, 128] state: 2x1x128@1)"
         )
     return fixed
 

@@ -77,10 +77,14 @@ def load_input_value(path, name: str, shape: list[int]) -> np.ndarray:
 
 def in_model_shape(rows: np.ndarray, shape: list[int]) -> np.ndarray:
     """One sample (batch axis first, as datasets hold it) in the model's own shape, where the batch axis is elsewhere
-    or absent (a [2, 1, 128] state, a scalar): with a batch of one, moving the batch axis is only a reshape."""
-    if list(rows.shape) == list(shape) or rows.size != int(np.prod(shape)):
+    or absent (a [2, 1, 128] state, a scalar): with a batch of one, moving the batch axis is only a reshape. One
+    dynamic dimension (-1 or 0, e.g. the [2, batch, 128] of a file with a free batch) takes the rest."""
+    target = [d if d > 0 else -1 for d in shape]
+    if rows.ndim == 0 or rows.shape[0] != 1 or list(rows.shape) == target or target.count(-1) > 1:
         return rows
-    return rows.reshape(shape)
+    known = int(np.prod([d for d in target if d > 0]))
+    fits = rows.size % known == 0 if -1 in target else rows.size == known
+    return rows.reshape(target) if fits else rows
 
 
 def real_rows(values: np.ndarray, count: int, rows: int) -> np.ndarray:

@@ -101,8 +101,16 @@ def vad_feeds(samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def export_vad(path: Path) -> Path:
+def export_vad(path: Path, dynamic_batch: bool = False) -> Path:
+    """``dynamic_batch``: the batch left dynamic, as Silero's export leaves it: axis 0 of audio, axis 1 of state."""
     example = (torch.zeros(AUDIO), torch.zeros(STATE), torch.tensor(SAMPLE_RATE))
-    export_to_onnx(VoiceActivityDetector().eval(), example, path, input_names=["audio", "state", "sr"],
-                   output_names=["speech", "new_state"], opset=17, dynamo=False)  # fmt: skip
+    names = {"input_names": ["audio", "state", "sr"], "output_names": ["speech", "new_state"]}
+    if not dynamic_batch:
+        export_to_onnx(VoiceActivityDetector().eval(), example, path, **names, opset=17, dynamo=False)
+        return path
+    axes = {"audio": {0: "batch"}, "state": {1: "batch"}, "speech": {0: "batch"}, "new_state": {1: "batch"}}
+    with warnings.catch_warnings(), quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(VoiceActivityDetector().eval(), example, str(path), **names, opset_version=17,
+                          dynamo=False, dynamic_axes=axes)  # fmt: skip
     return path

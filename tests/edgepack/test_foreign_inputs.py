@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from edgepack.convert_file import convert_file
+from edgepack.core.errors import UserError
 from edgepack.recipe import InputSpec, parse_recipe
 from edgepack.running.pipeline import pack
 from tests.edgepack.foreign_models import SAMPLE_RATE, export_vad, vad_feeds
@@ -86,3 +87,13 @@ def test_bench_feeds_an_input_from_a_npy_file(tmp_path, vad):
 
     value = given_or_random(["sr"], [], np.int64, np.random.default_rng(0), {"sr": np.load(sample_rate)})
     assert value.dtype == np.int64 and int(value) == SAMPLE_RATE  # not the zeros random data gives an int64
+
+
+def test_a_dynamic_batch_on_axis_1_is_stated_with_its_axis(tmp_path, vad):
+    _, sample_rate, _ = vad
+    model = export_vad(tmp_path / "vad_dynamic.onnx", dynamic_batch=True)
+    with pytest.raises(UserError, match=r"--input-shape state=2x1x128 \(with @AXIS after it"):
+        convert_file(model, to="tflite", out=tmp_path / "vad.tflite", input_shapes=[])
+    result = convert_file(model, to="tflite", out=tmp_path / "vad.tflite", input_shapes=STATE_SHAPE,
+                          input_values={"sr": sample_rate})  # fmt: skip
+    assert result["max_abs_error"] <= result["tolerance"], result
