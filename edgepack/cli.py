@@ -100,14 +100,14 @@ def bench(
     """Benchmark a model file in a separate process (latency percentiles, memory, energy)."""
     from pydantic import ValidationError
 
-    from edgepack.convert_file import parse_input_shapes
+    from edgepack.convert_file import parse_input_shapes, parse_input_values
     from edgepack.core.errors import UserError
     from edgepack.device_bench import BenchOptions, bench_each_thread_count
     from edgepack.recipe_errors import describe_validation_error
 
     fields = {"runs": runs, "warmup": warmup, "min_seconds": min_seconds, "threads": threads}
     fields["input_shapes"] = parse_input_shapes(input_shapes or [])
-    fields["input_values"] = dict(item.partition("=")[::2] for item in input_values or [])
+    fields["input_values"] = parse_input_values(input_values or [])
     fields |= {"ssh_identity_file": identity_file, "ssh_known_hosts": known_hosts, "remote_python": remote_python}
     try:
         options = BenchOptions(**fields, benchmark_model=benchmark_model)
@@ -183,7 +183,7 @@ def convert(
     ] = None,
 ):
     """Convert one file directly, verified against the source in both runtimes, without a recipe."""
-    from edgepack.convert_file import convert_file
+    from edgepack.convert_file import convert_file, parse_input_values
 
     flags = {"per_channel_weights": (per_tensor_weights, False), "cross_layer_equalization": (equalize, True),
              "bias_correction": (bias_correction, True)}  # fmt: skip
@@ -192,7 +192,7 @@ def convert(
         options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}
     result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision,
                           calib=calib, quant_options=options, min_cosine=min_cosine,
-                          input_values=dict(item.partition("=")[::2] for item in input_values or []))  # fmt: skip
+                          input_values=parse_input_values(input_values or []))  # fmt: skip
     check = (
         f"max abs error {result['max_abs_error']:.2e} <= tolerance {result['tolerance']:.2e}"
         if result["tolerance"] is not None

@@ -33,6 +33,17 @@ def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
+def parse_input_values(items: list[str]) -> dict[str, Path]:
+    """['sr=sr.npy'] -> {'sr': Path('sr.npy')}: an input's value, fed where edgepack would make up random data."""
+    values = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path.endswith(".npy"):
+            raise UserError(f"--input {item!r}: expected NAME=FILE.npy, e.g. sr=sample_rate.npy")
+        values[name] = Path(path)
+    return values
+
+
 def parse_batch_axes(items: list[str]) -> dict[str, int]:
     """The '@AXIS' of each --input-shape that has one (checked by parse_input_shapes)."""
     return {item.partition("=")[0]: int(item.partition("@")[2]) for item in items if "@" in item}

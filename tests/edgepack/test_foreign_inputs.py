@@ -6,12 +6,13 @@ batch_axis: 1 names the batch axis), data files stack samples along the batch ax
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edgepack.convert_file import convert_file
+from edgepack.convert_file import convert_file, parse_batch_axes, parse_input_shapes, parse_input_values
 from edgepack.core.errors import UserError
 from edgepack.recipe import InputSpec, parse_recipe
 from edgepack.running.pipeline import pack
@@ -97,3 +98,14 @@ def test_a_dynamic_batch_on_axis_1_is_stated_with_its_axis(tmp_path, vad):
     result = convert_file(model, to="tflite", out=tmp_path / "vad.tflite", input_shapes=STATE_SHAPE,
                           input_values={"sr": sample_rate})  # fmt: skip
     assert result["max_abs_error"] <= result["tolerance"], result
+
+
+def test_command_line_shapes_axes_and_values_parse():
+    items = ["state=2x1x128@1", "sr=", "audio=1x512"]
+    assert parse_input_shapes(items) == {"state": [2, 1, 128], "sr": [], "audio": [1, 512]}
+    assert parse_batch_axes(items) == {"state": 1}
+    assert parse_input_values(["sr=rate.npy"]) == {"sr": Path("rate.npy")}
+    with pytest.raises(UserError, match=r"--input 'sr': expected NAME=FILE.npy"):
+        parse_input_values(["sr"])
+    with pytest.raises(UserError, match=r"--input-shape 'state=2x1x128@b'"):
+        parse_input_shapes(["state=2x1x128@b"])
