@@ -65,7 +65,7 @@ class InputSpec(Strict):
     value: Path | None = Field(
         None,
         description="A .npy file with this input's value, fed in every sample edgepack makes up (verification "
-        "without data, benchmarks) where random values are meaningless (a sample rate, an initial state).",
+        "without data, benchmarks on the host) where random ones are meaningless (a sample rate, an initial state).",
     )
 
     @field_validator("shape")

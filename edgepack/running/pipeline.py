@@ -301,10 +301,9 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
     from edgepack.device_bench import bench
     from edgepack.running.on_target import TargetCheck, is_remote
 
-    values = {i.name: i.value for i in ctx.recipe.model.inputs if i.value is not None} | options.input_values
-    shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes,
-                                        "input_values": values})  # fmt: skip
-    runs = [(target, shaped.with_threads(n)) for target in ctx.recipe.targets for n in options.thread_counts]
+    shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
+    runs = [(target, _with_values(ctx, shaped, target).with_threads(n))
+            for target in ctx.recipe.targets for n in options.thread_counts]  # fmt: skip
     check, path = TargetCheck(ctx, artifact), ctx.artifact_path(artifact)
     for target, one in runs:
         remote = is_remote(target)
@@ -316,6 +315,12 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
         about += " and verifying its outputs there" if remote else ""
         compute = functools.partial(check.bench, target, one) if remote else functools.partial(bench, path, target, one)
         ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute))
+
+
+def _with_values(ctx: RunContext, options, target: str):
+    """The recipe's input values (a sample rate, a state) for the host, which reads the files where they are."""
+    values = {i.name: i.value for i in ctx.recipe.model.inputs if i.value is not None} | options.input_values
+    return options.model_copy(update={"input_values": values if target == "host" else {}})
 
 
 def _bench_shapes(ctx: RunContext, artifact: Artifact) -> dict[str, list[int]]:
