@@ -59,7 +59,14 @@ class RunContext:
         """The evaluation data's config and file hash: part of every measured step's key, hashed once per run."""
         data = self.recipe.data
         file_hash = sha256_file(data.path) if data and data.path and data.path.is_file() else None
-        return cache_key(data.model_dump(mode="json") if data else None, file_hash)
+        return cache_key(data.model_dump(mode="json") if data else None, file_hash, self.input_values_key)
+
+    @cached_property
+    def input_values_key(self) -> str:
+        """The content of the recipe's input value files (a sample rate, a state): every sample edgepack makes up
+        carries them, so a file changed in place must invalidate what was measured or learned with it."""
+        values = {i.name: i.value for i in self.recipe.model.inputs if i.value is not None}
+        return cache_key(sorted((name, sha256_file(Path(path))) for name, path in values.items()))
 
     @cached_property
     def batch_size(self) -> int:

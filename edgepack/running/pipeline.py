@@ -162,7 +162,8 @@ def _run_stage(ctx: RunContext, config) -> None:
     inputs = entry.reads(ctx.artifacts)
     # Stages learn from data (calibration, fine-tuning): the data's content is part of the key, not only its path.
     key = cache_key(entry.name, config.model_dump(mode="json"), [a.sha256 for a in inputs], _handoffs_read(ctx, inputs),
-                    view.facts_key(entry.exports), __version__, _stage_data_hashes(config))  # fmt: skip
+                    view.facts_key(entry.exports), __version__, _stage_data_hashes(config),
+                    ctx.input_values_key)  # fmt: skip
     output = ctx.cache.load_stage_output(entry.name, key)
     with ctx.steps.step(entry.name, f"{entry.name} stage", cached=output is not None):
         if output is None:
@@ -308,7 +309,8 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
     for target, one in runs:
         remote = is_remote(target)
         # On a remote target the samples' content, the reference and the tolerances are part of the key.
-        key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256(),
+        values = sorted((name, sha256_file(Path(path))) for name, path in one.input_values.items())
+        key = cache_key("bench", artifact.sha256, target, one.model_dump(mode="json"), _runner_sha256(), values,
                         *([check.key] if remote else []))  # fmt: skip
         step = f"bench {artifact.name}" + (f" {target} threads={one.threads}" if len(runs) > 1 else "")
         about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"

@@ -109,3 +109,26 @@ def test_command_line_shapes_axes_and_values_parse():
         parse_input_values(["sr"])
     with pytest.raises(UserError, match=r"--input-shape 'state=2x1x128@b'"):
         parse_input_shapes(["state=2x1x128@b"])
+
+
+def test_an_input_value_file_changed_in_place_is_measured_again(tmp_path, vad):
+    """The cache is keyed by content: a sample rate rewritten under the same path invalidates every step that fed it
+    (convert's verification, the bench), while the source file's own steps stay cached."""
+    model, _, _ = vad
+    rate = tmp_path / "sr.npy"
+    np.save(rate, np.array(SAMPLE_RATE, np.int64))
+    inputs = [
+        {"name": "audio", "shape": [1, 512]},
+        {"name": "state", "shape": [2, 1, 128], "batch_axis": 1},
+        {"name": "sr", "shape": [], "dtype": "int64", "value": str(rate)},
+    ]
+    recipe = {"name": "vad", "model": {"path": str(model), "inputs": inputs, "output_names": ["speech", "new_state"]},
+              "task": "other", "stages": [{"stage": "convert", "to": ["tflite"]}], "robustness": None,
+              "bench": {"runs": 2, "warmup": 0, "min_seconds": 0}}  # fmt: skip
+    pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
+    np.save(rate, np.array(SAMPLE_RATE // 2, np.int64))
+    again = pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
+    cached = {step["name"]: step["cached"] for step in again.results["steps"]}
+    bench_steps = [name for name in cached if name.startswith("bench ")]
+    assert bench_steps and not any(cached[name] for name in bench_steps), cached
+    assert not cached["convert"], cached
