@@ -24,6 +24,37 @@ def load_onnx(path: Path):
     return model
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The sidecar files holding an ONNX file's weights (dynamo exports, large models), resolved beside the file."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = load_onnx(path)
+    tensors = [t for t in model.graph.initializer if uses_external_data(t)]
+    files = sorted({(Path(path).parent / ExternalDataInfo(t).location) for t in tensors})
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ModelFileError(f"{path} keeps its weights in {missing[0].name}, which is not in {missing[0].parent}: "
+                             "copy the weights file beside the model (the name the exporter wrote)")  # fmt: skip
+    return files
+
+
+def copy_self_contained(source: Path, copy: Path) -> None:
+    """``copy``: the ONNX file with any sidecar weights moved inside, so the run's artifact is one file whose hash
+    covers its weights (the protobuf limit makes that possible up to 2 GB, far above an edge model's size)."""
+    import shutil
+
+    import onnx
+
+    if not external_data_files(source):
+        shutil.copyfile(source, copy)
+        return
+    model = onnx.load(str(source), load_external_data=True)
+    if model.ByteSize() >= 2**31:
+        raise ModelFileError(f"{source} with its external weights is {model.ByteSize() / 2**30:.1f} GB; edgepack "
+                             "takes ONNX models up to 2 GB (the largest a single ONNX file can hold)")  # fmt: skip
+    onnx.save(model, str(copy))
+
+
 def tensor_specs(values, initializers: set[str] = frozenset()) -> list[TensorSpec]:
     from onnx.helper import tensor_dtype_to_np_dtype
 

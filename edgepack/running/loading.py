@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgepack.converters.onnx_info import external_data_files
 from edgepack.converters.torch_to_onnx import quiet_logger
 from edgepack.core.artifacts import sha256_file
 from edgepack.core.errors import ModelFileError, RecipeError
 from edgepack.recipe import ModelConfig, ModelFormat
+from edgepack.running.cache import cache_key
 
 
 @dataclass
@@ -149,7 +151,8 @@ def _load_onnx(config: ModelConfig) -> LoadedModel:
     except Exception as e:
         raise ModelFileError(f"{config.path} is not a valid ONNX model: {e}") from e
     _check_onnx_inputs(config)
-    digest = sha256_file(config.path)
+    # Weights kept in a sidecar are part of the model's content (a retrained model may change only them).
+    digest = cache_key(sha256_file(config.path), *(sha256_file(f) for f in external_data_files(config.path)))
     return LoadedModel(ModelFormat.ONNX, digest, file_path=config.path, input_hashes={str(config.path): digest})
 
 

@@ -128,8 +128,13 @@ def _root_artifact(ctx: RunContext) -> Artifact:
     suffix = loaded.file_path.suffix
     copy = ctx.artifact_file("source", suffix)
     copy.parent.mkdir(parents=True, exist_ok=True)
+    if loaded.format == ModelFormat.ONNX:
+        from edgepack.converters.onnx_info import copy_self_contained
+
+        copy_self_contained(loaded.file_path, copy)
+        return _onnx_root(ctx, copy)
     shutil.copyfile(loaded.file_path, copy)
-    return _onnx_root(ctx, copy) if loaded.format == ModelFormat.ONNX else _tflite_root(ctx, copy)
+    return _tflite_root(ctx, copy)
 
 
 def _onnx_root(ctx: RunContext, copy: Path) -> Artifact:
