@@ -54,6 +54,11 @@ def qat_warning_section(data: dict) -> list[str]:
     return ["**Warning, QAT below PTQ:**\n\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
 
 
+def accuracy_drop_section(data: dict) -> list[str]:
+    lines = data["accuracy_drops"]
+    return ["**Warning, accuracy drop:**\n\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
+
+
 def compression_section(data: dict) -> list[str]:
     lines = data["compression"]
     return ["## Compression", "\n".join(f"- {line}" for line in lines)] if lines else []

@@ -34,6 +34,7 @@ def render_markdown(results: dict) -> str:
         *sections.cost_section(data),
         *sections.slower_section(data),
         *sections.qat_warning_section(data),
+        *sections.accuracy_drop_section(data),
         *sections.compression_section(data),
         *sections.robustness_section(data),
         *sections.layer_sections(data),
