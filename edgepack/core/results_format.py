@@ -47,6 +47,8 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   run (edgepack/running/on_target.py). Host records have no such key.
 - ``artifacts[].robustness``: ``Robustness`` - top-1 under input perturbations, measured in the artifact's own
   runtime (edgepack/robustness.py).
+- ``recipe_given`` (top level): the recipe keys the user gave (file and ``--set``; ``recipe`` has every default
+  filled in): ``edgepack report A B`` lists the changes of these keys only.
 - ``gate``: ``GateOutcome`` (top level) - the recipe's ``gate:`` budgets checked at the end of ``pack``
   (edgepack/gate.py).
 """
