@@ -22,7 +22,9 @@ from edgepack.reports.text import markdown_table
 def render_markdown(results: dict) -> str:
     from edgepack.reports import markdown as sections
     from edgepack.reports.data import build_report_data
+    from edgepack.reports.paths import relative_to_run
 
+    results = relative_to_run(results)  # a PR comment shows no path of the machine that packed
     recipe, data = results["recipe"], build_report_data(results)
     parts = [
         f"# edgepack report: {recipe['name']}",
