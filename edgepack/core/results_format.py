@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from edgepack.core.errors import UserError
 
@@ -66,6 +66,7 @@ class LayerSqnr(TypedDict):
     layer: str  # the layer's name in the artifact (ONNX node or TFLite tensor name)
     op: str | None  # its op type (Conv, FULLY_CONNECTED, ...), when known
     sqnr_db: float
+    module: NotRequired[str]  # the torch module it came from, where the exporter recorded it (ONNX files)
 
 
 class LayerSparsity(TypedDict):

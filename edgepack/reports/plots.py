@@ -209,7 +209,9 @@ def _bars(labels: list[str], values: list[float], xlabel: str, color: str):
 def _layer_bars(artifact: str, rows: list[dict], key: str, xlabel: str, kind: str) -> dict:
     # The layers that matter most are the worst: lowest SQNR, highest sparsity.
     ordered = sorted(rows, key=lambda r: r[key], reverse=kind == "sparsity")[:MAX_BARS]
-    labels, values = [r["layer"] for r in ordered], [r[key] for r in ordered]
+    from edgepack.reports.text import layer_name
+
+    labels, values = [layer_name(r) for r in ordered], [r[key] for r in ordered]
     title = f"{'Quantization error (SQNR)' if kind == 'sqnr' else 'Sparsity'} per layer: {artifact}"
     caption = (
         f"Each layer's output SQNR against the float parent, lowest first (at most {MAX_BARS} layers)."

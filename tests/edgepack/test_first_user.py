@@ -111,3 +111,26 @@ def test_stages_help_keeps_square_brackets_and_prints_defaults_as_a_recipe_spell
     assert "[student_layer, teacher_layer] pairs whose outputs" in finetune.stdout
     qat = edgepack("stages", "qat", cwd=tmp_path)
     assert '"optimizer": "adam"' in qat.stdout and "<Optimizer" not in qat.stdout
+
+
+def test_per_layer_sqnr_rows_name_the_torch_module_they_came_from(tmp_path):
+    """The dynamo exporter records each node's module path; a layer_sqnr row of that node carries it, and the
+    reports show it beside the node name."""
+    import onnx
+    import torch
+    from edgepack.converters.torch_to_onnx import export_to_onnx
+
+    from edgepack.reports.text import layer_name
+    from edgepack.stages.quantize import with_torch_modules
+    from tests.models import conv_net
+
+    path = tmp_path / "conv_net.onnx"
+    export_to_onnx(conv_net().eval(), (torch.zeros(1, 1, 8, 8),), path, input_names=["image"],
+                   output_names=["logits"], opset=18, dynamo=True)  # fmt: skip
+    model = onnx.load(path)
+    gemm = next(node.name for node in model.graph.node if node.op_type == "Gemm")
+    rows = [{"layer": "image", "op": None, "sqnr_db": 50.0}, {"layer": gemm, "op": "Gemm", "sqnr_db": 30.0}]
+    named = with_torch_modules(rows, model)
+    assert named[0] == rows[0]  # a graph input has no module
+    assert named[1]["module"] == "9"  # conv_net's Linear is the Sequential's tenth child
+    assert layer_name(named[1]) == f"{gemm} (9)"

@@ -198,3 +198,12 @@ def test_latencies_spanning_over_ten_times_get_a_log_axis_and_zero_sparsity_gets
     html = (tmp_path / "report.html").read_text()
     assert "The latency axis is logarithmic: the p50s span more than 10x." in html
     assert list(plot_images(html)) == [p for p in ALL_PLOTS if not p.startswith("sparsity-")]
+
+
+def test_per_layer_sqnr_shows_the_torch_module_where_known(full_results):
+    from edgepack.reports.report import render_markdown
+
+    rows = next(a for a in full_results["artifacts"] if a["name"] == "onnx-int8")["layer_sqnr"]
+    worst = min(rows, key=lambda r: r["sqnr_db"])
+    worst["module"] = "features.3"
+    assert f"{worst['layer']} (features.3) {worst['sqnr_db']:.1f} dB" in render_markdown(full_results)
