@@ -68,6 +68,7 @@ def finetune(
             steps=0, distilled=teacher is not None and (config.alpha > 0 or bool(config.feature_matching))
         )
         notify(0)
+        progress(0, config.epochs * per_epoch, f"epoch 1/{config.epochs}")  # starts the clock of the ETA
         rng = np.random.default_rng(config.seed)
         for epoch in range(1, config.epochs + 1):
             student.train()

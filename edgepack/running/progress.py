@@ -77,7 +77,7 @@ class StepProgress:
 
     def __init__(self, console: Console, label: str, status: Status):
         self.console, self.label, self.status = console, label, status
-        self.started = time.perf_counter()
+        self.started: float | None = None  # at the first report: a stage's setup before training is no part of the ETA
         self.last_line: float | None = None
         self.bar: Progress | None = None
 
@@ -86,6 +86,7 @@ class StepProgress:
             self._update_bar(done, total, text)
             return
         now = time.perf_counter()
+        self.started = now if self.started is None else self.started
         since_line = now - (self.last_line if self.last_line is not None else self.started)
         wanted = since_line >= PLAIN_LINE_SECONDS
         wanted |= milestone and (self.last_line is None or since_line >= MILESTONE_LINE_SECONDS or done >= total)
