@@ -36,11 +36,12 @@ def pack(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/NAME).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: bench.runs=20.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the summary.")] = False,
+    rebench: Annotated[bool, typer.Option(help="Measure latencies again (not from the cache).")] = False,
 ):
     """Run the recipe's pipeline: export, convert, verify, evaluate, bench, report."""
     from edgepack.running.pipeline import pack as run_pack
 
-    result = run_pack(recipe, out=out_dir, overrides=overrides or [], quiet=quiet)
+    result = run_pack(recipe, out=out_dir, overrides=overrides or [], quiet=quiet, rebench=rebench)
     _print_summary(result.results, result.run_dir)
     if result.results.get("gate"):
         _finish_gate(result.results["gate"])
@@ -262,15 +263,15 @@ def stages(name: Annotated[str | None, typer.Argument(help="A stage to describe;
         for entry in map(get_stage, stage_names()):
             out.print(f"{entry.name:<10} {_first_sentence(sys.modules[entry.run.__module__].__doc__)}", soft_wrap=True)
         return
+    from pydantic_core import to_jsonable_python
+
     entry = get_stage(name)
     for key, field in entry.config_class.model_fields.items():
         if key != "stage":
-            default = (
-                ""
-                if field.is_required()
-                else f" (default {json.dumps(field.get_default(call_default_factory=True), default=str)})"
-            )
-            out.print(f"{key}{default}\n    {field.description}")
+            # As the recipe spells it: an enum by its value, a nested block as its mapping (not Python's repr).
+            value = to_jsonable_python(field.get_default(call_default_factory=True), fallback=str)
+            default = "" if field.is_required() else f" (default {json.dumps(value)})"
+            out.print(f"{key}{default}\n    {field.description}", markup=False)  # '[a, b]' in help is text
 
 
 def _first_sentence(doc: str | None) -> str:
@@ -288,13 +289,13 @@ def _finish_gate(outcome: dict) -> None:
 
 
 def _print_summary(results: dict, run_dir: Path) -> None:
-    from edgepack.reports.data import mixed_precision_notes, qat_below_ptq, slower_than_float
+    from edgepack.reports.data import accuracy_drops, mixed_precision_notes, qat_below_ptq, slower_than_float
     from edgepack.reports.tables import summary_table
 
     out.print(summary_table(results))
     for line in mixed_precision_notes(results["artifacts"]) + slower_than_float(results["artifacts"]):
         out.print(f"note: {line}", soft_wrap=True)
-    for line in qat_below_ptq(results["artifacts"]):
+    for line in qat_below_ptq(results["artifacts"]) + accuracy_drops(results["artifacts"]):
         out.print(f"warning: {line}", soft_wrap=True)
     if results.get("all_cached"):
         out.print("Nothing changed since the last run: every step came from the cache.")

@@ -11,6 +11,7 @@ Data comes through the calibration contract (ArrayDataset), with labels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -44,15 +45,20 @@ def finetune(
     input_names: list[str],
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    on_progress: Callable[..., None] | None = None,
 ) -> FinetuneReport:
     """Train ``student`` in place on ``data`` (distilling from ``teacher`` when given); it ends in eval mode.
 
     ``on_step(step)`` runs once with step 0 before training, then after every optimizer step (1, 2, ...): a gradual
     pruner hooks in there. ``on_epoch(epoch)`` runs after each pass (1, 2, ...) with the student in eval mode: QAT
-    scores each epoch there. Without a teacher, alpha must be 0 and there is no feature matching.
+    scores each epoch there. ``on_progress(done, total, text, milestone=...)`` hears of every step (the epoch's
+    end as a milestone): a minutes-long fine-tune shows where it is. Without a teacher, alpha must be 0 and there
+    is no feature matching.
     """
     labels = _check_inputs(data, input_names, config, teacher)
     notify = on_step or (lambda step: None)
+    progress = on_progress or (lambda *args, **kwargs: None)
+    per_epoch = math.ceil(len(data) / config.batch_size)
     with torch.random.fork_rng(devices=[]), _FeatureTaps(student, teacher, config.feature_matching) as taps:
         torch.manual_seed(config.seed)
         if teacher is not None:
@@ -62,15 +68,21 @@ def finetune(
             steps=0, distilled=teacher is not None and (config.alpha > 0 or bool(config.feature_matching))
         )
         notify(0)
+        progress(0, config.epochs * per_epoch, f"epoch 1/{config.epochs}")  # starts the clock of the ETA
         rng = np.random.default_rng(config.seed)
-        for _ in range(config.epochs):
+        for epoch in range(1, config.epochs + 1):
             student.train()
             losses = []
-            for inputs, targets in _shuffled_batches(data, labels, input_names, config.batch_size, rng):
+            for step, (inputs, targets) in enumerate(_shuffled_batches(data, labels, input_names, config.batch_size,
+                                                                       rng), 1):  # fmt: skip
                 losses.append(_train_step(student, teacher, optimizer, inputs, targets, config, taps))
                 report.steps += 1
                 notify(report.steps)
+                progress((epoch - 1) * per_epoch + step, config.epochs * per_epoch,
+                         f"epoch {epoch}/{config.epochs}, loss {np.mean(losses):.3g}")  # fmt: skip
             report.epoch_losses.append(float(np.mean(losses)))
+            progress(epoch * per_epoch, config.epochs * per_epoch,
+                     f"epoch {epoch}/{config.epochs}, loss {report.epoch_losses[-1]:.3g}", milestone=True)  # fmt: skip
             if on_epoch is not None:
                 student.eval()
                 on_epoch(len(report.epoch_losses))

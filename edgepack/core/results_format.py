@@ -47,6 +47,8 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   run (edgepack/running/on_target.py). Host records have no such key.
 - ``artifacts[].robustness``: ``Robustness`` - top-1 under input perturbations, measured in the artifact's own
   runtime (edgepack/robustness.py).
+- ``recipe_given`` (top level): the recipe keys the user gave (file and ``--set``; ``recipe`` has every default
+  filled in): ``edgepack report A B`` lists the changes of these keys only.
 - ``gate``: ``GateOutcome`` (top level) - the recipe's ``gate:`` budgets checked at the end of ``pack``
   (edgepack/gate.py).
 """
@@ -55,7 +57,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from edgepack.core.errors import UserError
 
@@ -64,6 +66,7 @@ class LayerSqnr(TypedDict):
     layer: str  # the layer's name in the artifact (ONNX node or TFLite tensor name)
     op: str | None  # its op type (Conv, FULLY_CONNECTED, ...), when known
     sqnr_db: float
+    module: NotRequired[str]  # the torch module it came from, where the exporter recorded it (ONNX files)
 
 
 class LayerSparsity(TypedDict):

@@ -16,16 +16,29 @@ def compare_runs(before: dict, after: dict) -> dict:
     return {
         "before": before["run_dir"],
         "after": after["run_dir"],
-        "recipe_changes": recipe_changes(before["recipe"], after["recipe"]),
+        "recipe_changes": recipe_changes(
+            before["recipe"], after["recipe"], given=(before.get("recipe_given"), after.get("recipe_given"))
+        ),
         "artifacts": [_artifact_change(name, old.get(name), new.get(name)) for name in names],
     }
 
 
-def recipe_changes(before: dict, after: dict) -> list[dict]:
-    """[{key, before, after}] for every dotted recipe key whose value differs (absent is None)."""
+def recipe_changes(before: dict, after: dict, given: tuple[dict | None, dict | None] = (None, None)) -> list[dict]:
+    """[{key, before, after}] for every dotted recipe key whose value differs (absent is None). With the keys each
+    user wrote (results.json ``recipe_given``), only the keys written in either recipe, or inside or above one:
+    adding a stage shows its ``stage`` key and the options given, not its thirty defaults."""
     old, new = _flatten(before), _flatten(after)
     keys = list(new) + [k for k in old if k not in new]
-    return [{"key": k, "before": old.get(k), "after": new.get(k)} for k in keys if old.get(k) != new.get(k)]
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    if None not in given:
+        written = set(_flatten(given[0])) | set(_flatten(given[1]))
+        changed = [k for k in changed if any(_related(k, w) for w in written)]
+    return [{"key": k, "before": old.get(k), "after": new.get(k)} for k in changed]
+
+
+def _related(key: str, written: str) -> bool:
+    """``key`` is the written key, inside it (robustness.snr_db under robustness: null) or above it."""
+    return key == written or key.startswith(written + ".") or written.startswith(key + ".")
 
 
 def _flatten(value, prefix: str = "") -> dict:

@@ -9,6 +9,9 @@ LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
 # An integer file more than this much slower than the float one is named: below it, a few-microsecond model's p50
 # moves that much from run to run.
 SLOWER_MARGIN = 1.10
+# An integer file this many top-1 points below its float twin is named, gate or not: a drop that big (MobileNetV3
+# int8 with entropy calibration lost 31.6) must not pass silently in a run without a gate: block.
+DROP_WARNING_PP = 1.0
 
 
 def build_report_data(results: dict) -> dict:
@@ -31,6 +34,7 @@ def build_report_data(results: dict) -> dict:
         "compression": compression_lines(artifacts),
         "slower_than_float": slower_than_float(artifacts),
         "qat_below_ptq": qat_below_ptq(artifacts),
+        "accuracy_drops": accuracy_drops(artifacts),
         "gate": results.get("gate"),
     }
 
@@ -49,6 +53,20 @@ def slower_than_float(artifacts: list[dict]) -> list[str]:
                 lines.append(f"{artifact['name']} runs {ours / theirs:.2f}x slower than {baseline['name']} on "
                              f"{record['target']} with {record['threads']} thread(s) (p50 {ours:.3g} ms vs "
                              f"{theirs:.3g} ms)")  # fmt: skip
+    return lines
+
+
+def accuracy_drops(artifacts: list[dict]) -> list[str]:
+    """One line per integer artifact whose top-1 is more than DROP_WARNING_PP points below its float twin's (the
+    float file of its format, else the source), measured on the same evaluation data."""
+    lines = []
+    for artifact in (a for a in artifacts if a["precision"] != "fp32" and a.get("accuracy")):
+        twin = float_baseline(artifact, artifacts)
+        ours, theirs = artifact["accuracy"]["top1"], (twin.get("accuracy") or {}).get("top1")
+        if theirs is not None and (theirs - ours) * 100 > DROP_WARNING_PP:
+            lines.append(f"{artifact['name']} top-1 {ours:.2%} is {(theirs - ours) * 100:.1f} points below "
+                         f"{twin['name']} ({theirs:.2%}); try another quantize method or calibration data, and "
+                         "add a gate: block (max_accuracy_drop) to fail such a run")  # fmt: skip
     return lines
 
 

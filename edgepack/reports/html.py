@@ -9,6 +9,7 @@ from edgepack.reports.text import FILTERS, energy_text
 
 
 def render_html(results: dict, data: dict) -> str:
+    from edgepack.reports.paths import relative_to_run
     from edgepack.reports.plots import build_plots
     from edgepack.reports.rows import (
         TARGET_VERIFICATION_COLUMNS,
@@ -17,11 +18,13 @@ def render_html(results: dict, data: dict) -> str:
         verification_rows,
     )
 
+    results = relative_to_run(results)
     return (
         _environment()
         .get_template("report.html.j2")
         .render(
             data=data,
+            summary=summary_table(data),
             plots=build_plots(data),
             gate_text=_gate_text(data["gate"]),
             verification={"header": VERIFICATION_HEADER, "rows": verification_rows(results)},
@@ -31,6 +34,22 @@ def render_html(results: dict, data: dict) -> str:
             energy_text=energy_text,
         )
     )
+
+
+def summary_table(data: dict) -> dict:
+    """The page's first table, one row per artifact: its figures and p50 per (target, threads); a top-1 drop beyond
+    the gate's max_accuracy_drop (without a gate: beyond the terminal summary's warning threshold) is marked."""
+    from edgepack.reports.data import DROP_WARNING_PP
+
+    columns = list(dict.fromkeys((e["target"], e["threads"]) for c in data["artifacts"] for e in c["latency"]))
+    limit = ((data["gate"] or {}).get("budgets") or {}).get("max_accuracy_drop", DROP_WARNING_PP)
+    rows = []
+    for card in data["artifacts"]:
+        p50 = {(e["target"], e["threads"]): e["p50"] for e in card["latency"]}
+        drop = card["accuracy_drop_pp"] if card["name"] != data["reference"] else None
+        rows.append({"card": card, "drop": drop, "beyond": drop is not None and drop > limit,
+                     "p50": [p50.get(column) for column in columns]})  # fmt: skip
+    return {"targets": [f"{target} x{threads}" for target, threads in columns], "rows": rows, "limit": limit}
 
 
 VERIFICATION_HEADER = ["artifact", "output", "max abs err", "mean abs err", "cosine", "tolerance", "top-1 agree"]

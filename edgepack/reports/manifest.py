@@ -39,6 +39,9 @@ PREPROCESSING_DEFAULTS = {"description": None, "resize": None, "color": None, "s
 
 
 def build_manifest(results: dict) -> dict:
+    from edgepack.reports.paths import relative_to_run
+
+    results = relative_to_run(results)
     recipe = results["recipe"]
     data = recipe.get("data") or {}
     return {

@@ -3,7 +3,7 @@ opens with pass or fail, then size/accuracy/cost, robustness and the per-layer f
 
 from __future__ import annotations
 
-from edgepack.reports.text import FILTERS, energy_text, macs_text, mixed_precision_outcome
+from edgepack.reports.text import FILTERS, energy_text, layer_name, macs_text, mixed_precision_outcome
 
 TOP_LAYERS = 5  # a PR comment names the worst few layers; the HTML report plots them all
 
@@ -54,6 +54,11 @@ def qat_warning_section(data: dict) -> list[str]:
     return ["**Warning, QAT below PTQ:**\n\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
 
 
+def accuracy_drop_section(data: dict) -> list[str]:
+    lines = data["accuracy_drops"]
+    return ["**Warning, accuracy drop:**\n\n" + "\n".join(f"- {line}" for line in lines)] if lines else []
+
+
 def compression_section(data: dict) -> list[str]:
     lines = data["compression"]
     return ["## Compression", "\n".join(f"- {line}" for line in lines)] if lines else []
@@ -76,7 +81,7 @@ def layer_sections(data: dict) -> list[str]:
     parts = []
     for name, rows in data["layer_sqnr"].items():
         worst = sorted(rows, key=lambda r: r["sqnr_db"])[:TOP_LAYERS]
-        parts.append(f"**{name}** lowest SQNR: " + ", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in worst))
+        parts.append(f"**{name}** lowest SQNR: " + ", ".join(f"{layer_name(r)} {r['sqnr_db']:.1f} dB" for r in worst))
     sensitivity = data["sensitivity"]
     if sensitivity and sensitivity.get("layers"):
         worst = sorted(sensitivity["layers"], key=lambda r: r["value"], reverse=sensitivity["higher_is_worse"])

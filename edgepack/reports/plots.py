@@ -27,9 +27,9 @@ def build_plots(data: dict) -> list[dict]:
     plots = [_accuracy_vs_size(data), _accuracy_vs_latency(data), _latency_distribution(data)]
     plots += [_layer_bars(name, rows, "sqnr_db", "SQNR (dB)", "sqnr") for name, rows in data["layer_sqnr"].items()]
     plots += [_sensitivity(data["sensitivity"])]
-    plots += [
-        _layer_bars(name, rows, "fraction", "zero weights", "sparsity") for name, rows in data["sparsity"].items()
-    ]
+    # A file with no zero weight at all (structured pruning removes channels instead) gets no empty panel.
+    plots += [_layer_bars(name, rows, "fraction", "zero weights", "sparsity")
+              for name, rows in data["sparsity"].items() if any(r["fraction"] > 0 for r in rows)]  # fmt: skip
     plots += [_robustness(data["robustness"], _colors(data))]
     return [p for p in plots if p is not None]
 
@@ -133,6 +133,7 @@ def _accuracy_vs_latency(data: dict) -> dict | None:
     if not points:
         return None
     where = data["primary_bench"]
+    latencies = [c["primary_latency"]["p50"] for _, c in points]
 
     def draw():
         figure, ax = _figure()
@@ -143,13 +144,25 @@ def _accuracy_vs_latency(data: dict) -> dict | None:
             ax.scatter(card["primary_latency"]["p50"], card["top1"] * 100, s=size, color=_color(i), edgecolors=edge,
                        zorder=3)  # fmt: skip
         _accuracy_axis(ax, [c["top1"] * 100 for _, c in points])
+        log = _spans_decade(latencies)
+        if log:  # a 16x8 reference-kernel file 50x slower than int8 would squash every other point to the left
+            ax.set_xscale("log")
         _label_points(ax, [(c["primary_latency"]["p50"], c["top1"] * 100, c["name"]) for _, c in points])
-        ax.set_xlabel(f"p50 latency (ms) on {where['target']}, {where['threads']} thread(s)")
+        ax.set_xlabel(f"p50 latency (ms{', log scale' if log else ''}) on {where['target']}, {where['threads']} "
+                      "thread(s)")  # fmt: skip
         ax.legend(loc="lower right")
         return figure
 
     caption = "Outlined points are on the Pareto front: no other artifact is both faster and more accurate."
+    if _spans_decade(latencies):
+        caption += " The latency axis is logarithmic: the p50s span more than 10x."
     return _plot("accuracy-vs-latency", "Accuracy vs latency", caption, draw)
+
+
+def _spans_decade(values: list[float]) -> bool:
+    """More than 10x between the smallest and the largest: a linear axis would hide the small ones."""
+    positive = [v for v in values if v > 0]
+    return bool(positive) and max(positive) > 10 * min(positive)
 
 
 def _latency_distribution(data: dict) -> dict | None:
@@ -196,7 +209,9 @@ def _bars(labels: list[str], values: list[float], xlabel: str, color: str):
 def _layer_bars(artifact: str, rows: list[dict], key: str, xlabel: str, kind: str) -> dict:
     # The layers that matter most are the worst: lowest SQNR, highest sparsity.
     ordered = sorted(rows, key=lambda r: r[key], reverse=kind == "sparsity")[:MAX_BARS]
-    labels, values = [r["layer"] for r in ordered], [r[key] for r in ordered]
+    from edgepack.reports.text import layer_name
+
+    labels, values = [layer_name(r) for r in ordered], [r[key] for r in ordered]
     title = f"{'Quantization error (SQNR)' if kind == 'sqnr' else 'Sparsity'} per layer: {artifact}"
     caption = (
         f"Each layer's output SQNR against the float parent, lowest first (at most {MAX_BARS} layers)."

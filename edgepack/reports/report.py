@@ -22,7 +22,9 @@ from edgepack.reports.text import markdown_table
 def render_markdown(results: dict) -> str:
     from edgepack.reports import markdown as sections
     from edgepack.reports.data import build_report_data
+    from edgepack.reports.paths import relative_to_run
 
+    results = relative_to_run(results)  # a PR comment shows no path of the machine that packed
     recipe, data = results["recipe"], build_report_data(results)
     parts = [
         f"# edgepack report: {recipe['name']}",
@@ -34,6 +36,7 @@ def render_markdown(results: dict) -> str:
         *sections.cost_section(data),
         *sections.slower_section(data),
         *sections.qat_warning_section(data),
+        *sections.accuracy_drop_section(data),
         *sections.compression_section(data),
         *sections.robustness_section(data),
         *sections.layer_sections(data),

@@ -60,3 +60,8 @@ def macs_text(macs: dict | None) -> str:
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def layer_name(row: dict) -> str:
+    """A per-layer row's name, with the torch module it came from where known: 'node_relu_1 (features.3)'."""
+    return f"{row['layer']} ({row['module']})" if row.get("module") else row["layer"]

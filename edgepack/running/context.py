@@ -171,6 +171,9 @@ class StageView:
     def lineage(self, artifact: Artifact) -> list[Artifact]:
         return list(ancestors(self._run.artifacts, artifact))
 
+    def progress(self, done: int, total: int, text: str, milestone: bool = False) -> None:
+        self._run.steps.progress(done, total, text, milestone)
+
     def handoff(self, kind: type[BaseModel], artifact: Artifact):
         record = self._run.handoffs.get(artifact.name, {}).get(kind.__name__)
         return record if isinstance(record, kind) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,9 @@ class LoadedModel:
     input_hashes: dict[str, str] = field(default_factory=dict)  # file -> sha256, recorded in the run
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
+def load_model(config: ModelConfig, recipe_folder: Path | None = None) -> LoadedModel:
+    """The model ``config`` names; a factory module may sit in ``recipe_folder`` (the recipe file's)."""
     loaders = {
-        ModelFormat.TORCH: _load_factory,
         ModelFormat.TORCHSCRIPT: _load_torchscript,
         ModelFormat.TORCH_EXPORT: _load_torch_export,
         ModelFormat.ONNX: _load_onnx,
@@ -43,11 +44,13 @@ def load_model(config: ModelConfig) -> LoadedModel:
         raise ModelFileError(f"model file {config.path} is a directory (model.path in the recipe); give the model file")
     if config.path is not None and not config.path.is_file():
         raise ModelFileError(f"model file {config.path} does not exist (model.path in the recipe)")
+    if config.factory is not None:
+        return _load_factory(config, recipe_folder)
     return loaders[ModelFormat(config.format)](config)
 
 
-def _load_factory(config: ModelConfig) -> LoadedModel:
-    module = _call_factory(config.factory)
+def _load_factory(config: ModelConfig, recipe_folder: Path | None) -> LoadedModel:
+    module = _call_factory(config.factory, recipe_folder)
     hashes = {}
     if config.weights is not None:
         _load_weights(module, config.weights)
@@ -56,10 +59,13 @@ def _load_factory(config: ModelConfig) -> LoadedModel:
     return LoadedModel(ModelFormat.TORCH, module_sha256(module), module=module, input_hashes=hashes)
 
 
-def _call_factory(spec: str) -> torch.nn.Module:
+def _call_factory(spec: str, recipe_folder: Path | None = None) -> torch.nn.Module:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise RecipeError(f"model.factory {spec!r} must look like 'package.module:callable'")
+    if recipe_folder is not None and str(recipe_folder) not in sys.path:
+        # A factory module beside the recipe imports as a script's neighbour does, without the user's PYTHONPATH.
+        sys.path.insert(0, str(recipe_folder))
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ModuleNotFoundError as e:

@@ -36,12 +36,20 @@ class PackResult:
 
 
 def pack(
-    recipe: Recipe | str | Path, *, out: str | Path | None = None, overrides: list[str] = (), quiet: bool = False
+    recipe: Recipe | str | Path,
+    *,
+    out: str | Path | None = None,
+    overrides: list[str] = (),
+    quiet: bool = False,
+    rebench: bool = False,
 ) -> PackResult:
-    """Run the recipe; artifacts, results.json, manifest.json and report.md land in ``out`` (default runs/NAME)."""
+    """Run the recipe; artifacts, results.json, manifest.json and report.md land in ``out`` (default runs/NAME).
+    ``rebench`` measures the latencies again instead of taking them from the cache (every other step still may)."""
     from edgepack.running.results import write_run_outputs
 
+    recipe_folder = None
     if not isinstance(recipe, Recipe):
+        recipe_folder = Path(recipe).resolve().parent  # a factory module beside the recipe imports from there
         recipe = load_recipe(Path(recipe), list(overrides))
     run_dir = Path(out or Path("runs") / recipe.name).resolve()
     created = not run_dir.exists()
@@ -49,14 +57,14 @@ def pack(
     _seed_everything(recipe.seed)
     steps = Steps(quiet=quiet)
     try:
-        ctx = _start(recipe, run_dir, steps)
+        ctx = _start(recipe, run_dir, steps, recipe_folder)
     except BaseException:
         if created:  # a run that fails while loading leaves no folder behind (this call made it; nothing is cached)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     for config in recipe.stages:
         _run_stage(ctx, config)
-    _bench_all(ctx)
+    _bench_all(ctx, rebench)
     results = write_run_outputs(ctx)
     return PackResult(run_dir, results)
 
@@ -80,9 +88,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _start(recipe: Recipe, run_dir: Path, steps: Steps) -> RunContext:
+def _start(recipe: Recipe, run_dir: Path, steps: Steps, recipe_folder: Path | None) -> RunContext:
     with steps.step("load", f"loading the {recipe.model.format} model"):
-        loaded = load_model(recipe.model)
+        loaded = load_model(recipe.model, recipe_folder)
         eval_data = load_eval_data(recipe)
         verify_data = verification_samples(recipe, eval_data)
     ctx = RunContext(recipe, run_dir, loaded, StepCache(run_dir), steps, eval_data, verify_data)
@@ -201,9 +209,10 @@ def _stage_data_hashes(config) -> list:
     return hashes
 
 
-def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, compute) -> dict:
-    """A measured step: its result from the cache when the key matches, else computed, saved and returned."""
-    entry = ctx.cache.load(kind, key)
+def _cached_record(ctx: RunContext, kind: str, key: str, step: str, about: str, compute, fresh: bool = False) -> dict:
+    """A measured step: its result from the cache when the key matches (and not ``fresh``), else computed, saved
+    and returned."""
+    entry = None if fresh else ctx.cache.load(kind, key)
     with ctx.steps.step(step, about, cached=entry is not None):
         if entry is None:
             entry = compute()
@@ -293,15 +302,15 @@ def _record_sparsity(ctx: RunContext, artifact: Artifact) -> None:
         ctx.records[artifact.name]["gzip_bytes"] = gzip_bytes(ctx.artifact_path(artifact))
 
 
-def _bench_all(ctx: RunContext) -> None:
+def _bench_all(ctx: RunContext, fresh: bool) -> None:
     options = ctx.recipe.bench
     for artifact in ctx.artifacts:
         ctx.records[artifact.name]["bench"] = []
         if options is not None and artifact.format in (Format.ONNX, Format.TFLITE):
-            _bench_artifact(ctx, artifact, options)
+            _bench_artifact(ctx, artifact, options, fresh)
 
 
-def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
+def _bench_artifact(ctx: RunContext, artifact: Artifact, options, fresh: bool) -> None:
     """One record per (target, thread count); with only one, the step keeps its plain name. A remote target also
     runs the verification samples and checks its outputs (running/on_target.py): a failure fails the run."""
     from edgepack.device_bench import bench
@@ -321,7 +330,7 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options) -> None:
         about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
         about += " and verifying its outputs there" if remote else ""
         compute = functools.partial(check.bench, target, one) if remote else functools.partial(bench, path, target, one)
-        ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute))
+        ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute, fresh))
 
 
 def _with_values(ctx: RunContext, options, target: str):

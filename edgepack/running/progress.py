@@ -1,4 +1,5 @@
-"""Progress on stderr: a spinner while a step runs, one line when it ends (with its time, or 'cached')."""
+"""Progress on stderr: a spinner while a step runs, one line when it ends (with its time, or 'cached'); a long step
+(fine-tuning) also reports where it is: a bar with an ETA on a terminal, plain lines in a CI log."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.status import Status
+
+# Without a terminal (a CI log), a long step prints a plain progress line at most this often (and at every
+# milestone, e.g. an epoch's end, at most once a second), so a log shows it is alive without filling up.
+PLAIN_LINE_SECONDS = 10.0
+MILESTONE_LINE_SECONDS = 1.0
 
 
 @dataclass
@@ -28,14 +36,21 @@ class Steps:
     records: list[StepRecord] = field(default_factory=list)
     # The console writes to its own copy of stderr, so it keeps working while a step's native output is captured.
     console: Console = field(default_factory=lambda: Console(file=_own_stderr(), highlight=False))
+    _active: StepProgress | None = None
 
     @contextlib.contextmanager
     def step(self, name: str, description: str, cached: bool = False) -> Iterator[StepRecord]:
         record = StepRecord(name, cached)
         started = time.perf_counter()
-        status = contextlib.nullcontext() if self.quiet or cached else self.console.status(description + " ...")
-        with status, native_stderr_captured():
-            yield record
+        status = None if self.quiet or cached else self.console.status(description + " ...")
+        self._active = None if status is None else StepProgress(self.console, name, status)
+        with status or contextlib.nullcontext(), native_stderr_captured():
+            try:
+                yield record
+            finally:
+                if self._active is not None:
+                    self._active.close()
+                self._active = None
         record.seconds = round(time.perf_counter() - started, 3)
         self.records.append(record)
         self._say(description, record)
@@ -46,8 +61,59 @@ class Steps:
         done = "[dim]cached[/dim]" if record.cached else f"{record.seconds:.2f} s"
         self.console.print(f"  [green]✓[/green] {description}  {done}")
 
+    def progress(self, done: int, total: int, text: str, milestone: bool = False) -> None:
+        """Where the running step is: ``done`` of ``total`` units, ``text`` saying it ('epoch 2/5, loss 0.31')."""
+        if self._active is not None:
+            self._active.update(done, total, text, milestone)
+
     def all_cached(self) -> bool:
         return all(r.cached for r in self.records if r.name != "load")
+
+
+class StepProgress:
+    """A running step's progress: on a terminal a rich bar (steps done, ETA) in place of the spinner while it
+    lasts; otherwise plain lines ('prune: epoch 2/5, loss 0.31, ETA 40 s') at a bounded rate: the first and the
+    last milestone always, others a second apart, and between milestones one line every PLAIN_LINE_SECONDS."""
+
+    def __init__(self, console: Console, label: str, status: Status):
+        self.console, self.label, self.status = console, label, status
+        self.started: float | None = None  # at the first report: a stage's setup before training is no part of the ETA
+        self.last_line: float | None = None
+        self.bar: Progress | None = None
+
+    def update(self, done: int, total: int, text: str, milestone: bool) -> None:
+        if self.console.is_terminal:
+            self._update_bar(done, total, text)
+            return
+        now = time.perf_counter()
+        self.started = now if self.started is None else self.started
+        since_line = now - (self.last_line if self.last_line is not None else self.started)
+        wanted = since_line >= PLAIN_LINE_SECONDS
+        wanted |= milestone and (self.last_line is None or since_line >= MILESTONE_LINE_SECONDS or done >= total)
+        if done > 0 and wanted:
+            self.last_line = now
+            eta = (now - self.started) / done * max(total - done, 0)
+            self.console.print(f"{self.label}: {text}, ETA {eta:.0f} s", markup=False, soft_wrap=True)
+
+    def _update_bar(self, done: int, total: int, text: str) -> None:
+        if self.bar is None and done >= total:  # the milestone after the last step: the bar is done already
+            return
+        if self.bar is None:
+            self.status.stop()  # rich shows one live display at a time: the bar takes the spinner's place
+            self.bar = Progress(TextColumn(f"{self.label}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[text]}"), TimeRemainingColumn(),
+                                console=self.console, transient=True)  # fmt: skip
+            self.task = self.bar.add_task(self.label, total=total, text="")
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total, text=text)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+            self.status.start()  # the rest of the step (export, scoring) under the spinner again
 
 
 def _own_stderr():

@@ -47,6 +47,7 @@ def build_results(ctx) -> dict:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_dir": str(ctx.run_dir),
         "recipe": recipe.model_dump(mode="json"),
+        "recipe_given": recipe.model_dump(mode="json", exclude_unset=True),  # the user's own keys, for comparisons
         "inputs": {"model_sha256": ctx.loaded.sha256, "files": ctx.loaded.input_hashes},
         "environment": environment(),
         "steps": [vars(r) for r in ctx.steps.records],

@@ -83,6 +83,10 @@ class StageContext(Protocol):
     def lineage(self, artifact: Artifact) -> list[Artifact]:
         """The artifacts ``artifact`` was made from, nearest first."""
 
+    def progress(self, done: int, total: int, text: str, milestone: bool = False) -> None:
+        """Say where a long step is (``done`` of ``total``; ``text`` like 'epoch 2/5, loss 0.31'): a bar with an
+        ETA on a terminal, plain lines in a CI log; a milestone (an epoch's end) is worth a line of its own."""
+
     def handoff(self, kind: type[Record], artifact: Artifact) -> Record | None:
         """The ``kind`` record a stage handed on for ``artifact`` or its nearest ancestor that has one."""
 

@@ -70,9 +70,31 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     activations = artifact.details["activations"]
     if artifact.format == Format.ONNX:
         quantized = onnx.load(str(ctx.artifact_path(artifact)))
-        return onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
+        rows = onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
+        return with_torch_modules(rows, float_model)
     grids = {t: (p["scale"][0], p["zero_point"][0]) for t, p in activations.items()}
     return tflite_layer_sqnr(float_model, ctx.artifact_path(artifact), grids, artifact.inputs, ctx.verify_data, size)
+
+
+def with_torch_modules(rows: list[dict], model) -> list[dict]:
+    """Each ONNX row (a node of ``model``) with the torch module it came from, where the exporter recorded one:
+    '12' or 'features.3.conv' reads better than 'node_Conv_29' in a report."""
+    modules = {node.name: module for node in model.graph.node if (module := torch_module(node))}
+    return [row | {"module": modules[row["layer"]]} if row["layer"] in modules else row for row in rows]
+
+
+def torch_module(node) -> str | None:
+    """The module path in the dynamo exporter's node metadata: name_scopes ['', 'features', '3', 'conv2d'] is
+    module 'features.3' (the last scope names the traced call, the first the root module)."""
+    import ast
+
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    try:
+        parts = ast.literal_eval(scopes) if scopes else []
+    except (ValueError, SyntaxError):
+        return None
+    path = ".".join(str(p) for p in parts[1:-1] if p)
+    return path or None
 
 
 LAYER_SQNR = Measurement(layer_sqnr, code=("edgepack.calibration.localise",))

@@ -32,7 +32,7 @@ def distill(ctx: StageContext, module, teacher: Artifact, config: FinetuneConfig
     uses_teacher = config.alpha > 0 or bool(config.feature_matching)
     report = finetune(module, dataset, config, teacher=ctx.torch_module(teacher) if uses_teacher else None,
                       input_names=[i.name for i in ctx.model.inputs], on_step=on_step,
-                      on_epoch=on_epoch)  # fmt: skip
+                      on_epoch=on_epoch, on_progress=ctx.progress)  # fmt: skip
     return {**report.to_dict(), "data": description, "teacher": teacher.name if uses_teacher else None}
 
 

@@ -50,3 +50,29 @@ def test_report_with_two_runs_prints_and_writes_the_comparison(full_run_dir, ful
     assert "| tflite-int8 | kept | 96.11% -> 95.00% (-1.11 pp) | 3,384 -> 3,046 (-9.99%) | host x1 |" in markdown
     assert json.loads((after / "comparison.json").read_text())["after"] == "/runs/after"
     assert edgepack("report", str(full_run_dir), str(after), str(after)).returncode == 2  # one or two runs
+
+
+def test_recipe_changes_are_the_keys_the_user_wrote_not_the_defaults_they_expand_to(full_results):
+    """Adding a quantize stage, lowering bench.runs and switching robustness off: three things the user did, not
+    the quantize stage's thirty-odd defaults."""
+    from edgepack.recipe import parse_recipe
+
+    def run(recipe: dict) -> dict:
+        parsed = parse_recipe(recipe)
+        return full_results | {"recipe": parsed.model_dump(mode="json"),
+                               "recipe_given": parsed.model_dump(mode="json", exclude_unset=True)}  # fmt: skip
+
+    model = {"factory": "tests.models:mlp", "inputs": [{"name": "image", "shape": [1, 1, 8, 8]}]}
+    before = {"model": model, "stages": [{"stage": "export"}, {"stage": "convert"}]}
+    after = before | {"stages": [*before["stages"], {"stage": "quantize", "method": "entropy"}],
+                      "bench": {"runs": 20}, "robustness": None}  # fmt: skip
+    changes = compare_runs(run(before), run(after))["recipe_changes"]
+    assert {c["key"]: (c["before"], c["after"]) for c in changes} == {
+        "stages.2.stage": (None, "quantize"),
+        "stages.2.method": (None, "entropy"),
+        "bench.runs": (50, 20),
+        "robustness.snr_db": ([30, 20, 10], None),
+        "robustness.brightness": (0.1, None),
+        "robustness.contrast": (0.8, None),
+        "robustness.max_samples": (1000, None),
+    }

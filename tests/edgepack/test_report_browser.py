@@ -3,6 +3,8 @@ no request leaving the file, and every plot decoded to a non-empty image; a scre
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,3 +66,26 @@ def test_the_full_report_renders_cleanly(browser, full_results, tmp_path):
 def test_a_real_runs_report_renders_cleanly(browser, digits_run, tmp_path):
     html, screenshot = digits_run.run_dir / "report.html", tmp_path / "real.png"
     assert_renders_cleanly(open_report(browser, html, screenshot), 4, html, screenshot)
+
+
+def test_the_page_opens_with_a_summary_table_and_shows_no_host_path(browser, digits_run):
+    """One row per artifact first on the page; no absolute path of this machine (run folder, weights) in the page
+    or in manifest.json, whose paths are relative to the run folder."""
+    html = digits_run.run_dir / "report.html"
+    page = browser.new_page()
+    page.goto(html.as_uri(), wait_until="load")
+    first_table = page.eval_on_selector("table", "t => t.id")
+    rows = page.eval_on_selector_all("#summary tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))")
+    text = page.inner_text("body")
+    page.close()
+    assert first_table == "summary"
+    assert rows[0][:6] == ["artifact", "format", "precision", "bytes", "top-1", "drop vs torch-fp32"]
+    assert rows[0][6:] == ["p50 ms host x1"]
+    assert [r[0] for r in rows[1:]] == [a["name"] for a in digits_run.artifacts]
+    assert rows[2][1:3] == ["onnx", "fp32"] and rows[2][5] == "+0.00 pp" and float(rows[2][6]) > 0
+    manifest = (digits_run.run_dir / "manifest.json").read_text()
+    weights = digits_run.results["recipe"]["model"]["weights"]
+    assert Path(weights).is_absolute()  # results.json keeps the host's path; what is handed on does not
+    for handed_on in (text, manifest, (digits_run.run_dir / "report.md").read_text()):
+        assert str(digits_run.run_dir) not in handed_on and weights not in handed_on
+    assert json.loads(manifest)["recipe"]["model"]["weights"] == os.path.relpath(weights, digits_run.run_dir)

@@ -185,3 +185,25 @@ def test_a_qat_model_below_ptq_is_a_warning_in_every_report(full_results, tmp_pa
     assert f'<li class="drop">{line}</li>' in (tmp_path / "report.html").read_text()
     vs["qat_below_ptq"] = False
     assert build_report_data(full_results)["qat_below_ptq"] == []
+
+
+def test_latencies_spanning_over_ten_times_get_a_log_axis_and_zero_sparsity_gets_no_panel(full_results, tmp_path):
+    write_reports(tmp_path, full_results)
+    assert "The latency axis is logarithmic" not in (tmp_path / "report.html").read_text()  # 0.0021..0.0131 ms
+    slow = next(a for a in full_results["artifacts"] if a["name"] == "onnx-int8")
+    slow["bench"][0]["latency_ms"]["p50"] = 0.5  # a 16x8 reference-kernel file: 240x the fastest
+    for layer in next(a for a in full_results["artifacts"] if a.get("sparsity"))["sparsity"]:
+        layer["fraction"] = 0.0  # structured pruning: channels removed, no zero weight left
+    write_reports(tmp_path, full_results)
+    html = (tmp_path / "report.html").read_text()
+    assert "The latency axis is logarithmic: the p50s span more than 10x." in html
+    assert list(plot_images(html)) == [p for p in ALL_PLOTS if not p.startswith("sparsity-")]
+
+
+def test_per_layer_sqnr_shows_the_torch_module_where_known(full_results):
+    from edgepack.reports.report import render_markdown
+
+    rows = next(a for a in full_results["artifacts"] if a["name"] == "onnx-int8")["layer_sqnr"]
+    worst = min(rows, key=lambda r: r["sqnr_db"])
+    worst["module"] = "features.3"
+    assert f"{worst['layer']} (features.3) {worst['sqnr_db']:.1f} dB" in render_markdown(full_results)

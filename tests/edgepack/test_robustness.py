@@ -73,3 +73,27 @@ def test_robustness_null_turns_it_off_and_a_second_run_takes_it_from_the_cache(t
     off = pack(parse_recipe(recipe | {"robustness": None}), out=tmp_path / "off", quiet=True)
     assert all("robustness" not in a for a in off.artifacts)
     assert not any(s["name"].startswith("robustness") for s in off.results["steps"])
+
+
+def test_an_onnx_file_is_perturbed_many_samples_a_call_with_the_figures_of_one_sample_a_call(digits_run, digits):
+    """The robustness passes run the ONNX file through calibration's batched reader: this file (exported with its
+    batch fixed at 1) takes the batched path, and every figure is what one sample a call gives."""
+    import onnx
+    from edgepack.calibration.collect import read_tensors
+    from edgepack.converters.runtime import open_session
+    from edgepack.converters.verify import predict
+
+    from edgepack.running.batched import reshapes_keep_batch
+    from edgepack.running.measure import top1
+
+    onnx_fp32 = next(a for a in digits_run.artifacts if a["name"] == "onnx-fp32")
+    path = digits_run.run_dir / onnx_fp32["path"]
+    model = reshapes_keep_batch(onnx.load(path))
+    calls = [batch.rows for batch in read_tensors(model, [model.graph.output[0].name], digits)]
+    assert calls[0] == 3 and max(calls) > 1 and len(calls) < len(digits) / 8  # the probe, then many a call
+    session, config = open_session(path), RobustnessConfig()
+    one_a_call = {c["label"]: top1(predict(session, data, 1), digits.labels)
+                  for c, data in perturbed_datasets(config, digits, 0)}  # fmt: skip
+    record = onnx_fp32["robustness"]
+    assert {c["label"]: c["top1"] for c in record["conditions"]} == one_a_call
+    assert record["clean_top1"] == top1(predict(session, digits, 1), digits.labels)
