@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from edgepack.running import interrupts
+
 
 @dataclass
 class StepRecord:
@@ -26,6 +28,7 @@ class StepRecord:
 class Steps:
     quiet: bool = False
     records: list[StepRecord] = field(default_factory=list)
+    failed_step: str | None = None  # the step a failed run stopped in
     # The console writes to its own copy of stderr, so it keeps working while a step's native output is captured.
     console: Console = field(default_factory=lambda: Console(file=_own_stderr(), highlight=False))
 
@@ -34,8 +37,12 @@ class Steps:
         record = StepRecord(name, cached)
         started = time.perf_counter()
         status = contextlib.nullcontext() if self.quiet or cached else self.console.status(description + " ...")
-        with status, native_stderr_captured():
-            yield record
+        try:
+            with status, native_stderr_captured(), interrupts.running(name):
+                yield record
+        except BaseException:
+            self.failed_step = name
+            raise
         record.seconds = round(time.perf_counter() - started, 3)
         self.records.append(record)
         self._say(description, record)
@@ -71,6 +78,8 @@ def native_stderr_captured() -> Iterator[None]:
             yield
         except BaseException:
             os.dup2(saved, 2)
+            if interrupts.interrupted():  # the user stopped it: a library's log is no clue to anything
+                raise
             capture.seek(0)
             tail = capture.read().decode(errors="replace")[-3000:]
             if tail.strip():

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from edgepack.device_bench import BenchOptions, bench, run_on_target
 import edgepack
 from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
-from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli
+from tests.device_bench.helpers import REPO, conv_relu_recipe, edgepack_cli
 from tests.device_bench.sshd import SSHD, free_port, make_key, start_sshd
 
 pytestmark = pytest.mark.skipif(
@@ -150,3 +154,33 @@ def test_the_command_line_reaches_the_ssh_target(sshd, tflite_model):
     done = edgepack_cli("bench", str(tflite_model), "--target", sshd.target, *flags)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["target"] == sshd.target
+
+
+def test_ctrl_c_during_an_ssh_bench_stops_the_runner_on_the_device_and_removes_its_folder(sshd, onnx_model):
+    # Our runner on the "device" is the process other than edgepack with this test's run count in its argv (runs that
+    # would take minutes if left alone): python FOLDER/runner.py FOLDER/model.onnx --runs RUNS ...
+    runs = str(900_000_000 + os.getpid())
+    flags = ["--identity-file", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
+    flags += ["--remote-python", sys.executable, "--runs", runs, "--min-seconds", "0"]
+    command = [sys.executable, "-m", "edgepack.cli", "bench", str(onnx_model), "--target", sshd.target, *flags]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    while not (runners := [pid for pid in processes_mentioning(f"\x00{runs}\x00") if pid != process.pid]):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    argv = Path(f"/proc/{runners[0]}/cmdline").read_bytes().decode().split("\0")
+    folder = Path(next(word for word in argv if word.endswith("/runner.py"))).parent
+    while cpu_seconds(runners[0]) < 2:  # past its imports and the model's loading (the folder may go after that)
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the user's terminal: edgepack's process group, not the device
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (130, "interrupted during bench; re-run to resume\n")
+    assert folder.name.startswith("edgepack-bench.") and not folder.exists()
+    assert processes_mentioning(str(folder)) == []  # neither the runner nor the shell waiting for it
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
