@@ -23,7 +23,7 @@ from edgepack.device_bench import BenchOptions, bench, run_on_target
 import edgepack
 from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
-from tests.device_bench.helpers import REPO, conv_relu_recipe, edgepack_cli
+from tests.device_bench.helpers import REPO, conv_relu_recipe, cpu_seconds, edgepack_cli, processes_mentioning
 from tests.device_bench.sshd import SSHD, free_port, make_key, start_sshd
 
 pytestmark = pytest.mark.skipif(
@@ -47,17 +47,6 @@ def options_for(server, **changes) -> BenchOptions:
 def bench_folders() -> set[str]:
     """The temporary folders the ssh target makes on the "device" (here the same machine's /tmp)."""
     return set(glob.glob("/tmp/edgepack-bench.*"))
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # the process ended while we looked
-            continue
-    return pids
 
 
 def test_a_record_comes_back_like_the_hosts_and_the_folder_is_removed(sshd, tflite_model):
@@ -178,9 +167,3 @@ def test_ctrl_c_during_an_ssh_bench_stops_the_runner_on_the_device_and_removes_i
     assert (process.returncode, stderr) == (130, "interrupted during bench; re-run to resume\n")
     assert folder.name.startswith("edgepack-bench.") and not folder.exists()
     assert processes_mentioning(str(folder)) == []  # neither the runner nor the shell waiting for it
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
