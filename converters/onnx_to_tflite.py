@@ -110,11 +110,31 @@ def check_16x8_kernels(model_path: Path) -> None:
 
     for node in onnx.load(str(model_path), load_external_data=False).graph.node:
         if node.op_type in NO_INT16_TFLITE_KERNEL:
+            module = torch_module_of(node)
             detail = (
-                f"TFLite's {NO_INT16_TFLITE_KERNEL[node.op_type]} has no 16-bit kernel, so a 16x8 TFLite file cannot "
-                "hold it; quantize TFLite to int8, or write int16x8 for ONNX only (formats: [onnx])"
+                (f"it is the torch module {module}; " if module else "")
+                + f"TFLite's {NO_INT16_TFLITE_KERNEL[node.op_type]} has no 16-bit kernel, so a 16x8 TFLite file "
+                "cannot hold it; quantize TFLite to int8, or write int16x8 for ONNX only (formats: [onnx])"
             )
             raise UnsupportedOperatorError(node.op_type, node.name, detail)
+
+
+def torch_module_of(node) -> str | None:
+    """The torch module an exported node came from, as "'features.0.2' (Hardswish)", from the metadata torch's
+    dynamo exporter writes (the node's own name is often a bare 'n0'); None when the file has none."""
+    import ast
+
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))  # ['', 'features', ..., 'op']
+        classes = ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))  # [..., 'x.Hardswish', 'aten.op']
+    except (ValueError, SyntaxError):
+        return None
+    modules = [scope for scope in scopes[1:-1] if scope]
+    if not modules:
+        return None
+    kind = f" ({classes[-2].rsplit('.', 1)[-1]})" if len(classes) >= 2 else ""
+    return f"{modules[-1]!r}{kind}"
 
 
 def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantization | None = None) -> bytes:

@@ -67,8 +67,9 @@ def bench_on_remote(
         folder = make_folder(shell, base_folder, model_path)
         try:
             record = bench_in_folder(shell, folder, model_path, options, samples)
-        except BaseException:
+        except BaseException:  # Ctrl-C too: the runner must not go on on the device until its time is up
             with contextlib.suppress(Exception):  # a failed clean-up must not hide why the benchmark failed
+                stop_job(shell, folder)
                 remove_folder(shell, folder, model_path)
             raise
         remove_folder(shell, folder, model_path)
@@ -168,10 +169,20 @@ def binary_failure(result: CommandResult, binary: Path) -> str:
 
 
 def background_command(folder: str, words: list[str]) -> str:
-    """Run ``words`` in ``folder`` with output to files and its pid in 'pid'; print its exit code last."""
+    """Run ``words`` in ``folder`` with output to files and its pid in 'pid'; print its exit code last. Where the
+    device has setsid (util-linux, busybox, toybox) the job leads a process group of its own, so that stopping it
+    stops whatever it started too (a job in a shell without a terminal shares the shell's group)."""
     quoted = shlex.quote(folder)
     job = f"{shlex.join(words)} > {quoted}/stdout.txt 2> {quoted}/stderr.txt"
-    return f"cd {quoted} && {{ {job} & echo $! > {quoted}/pid; wait $!; echo $?; }}"
+    start = f"if command -v setsid > /dev/null; then setsid {job} & else {job} & fi"
+    return f"cd {quoted} && {{ {start}; echo $! > {quoted}/pid; wait $!; echo $?; }}"
+
+
+def stop_job(shell: RemoteShell, folder: str) -> None:
+    """Stop the job ``background_command`` started: its process group, or the process where it has none. Closing
+    the connection does not do it: without a terminal, sshd and adbd leave a command's processes running."""
+    pid = f'"$(cat {shlex.quote(folder)}/pid 2> /dev/null)"'
+    shell.run(f"kill -TERM -{pid} 2> /dev/null || kill -TERM {pid} 2> /dev/null; true", HOUSEKEEPING_SECONDS)
 
 
 def run_in_background(
@@ -180,7 +191,7 @@ def run_in_background(
     try:
         result = shell.run(background_command(folder, words), options.timeout_seconds)
     except RemoteTimeout as error:
-        shell.run(f'kill "$(cat {shlex.quote(folder)}/pid)"', HOUSEKEEPING_SECONDS)
+        stop_job(shell, folder)
         cause = f"the benchmark did not finish within timeout_seconds={options.timeout_seconds}; it was stopped"
         raise bench_failure(model_path, shell.target, cause) from error
     status = result.stdout.strip().splitlines()[-1:] or [""]

@@ -26,8 +26,14 @@ DEBUG = {"on": False}
 
 
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on error.")] = False):
+def _options(
+    context: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on error.")] = False,
+):
+    from edgepack.running import interrupts
+
     DEBUG["on"] = debug
+    interrupts.name_command(context.invoked_subcommand)  # what a Ctrl-C outside any named step interrupted
 
 
 @app.command()
@@ -304,12 +310,21 @@ def _print_summary(results: dict, run_dir: Path) -> None:
 
 def main() -> None:
     # Standalone mode: typer handles --help, usage errors and their exit code 2; we turn our own errors into one line.
+    from edgepack.running import interrupts
+
+    interrupts.install()
     try:
         app()
-    except EdgepackError as e:
-        _fail(e, f"error: {e}")
-    except Exception as e:
-        _fail(e, f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback, and report it)")
+    except BaseException as e:
+        # Ctrl-C first, whatever it became on its way out (typer's exit 130, a library's wrapped error).
+        if interrupts.interrupted():
+            print(interrupts.message(), file=sys.stderr)
+            sys.exit(interrupts.EXIT_CODE)
+        if isinstance(e, EdgepackError):
+            _fail(e, f"error: {e}")
+        if isinstance(e, Exception):
+            _fail(e, f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback, and report it)")
+        raise
 
 
 def _fail(error: BaseException, message: str) -> None:

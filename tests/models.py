@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,22 @@ def digits_example() -> nn.Module:
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+class _PausesWhileExported(nn.Sequential):
+    """With EDGEPACK_TEST_PAUSE_AT=torch.export, its forward touches EDGEPACK_TEST_PAUSE_FILE and waits while
+    torch.export traces it: a kill test's signal then lands inside the exporter, with the ONNX temp file open."""
+
+    def forward(self, x):
+        if torch.compiler.is_exporting() and os.environ.get("EDGEPACK_TEST_PAUSE_AT") == "torch.export":
+            Path(os.environ["EDGEPACK_TEST_PAUSE_FILE"]).touch()
+            time.sleep(120)
+        return super().forward(x)
+
+
+def mlp_pausing_in_export() -> nn.Module:
+    """mlp (the same state_dict keys), able to wait inside torch.export when a test asks."""
+    return _PausesWhileExported(*mlp())
 
 
 def depthwise_net() -> nn.Module:
@@ -126,3 +144,44 @@ def train_and_save(name: str, path: Path, epochs: int = 25) -> Path:
             optimizer.step()
     torch.save(model.state_dict(), path)
     return path
+
+
+class _Attention(nn.Module):
+    """Self-attention with the heads reshaped out of one qkv Linear, as ViT/timm write it."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attention = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), _Attention(dim), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTransformer(nn.Module):
+    """Two pre-norm transformer blocks over 8 tokens of 8 features (input [batch, 8, 8]); GELU in the MLPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.blocks, self.head = nn.Linear(8, 32), nn.Sequential(_Block(), _Block()), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.embed(x)).mean(1))
+
+
+def tiny_transformer() -> nn.Module:
+    return TinyTransformer()

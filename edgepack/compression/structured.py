@@ -59,7 +59,7 @@ def prune_channels(
     pruner = make_pruner(module, example_inputs, importance, scope, ratio, list(ignored.values()), round_to)
     if importance is Importance.TAYLOR:
         accumulate_loss_gradients(module, taylor_batches)
-    pruner.step()
+    step_naming_the_failing_layer(pruner, module, original)
     module.zero_grad(set_to_none=True)
     check_something_pruned(module, channels_before, ignored, round_to)
     check_still_runs(module, example_inputs, original, list(channels_before))
@@ -221,6 +221,39 @@ def check_still_runs(module: nn.Module, example_inputs, original: dict[str, torc
             f"{e}. The model was left unpruned. Add the layers whose output channels feed that module to "
             f"ignored_layers (Conv/Linear layers: {', '.join(layers)}), or use unstructured pruning"
         ) from e.__cause__
+
+
+def step_naming_the_failing_layer(pruner, module: nn.Module, original: dict[str, torch.Tensor]) -> None:
+    """Torch-Pruning's dependency graph cannot follow every model's channels (attention heads sliced out of one
+    Linear's output, typically): it then fails with an IndexError from deep inside. Restore the model (groups before
+    the failing one were already pruned) and name the layer whose group failed, with what to do."""
+    try:
+        pruner.step()
+    except Exception as e:
+        resize_to_state_dict(module, original)
+        module.load_state_dict(original)
+        layer = failing_group_layer(e, module)
+        where = f" pruning the channels of {layer!r}" if layer else ""
+        raise PruningError(
+            f"Torch-Pruning failed{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Its "
+            f"dependency graph cannot follow this layer's channels (as with attention heads reshaped out of one "
+            f"Linear). The model was left unpruned. Add {layer or 'that layer'!r} and the layers like it to "
+            "ignored_layers (in a transformer: all but the MLPs' first Linear, as the attention's qkv and proj, the "
+            "embedding and the MLPs' last Linear set the heads and the residual width), or use unstructured pruning"
+        ) from e
+
+
+def failing_group_layer(error: BaseException, module: nn.Module) -> str | None:
+    """The layer whose dependency group Torch-Pruning was working on when it failed: the innermost ``group`` of the
+    failure's frames (its first item is the layer the group was built from)."""
+    group, trace = None, error.__traceback__
+    while trace is not None:
+        group, trace = trace.tb_frame.f_locals.get("group", group), trace.tb_next
+    try:
+        target = group[0].dep.target.module
+    except (AttributeError, IndexError, TypeError):  # no group in the frames, or another Torch-Pruning's layout
+        return None
+    return next((name for name, sub in module.named_modules() if sub is target), None)
 
 
 TRACE_ADVICE = (

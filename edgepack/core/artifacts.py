@@ -109,6 +109,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the finished file gets the mode any other file would
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -116,6 +117,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(current)
+    return current
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:

@@ -36,7 +36,17 @@ def build_report_data(results: dict) -> dict:
         "qat_below_ptq": qat_below_ptq(artifacts),
         "accuracy_drops": accuracy_drops(artifacts),
         "gate": results.get("gate"),
+        "failure": failure_line(results),
     }
+
+
+def failure_line(results: dict) -> str | None:
+    """A run that failed after loading keeps what it measured: the reports say where it stopped and why."""
+    failure = results.get("failure")
+    if failure is None:
+        return None
+    return (f"The run failed in step {failure['step'] or 'unknown'}: {failure['error']}. The figures below are what "
+            "was measured before it; there is no manifest.")  # fmt: skip
 
 
 def slower_than_float(artifacts: list[dict]) -> list[str]:

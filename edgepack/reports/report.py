@@ -29,6 +29,7 @@ def render_markdown(results: dict) -> str:
     parts = [
         f"# edgepack report: {recipe['name']}",
         f"Created {results['created']} by edgepack {results['edgepack_version']}.",
+        *([f"**Run failed.** {data['failure']}"] if data["failure"] else []),
         *sections.gate_section(data),
         "## Artifacts",
         markdown_table(SUMMARY_COLUMNS, summary_rows(results)),

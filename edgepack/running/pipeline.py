@@ -5,6 +5,7 @@ Every step's result is cached by content hash in the run folder, so a second ide
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import shutil
@@ -16,7 +17,7 @@ import numpy as np
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, ancestors, sha256_file
 from edgepack.core.version import __version__
 from edgepack.recipe import STAGE_DATA_KEYS, ModelFormat, Recipe, load_recipe
-from edgepack.running import measure
+from edgepack.running import measure, run_folder
 from edgepack.running.cache import StepCache, cache_key
 from edgepack.running.context import RunContext
 from edgepack.running.data import load_eval_data, verification_samples
@@ -54,18 +55,25 @@ def pack(
     run_dir = Path(out or Path("runs") / recipe.name).resolve()
     created = not run_dir.exists()
     _make_run_dir(run_dir)
-    _seed_everything(recipe.seed)
-    steps = Steps(quiet=quiet)
-    try:
-        ctx = _start(recipe, run_dir, steps, recipe_folder)
-    except BaseException:
-        if created:  # a run that fails while loading leaves no folder behind (this call made it; nothing is cached)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    for config in recipe.stages:
-        _run_stage(ctx, config)
-    _bench_all(ctx, rebench)
-    results = write_run_outputs(ctx)
+    with run_folder.locked(run_dir):
+        run_folder.remove_stale_temp_files(run_dir)
+        _seed_everything(recipe.seed)
+        steps = Steps(quiet=quiet)
+        try:
+            ctx = _start(recipe, run_dir, steps, recipe_folder)
+        except BaseException:
+            if created:  # a run that fails while loading leaves no folder behind (this call made it; nothing cached)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        try:
+            for config in recipe.stages:
+                _run_stage(ctx, config)
+            _bench_all(ctx, rebench)
+        except Exception as error:  # not a Ctrl-C: that run resumes from the cache, it has nothing to report
+            with contextlib.suppress(Exception):  # a report that cannot be written must not hide why the run failed
+                write_run_outputs(ctx, failure={"step": steps.failed_step, "error": str(error)})
+            raise
+        results = write_run_outputs(ctx)
     return PackResult(run_dir, results)
 
 

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.status import Status
 
+from edgepack.running import interrupts
+
 # Without a terminal (a CI log), a long step prints a plain progress line at most this often (and at every
 # milestone, e.g. an epoch's end, at most once a second), so a log shows it is alive without filling up.
 PLAIN_LINE_SECONDS = 10.0
@@ -34,6 +36,7 @@ class StepRecord:
 class Steps:
     quiet: bool = False
     records: list[StepRecord] = field(default_factory=list)
+    failed_step: str | None = None  # the step a failed run stopped in
     # The console writes to its own copy of stderr, so it keeps working while a step's native output is captured.
     console: Console = field(default_factory=lambda: Console(file=_own_stderr(), highlight=False))
     _active: StepProgress | None = None
@@ -44,13 +47,17 @@ class Steps:
         started = time.perf_counter()
         status = None if self.quiet or cached else self.console.status(description + " ...")
         self._active = None if status is None else StepProgress(self.console, name, status)
-        with status or contextlib.nullcontext(), native_stderr_captured():
-            try:
-                yield record
-            finally:
-                if self._active is not None:
-                    self._active.close()
-                self._active = None
+        try:
+            with status or contextlib.nullcontext(), native_stderr_captured(), interrupts.running(name):
+                try:
+                    yield record
+                finally:
+                    if self._active is not None:
+                        self._active.close()
+                    self._active = None
+        except BaseException:
+            self.failed_step = name
+            raise
         record.seconds = round(time.perf_counter() - started, 3)
         self.records.append(record)
         self._say(description, record)
@@ -137,6 +144,8 @@ def native_stderr_captured() -> Iterator[None]:
             yield
         except BaseException:
             os.dup2(saved, 2)
+            if interrupts.interrupted():  # the user stopped it: a library's log is no clue to anything
+                raise
             capture.seek(0)
             tail = capture.read().decode(errors="replace")[-3000:]
             if tail.strip():

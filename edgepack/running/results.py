@@ -64,14 +64,22 @@ def build_results(ctx) -> dict:
     return results
 
 
-def write_run_outputs(ctx) -> dict:
-    """results.json first (the one source), then everything derived from it."""
+def write_run_outputs(ctx, failure: dict | None = None) -> dict:
+    """results.json first (the one source), then everything derived from it. A run that failed after loading
+    (``failure``: the step and the error) keeps what it measured, with ``status: failed`` and the error; it has no
+    manifest: an app must not ship from a run that did not finish."""
     from edgepack.reports.manifest import write_manifest
     from edgepack.reports.report import write_reports
 
-    results = build_results(ctx)
+    if failure is not None:
+        for record in ctx.records.values():  # the artifacts the failure came before were not benchmarked
+            record.setdefault("bench", [])
+    results = build_results(ctx) | ({} if failure is None else {"status": "failed", "failure": failure})
     write_text_atomic(ctx.run_dir / "results.json", json.dumps(results, indent=2))
     write_text_atomic(ctx.run_dir / "recipe.yaml", recipe_to_yaml(ctx.recipe))
-    write_manifest(ctx.run_dir, results)
+    if failure is None:
+        write_manifest(ctx.run_dir, results)
+    else:
+        (ctx.run_dir / "manifest.json").unlink(missing_ok=True)  # an earlier run's would describe other files
     write_reports(ctx.run_dir, results)
     return results

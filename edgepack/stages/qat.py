@@ -70,7 +70,8 @@ def run_qat(config: QatConfig, inputs: list[Artifact], ctx: StageContext) -> Sta
     (parent,) = inputs
     module = ctx.editable_module(parent)
     data, held_out = _split(config, ctx)
-    with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+    # Named like every temp file of a run (.*.tmp): a killed run's is removed by the next.
+    with tempfile.TemporaryDirectory(prefix=".qat-", suffix=".tmp", dir=ctx.run_dir) as tmp:
         float_onnx = _export(ctx, module, Path(tmp) / "before.onnx")
         start, example = _starting_calibration(config, ctx, float_onnx, data)
         model = prepare_qat(

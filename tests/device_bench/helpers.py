@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,21 @@ def edgepack_cli(*arguments: str) -> subprocess.CompletedProcess:
     """`edgepack ARGUMENTS...` in a subprocess, from the repository root, as a user runs it."""
     command = [sys.executable, "-m", "edgepack.cli", *arguments]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The pids of the processes whose command line holds ``text`` (arguments are separated by NUL bytes)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ import pytest
 from edgepack.device_bench import BenchOptions, bench, run_on_target
 
 from edgepack.core.errors import BenchError
+from tests.device_bench.helpers import REPO, cpu_seconds, processes_mentioning
 
 FAKE_ADB = Path(__file__).with_name("fake_adb.py")
 SERIAL = "emulator-5554"
@@ -132,3 +136,21 @@ def test_a_missing_adb_says_where_to_get_it(onnx_model, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no adb anywhere on it
     with pytest.raises(BenchError, match="adb is not on PATH: install Android SDK Platform-Tools"):
         bench(onnx_model, "adb://anything", BenchOptions())
+
+
+def test_an_interrupted_bench_stops_the_runner_on_the_phone_and_removes_its_folder(phone, onnx_model):
+    """Ctrl-C stops the local adb client, not the phone's processes: only the benchmarking process gets SIGINT here
+    (the stand-in adb would otherwise take it too). The runner must be stopped through a new adb shell."""
+    runs = str(800_000_000 + os.getpid())  # in our runner's argv only; that many runs would take minutes
+    script = (f"from edgepack.device_bench import BenchOptions, bench\n"
+              f"bench({str(onnx_model)!r}, 'adb://{SERIAL}', BenchOptions(runs={runs}, min_seconds=0, "
+              f"remote_python={sys.executable!r}, adb_device_dir={str(phone)!r}))\n")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    while not (runners := processes_mentioning(f"\x00{runs}\x00")):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    while cpu_seconds(runners[0]) < 2:  # past its imports and the model's loading
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGINT)
+    assert "KeyboardInterrupt" in process.communicate(timeout=120)[1]
+    assert processes_mentioning(f"\x00{runs}\x00") == [] and list(phone.iterdir()) == []

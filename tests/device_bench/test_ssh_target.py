@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from edgepack.device_bench import BenchOptions, bench, run_on_target
 import edgepack
 from edgepack.core.errors import BenchError
 from edgepack.recipe import parse_recipe
-from tests.device_bench.helpers import conv_relu_recipe, edgepack_cli
+from tests.device_bench.helpers import REPO, conv_relu_recipe, cpu_seconds, edgepack_cli, processes_mentioning
 from tests.device_bench.sshd import SSHD, free_port, make_key, start_sshd
 
 pytestmark = pytest.mark.skipif(
@@ -43,17 +47,6 @@ def options_for(server, **changes) -> BenchOptions:
 def bench_folders() -> set[str]:
     """The temporary folders the ssh target makes on the "device" (here the same machine's /tmp)."""
     return set(glob.glob("/tmp/edgepack-bench.*"))
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # the process ended while we looked
-            continue
-    return pids
 
 
 def test_a_record_comes_back_like_the_hosts_and_the_folder_is_removed(sshd, tflite_model):
@@ -150,3 +143,27 @@ def test_the_command_line_reaches_the_ssh_target(sshd, tflite_model):
     done = edgepack_cli("bench", str(tflite_model), "--target", sshd.target, *flags)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["target"] == sshd.target
+
+
+def test_ctrl_c_during_an_ssh_bench_stops_the_runner_on_the_device_and_removes_its_folder(sshd, onnx_model):
+    # Our runner on the "device" is the process other than edgepack with this test's run count in its argv (runs that
+    # would take minutes if left alone): python FOLDER/runner.py FOLDER/model.onnx --runs RUNS ...
+    runs = str(900_000_000 + os.getpid())
+    flags = ["--identity-file", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)]
+    flags += ["--remote-python", sys.executable, "--runs", runs, "--min-seconds", "0"]
+    command = [sys.executable, "-m", "edgepack.cli", "bench", str(onnx_model), "--target", sshd.target, *flags]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    while not (runners := [pid for pid in processes_mentioning(f"\x00{runs}\x00") if pid != process.pid]):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    argv = Path(f"/proc/{runners[0]}/cmdline").read_bytes().decode().split("\0")
+    folder = Path(next(word for word in argv if word.endswith("/runner.py"))).parent
+    while cpu_seconds(runners[0]) < 2:  # past its imports and the model's loading (the folder may go after that)
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the user's terminal: edgepack's process group, not the device
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (130, "interrupted during bench; re-run to resume\n")
+    assert folder.name.startswith("edgepack-bench.") and not folder.exists()
+    assert processes_mentioning(str(folder)) == []  # neither the runner nor the shell waiting for it

@@ -1,5 +1,6 @@
 """Bad input, table-driven (issue 16): each case is what a user passes on the command line, and the answer is exit 1
-with one `error:` line (never `internal error`) naming the culprit, and no run folder left behind by a failed pack.
+with one `error:` line (never `internal error`) naming the culprit, and no run folder left behind by a pack that
+fails while loading; one that fails later (``late``) keeps what it measured: results.json with the failure, no manifest.
 
 A case's ``make(tmp)`` writes what it needs under ``tmp`` and returns the CLI arguments; a pack case writes to
 ``tmp/run``, which must not exist afterwards.
@@ -7,6 +8,7 @@ A case's ``make(tmp)`` writes what it needs under ``tmp`` and returns the CLI ar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ class Case:
     make: Callable[[Path], list[str]]
     culprit: tuple[str, ...]  # every one appears in the error line
     absent: tuple[str, ...] = ()  # none appears anywhere in stderr (e.g. advice to load a pickle unsafely)
+    late: bool = False  # fails after loading: the run folder keeps what was measured, with the failure named
 
 
 def _pack(tmp: Path, recipe: dict | str, *extra: str) -> list[str]:
@@ -151,6 +154,25 @@ def _null_section(section: str, override: str) -> Callable[[Path], list[str]]:
     return lambda tmp: _pack(tmp, _mlp(**{section: None}), "--set", override)
 
 
+def _untrained(factory: str, shape: list[int], **extra) -> dict:
+    model = {"factory": f"tests.models:{factory}", "inputs": [{"name": "x", "shape": shape}], "output_names": ["y"]}
+    return {"name": factory, "model": model, "bench": None, "robustness": None} | extra
+
+
+def _structured_prune_transformer(tmp: Path) -> list[str]:
+    stages = [{"stage": "prune", "method": "structured", "amount": 0.5}, "export"]
+    return _pack(tmp, _untrained("tiny_transformer", [1, 8, 8], task="other", stages=stages))
+
+
+def _int16x8_hardswish(tmp: Path) -> list[str]:
+    stages = ["export", {"stage": "quantize", "precision": "int16x8"}]
+    return _pack(tmp, _untrained("depthwise_net", [1, 1, 8, 8], data={"source": "digits"}, stages=stages))
+
+
+def _unreachable_ssh_target(tmp: Path) -> list[str]:
+    return _pack(tmp, _mlp(stages=["export"], targets=["ssh://nobody@127.0.0.1:9"], bench={"runs": 3}))
+
+
 CASES = [
     Case("three labels for ten logits", lambda t: _pack(t, _mlp(labels=["a", "b", "c"])),
          ("'labels' lists 3 class names", "10 scores")),
@@ -192,6 +214,12 @@ CASES = [
          ("cannot create the run folder /sys/edgepack-run", "choose another --out")),
     Case("gate: results.json lacks keys", _results_without_keys("gate"), ("results.json lacks the key(s)", "recipe")),
     Case("report: results.json lacks keys", _results_without_keys("report"), ("results.json lacks the key(s)",)),
+    Case("structured pruning of a transformer", _structured_prune_transformer,
+         ("pruning the channels of 'blocks.1.attn.qkv'", "ignored_layers", "unstructured pruning"), late=True),
+    Case("int16x8 TFLite of a HardSwish", _int16x8_hardswish,
+         ("'n0' (op HardSwish)", "torch module '2' (Hardswish)", "formats: [onnx]"), late=True),
+    Case("unreachable ssh target", _unreachable_ssh_target, ("ssh://nobody@127.0.0.1:9", "cannot reach 127.0.0.1:9"),
+         late=True),
 ]  # fmt: skip
 
 
@@ -210,4 +238,9 @@ def test_bad_input_is_one_clear_error_line(case: Case, tmp_path):
         assert culprit in lines[-1], lines[-1]
     for text in case.absent:
         assert text not in done.stderr + done.stdout, done.stderr
-    assert not (tmp_path / "run").exists()  # a failed pack leaves no run folder behind
+    if not case.late:
+        assert not (tmp_path / "run").exists()  # a pack failing while it loads leaves no run folder behind
+        return
+    results = json.loads((tmp_path / "run" / "results.json").read_text())  # what was measured before the failure
+    assert results["status"] == "failed" and lines[-1] == f"error: {results['failure']['error']}"
+    assert not (tmp_path / "run" / "manifest.json").exists()

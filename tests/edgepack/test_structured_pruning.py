@@ -263,3 +263,20 @@ def test_model_whose_output_has_no_gradient_is_not_silently_left_alone():
     with pytest.raises(PruningError, match=r"no channel of ArgmaxNet could be removed.*argmax.*return the logits"):
         prune_channels(model, EXAMPLE, ratio=0.5)
     assert model.conv.out_channels == 8
+
+
+def test_a_transformer_the_dependency_graph_cannot_follow_is_named_and_left_unpruned():
+    model = models.tiny_transformer().eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    tokens = (torch.zeros(1, 8, 8),)
+    with pytest.raises(PruningError) as caught:  # Torch-Pruning's own IndexError, from its importance of qkv's group
+        prune_channels(model, tokens, ratio=0.5)
+    message = str(caught.value)
+    assert message.startswith("Torch-Pruning failed pruning the channels of 'blocks.1.attn.qkv': IndexError: index")
+    assert "The model was left unpruned" in message and "ignored_layers" in message and "unstructured" in message
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    # What the message advises works: all but the MLPs' first Linear ignored, their hidden width halves.
+    kept = [name for name, layer in model.named_modules() if isinstance(layer, nn.Linear) and name[-5:] != "mlp.0"]
+    report = prune_channels(model, tokens, ratio=0.5, ignored_layers=kept)
+    assert {name: counts for name, counts in report.channels.items() if counts[0] != counts[1]} == {
+        "blocks.0.mlp.0": [64, 32], "blocks.1.mlp.0": [64, 32]}  # fmt: skip
