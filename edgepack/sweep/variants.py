@@ -66,8 +66,11 @@ def _variant(path: Path, pairs: list[tuple[str, str]]) -> Variant:
     overrides = [f"{key}={value}" for key, value in pairs]
     try:
         recipe = load_recipe(path, overrides)
-    except RecipeError as e:  # the --set parser's message, told as the grid's
-        raise RecipeError(str(e).replace("--set ", "--grid ", 1)) from e
+    except RecipeError as e:  # the --set parser's message told as the grid's; the recipe's, naming the grid values
+        text = str(e)
+        raise RecipeError(
+            f"--grid {text[6:]}" if text.startswith("--set ") else f"with --grid {' '.join(overrides)}: {text}"
+        ) from e
     inputs = input_files(recipe)
     hashes = {key: _content_hash(p) for key, p in sorted(inputs.items())}
     key = cache_key("sweep-variant", sha256_file(path), overrides, hashes, __version__)
