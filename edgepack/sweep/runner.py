@@ -79,6 +79,7 @@ class _Driver:
         self.tracker = _tracker_class(ray).remote()
         self.pending: dict = {}  # ObjectRef -> Variant
         self.shipped: dict[Path, object] = {}  # file -> ObjectRef of its bytes, put once for every variant
+        self.node_ips: dict[str, str] = {}
 
     def run(self, todo: list[Variant], max_parallel: int, rows: dict) -> None:
         queue = list(todo)
@@ -117,6 +118,12 @@ class _Driver:
         blobs = [self._put(path) for path in variant.inputs.values()]
         return self.remote.options(**options).remote(spec, self._put(variant.recipe_path), *blobs)
 
+    def _node_ip(self, node_id: str) -> str | None:
+        """The address the node was started with (two nodes of one machine share its IP but not their ids)."""
+        if node_id not in self.node_ips:
+            self.node_ips = {n["NodeID"]: n["NodeManagerAddress"] for n in self.ray.nodes()}
+        return self.node_ips.get(node_id)
+
     def _put(self, path: Path):
         if path not in self.shipped:
             data = tar_folder(path) if path.is_dir() else path.read_bytes()
@@ -128,7 +135,7 @@ class _Driver:
             record, run_tar = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:  # the worker died (out of memory, a native crash), or cancelled
             return _row(variant, {"status": "failed", "error": one_line_error(e)})
-        row = _row(variant, record)
+        row = _row(variant, record | {"node_ip": self._node_ip(record["node_id"])})
         if run_tar is not None:
             _unpack_run(run_tar, self.out / "variants" / variant.name)
         if row["status"] == "ok":

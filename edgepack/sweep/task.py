@@ -38,10 +38,10 @@ def run_variant(spec: TaskSpec, recipe_bytes: bytes | None = None, *blobs: bytes
     """(the variant's record, the run folder as tar bytes when the inputs were shipped)."""
     import ray
 
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    node = ray.get_runtime_context().get_node_id()
     if spec.tracker is not None:
-        spec.tracker.started.remote(spec.name, node["node_id"])
-    record = {"name": spec.name, **node, "started": time.time()}
+        spec.tracker.started.remote(spec.name, node)
+    record = {"name": spec.name, "node_id": node, "started": time.time()}
     try:
         if recipe_bytes is None:
             record |= _pack(spec, Path(spec.recipe_path), Path(spec.run_dir), spec.overrides)
