@@ -1,7 +1,8 @@
 """edgepack sweep --address on a real two-node Ray cluster on this machine (head and worker on 127.0.0.1, each with
 one CPU, its own temp folder and its own resource): the variants spread over both nodes, their inputs shipped by
 content and their run folders brought back, with the results of packing each alone. Both nodes are stopped at the
-end by killing the process groups this test started (never `ray stop`, which stops every Ray of the user).
+end by killing the process groups this test started (never `ray stop`, which stops every Ray of the user). And Ctrl-C
+on a local sweep, in a process of its own.
 
 Marker ray_cluster: deselected by default; `./dev.sh test -m ray_cluster` (and .ci/run, bounded) runs it."""
 
@@ -112,3 +113,24 @@ def test_sweep_on_a_two_node_cluster_spreads_the_variants_and_gets_the_same_resu
         assert (out / row["run_dir"] / "results.json").is_file() and (out / row["run_dir"] / "report.html").is_file()
         alone = packed_alone(recipe, f"model.weights={tmp_path / f'w{scale}.pt'}", tmp_path / f"alone{scale}")
         assert hashes(row["artifacts"]) == alone
+
+
+def test_ctrl_c_cancels_the_running_variants_and_records_what_finished(tmp_path, trained_weights):
+    """SIGINT once the first variant has started: the running tasks are cancelled (ray.cancel), sweep.json says
+    which variants were cancelled, one line says how to resume, and the local Ray is gone."""
+    recipe, grid = sweep_inputs(tmp_path, trained_weights("conv_net"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "edgepack.cli", "sweep", str(recipe), "--grid", grid, "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": str(REPO)} | NO_TOKEN
+    sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not any((out / "variants").glob("*/.cache")) and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: sweep interrupted: ")
+    assert "run the same command again to resume" in stderr
+    rows = json.loads((out / "sweep.json").read_text())["variants"]
+    assert len(rows) == 4 and "cancelled" in {r["status"] for r in rows}
