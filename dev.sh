@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ]; then
   "$PY" -m venv "$VENV"
   # torch first and pinned: the local CPU wheel; a range left open pulls gigabytes of CUDA packages.
   "$VENV/bin/pip" install -q -c constraints.txt "torch==2.13.0"
-  "$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]"
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[dev,ray]"
   rm -f "$VENV"/.edgepack-setup-*
   touch "$stamp"
 fi

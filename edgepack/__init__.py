@@ -1,6 +1,7 @@
 """edgepack: trained model in, verified and benchmarked ONNX/TFLite artifacts out.
 
-``edgepack.pack(recipe_or_path, out=...)`` runs a recipe and returns a ``PackResult``. They are loaded on first use so
+``edgepack.pack(recipe_or_path, out=...)`` runs a recipe and returns a ``PackResult``; ``edgepack.sweep(...)`` runs
+many variants of recipes on Ray. They are loaded on first use so
 that ``import edgepack`` stays cheap (torch and TensorFlow load only when a run needs them).
 """
 
@@ -15,7 +16,7 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "converters" / "__init__.py").is_file():
     __path__.append(str(_CHECKOUT))
 
-__all__ = ["PackResult", "__version__", "pack"]
+__all__ = ["PackResult", "__version__", "pack", "sweep"]
 
 
 def __getattr__(name: str):
@@ -23,4 +24,8 @@ def __getattr__(name: str):
         from edgepack.running import pipeline
 
         return getattr(pipeline, name)
+    if name == "sweep":  # the subpackage, callable: edgepack.sweep(recipe, grid=[...]) (Ray loads only when it runs)
+        import edgepack.sweep
+
+        return edgepack.sweep
     raise AttributeError(f"module 'edgepack' has no attribute {name!r}")

@@ -260,6 +260,11 @@ def gate(
     _finish_gate(check_run(run_dir, flags))
 
 
+from edgepack.sweep.cli import sweep_command  # noqa: E402  (Ray loads only when a sweep runs)
+
+app.command("sweep")(sweep_command)
+
+
 @app.command()
 def stages(name: Annotated[str | None, typer.Argument(help="A stage to describe; all stages when omitted.")] = None):
     """List the stages a recipe can name, or one stage's settings (key, default, what it does)."""

@@ -17,7 +17,7 @@ import numpy as np
 from edgepack.core.artifacts import Artifact, Format, TensorSpec, ancestors, sha256_file
 from edgepack.core.version import __version__
 from edgepack.recipe import STAGE_DATA_KEYS, ModelFormat, Recipe, load_recipe
-from edgepack.running import measure, run_folder
+from edgepack.running import bench_guard, measure, run_folder
 from edgepack.running.cache import StepCache, cache_key
 from edgepack.running.context import RunContext
 from edgepack.running.data import load_eval_data, verification_samples
@@ -338,6 +338,7 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options, fresh: bool) -
         about = f"benchmarking {artifact.name} on {target} with {one.threads} thread(s)"
         about += " and verifying its outputs there" if remote else ""
         compute = functools.partial(check.bench, target, one) if remote else functools.partial(bench, path, target, one)
+        compute = bench_guard.guarded(target, compute)  # a sweep's concurrent runs take turns timing (bench_guard)
         ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute, fresh))
 
 
