@@ -24,8 +24,8 @@ def __getattr__(name: str):
         from edgepack.running import pipeline
 
         return getattr(pipeline, name)
-    if name == "sweep":  # the subpackage, callable: edgepack.sweep(recipe, grid=[...]) (Ray loads only when it runs)
-        import edgepack.sweep
+    if name == "sweep":  # edgepack.sweeps.sweep (Ray loads only when a sweep runs)
+        from edgepack.sweeps import sweep
 
-        return edgepack.sweep
+        return sweep
     raise AttributeError(f"module 'edgepack' has no attribute {name!r}")

@@ -260,7 +260,7 @@ def gate(
     _finish_gate(check_run(run_dir, flags))
 
 
-from edgepack.sweep.cli import sweep_command  # noqa: E402  (Ray loads only when a sweep runs)
+from edgepack.sweeps.cli import sweep_command  # noqa: E402  (Ray loads only when a sweep runs)
 
 app.command("sweep")(sweep_command)
 

@@ -16,7 +16,7 @@ from edgepack.core.errors import RecipeError, UserError
 from edgepack.reports.sweep_page import render_sweep_html
 from edgepack.reports.sweep_summary import best_per_budget, pareto_front, points, sweep_summary
 from edgepack.running.bench_guard import benches_serialised, guarded
-from edgepack.sweep.variants import expand, parse_grid
+from edgepack.sweeps.variants import expand, parse_grid
 from tests.edgepack.helpers import image_recipe, write_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def test_sweep_without_ray_says_how_to_install_it(recipe):
 
 
 def test_import_edgepack_never_imports_ray():
-    code = "import sys, edgepack, edgepack.cli, edgepack.sweep; print('ray' in sys.modules, callable(edgepack.sweep))"
+    code = "import sys, edgepack, edgepack.cli, edgepack.sweeps; print('ray' in sys.modules, callable(edgepack.sweep))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["False", "True"], done.stderr
 

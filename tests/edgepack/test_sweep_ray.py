@@ -9,7 +9,7 @@ import json
 import pytest
 
 import edgepack
-from edgepack.sweep import runner
+from edgepack.sweeps import runner
 from tests.edgepack.sweep_helpers import SCALES, hashes, packed_alone, sweep_inputs
 
 pytest.importorskip("ray")

@@ -18,10 +18,10 @@ from pathlib import Path
 from edgepack.core.artifacts import write_text_atomic
 from edgepack.core.errors import UserError
 from edgepack.reports.sweep_summary import sweep_summary, variant_figures
-from edgepack.sweep.progress import SweepProgress
-from edgepack.sweep.ray_session import device_resources, ray_session
-from edgepack.sweep.task import TaskSpec, one_line_error, run_variant, tar_folder
-from edgepack.sweep.variants import Variant
+from edgepack.sweeps.progress import SweepProgress
+from edgepack.sweeps.ray_session import device_resources, ray_session
+from edgepack.sweeps.task import TaskSpec, one_line_error, run_variant, tar_folder
+from edgepack.sweeps.variants import Variant
 
 VARIANT_RECORD = "sweep-variant.json"  # in a finished variant's run folder: its key and record, for a re-run
 

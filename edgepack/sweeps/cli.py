@@ -1,4 +1,4 @@
-"""``edgepack sweep``: the command line of edgepack.sweep (registered in edgepack/cli.py)."""
+"""``edgepack sweep``: the command line of edgepack.sweeps.sweep (registered in edgepack/cli.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def sweep_command(
 ):
     r"""Pack every variant (recipes x grid values) as Ray tasks; write sweep.json and sweep.html (Pareto front, best
     variant per gate budget). Needs Ray: pip install 'edgepack\[ray]'."""
-    import edgepack.sweep
+    from edgepack.sweeps import sweep
 
     paths = [recipe] + [Path(p.strip()) for p in (recipes or "").split(",") if p.strip()]
-    result = edgepack.sweep(paths, grid or [], out=out_dir, address=address, max_parallel=max_parallel, quiet=quiet)
+    result = sweep(paths, grid or [], out=out_dir, address=address, max_parallel=max_parallel, quiet=quiet)
     counts = result.summary["counts"]
     print(f"{counts['ok']} of {len(result.variants)} variants finished, {counts['failed']} failed; "
           f"{result.out / 'sweep.json'}, {result.out / 'sweep.html'}")  # fmt: skip

@@ -1,14 +1,12 @@
 """Sweeps on Ray: many recipes x grid values, each variant an ordinary pack run executed as a Ray task.
 
-``edgepack.sweep("recipe.yaml", grid=["stages.2.method=minmax,entropy"], out="runs/sweep")`` returns a
+``sweep("recipe.yaml", grid=["stages.2.method=minmax,entropy"], out="runs/sweep")`` (also ``edgepack.sweep``) returns a
 ``SweepResult`` (the content of sweep.json); ``edgepack sweep`` is the same on the command line. Ray is an optional
 extra (``pip install 'edgepack[ray]'``) and is imported only when a sweep runs: ``import edgepack`` never loads it.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 
@@ -27,8 +25,8 @@ def sweep(
     Ray instance of ``num_cpus`` (default: every core) runs them; with one (auto, HOST:PORT, ray://HOST:PORT) the
     cluster does, the recipe and its files shipped by content."""
     from edgepack.core.errors import UserError
-    from edgepack.sweep.runner import run_sweep
-    from edgepack.sweep.variants import expand, parse_grid
+    from edgepack.sweeps.runner import run_sweep
+    from edgepack.sweeps.variants import expand, parse_grid
 
     paths = [Path(recipes)] if isinstance(recipes, str | Path) else [Path(p) for p in recipes]
     specs = [f"{k}={','.join(map(str, v))}" for k, v in grid.items()] if isinstance(grid, dict) else list(grid)
@@ -37,14 +35,3 @@ def sweep(
     variants = expand(paths, parse_grid(specs))
     folder = Path(out) if out is not None else Path("runs") / f"{variants[0].recipe.name}-sweep"
     return run_sweep(variants, folder, address=address, max_parallel=max_parallel, num_cpus=num_cpus, quiet=quiet)
-
-
-class _CallableModule(types.ModuleType):
-    """``edgepack.sweep`` is this package and, called, the function above: ``edgepack.sweep(...)`` works whether or
-    not the package was imported first (importing it replaces the package attribute with the module)."""
-
-    def __call__(self, *args, **kwargs):
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
