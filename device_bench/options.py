@@ -29,7 +29,7 @@ class BenchOptions(BaseModel):
     input_values: dict[str, Path] = Field(
         {},
         description="Input name -> .npy file fed as that input instead of random data (a sample rate, a state); "
-        "host target only. A pack fills it from model.inputs' 'value'.",
+        "an ssh or adb device gets a copy in the benchmark's folder. A pack fills it from model.inputs' 'value'.",
     )
     timeout_seconds: float = Field(300, gt=0, description="Seconds before the runner process is stopped.")
     remote_python: str = Field("python3", description="Python command on an ssh or adb device.")

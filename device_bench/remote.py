@@ -122,6 +122,7 @@ def bench_with_runner(
     device_samples, device_outputs = (f"{folder}/samples.npz", f"{folder}/outputs.npz") if samples else (None, None)
     if samples is not None:
         shell.upload(samples.samples, device_samples, options.timeout_seconds)
+    options = with_values_on_device(shell, folder, options)
     arguments = runner_arguments(device_model, options, device_samples, device_outputs)
     words = [options.remote_python, f"{folder}/runner.py", *arguments]
     result = run_in_background(shell, folder, words, model_path, options)
@@ -139,6 +140,16 @@ def bench_with_runner(
     return record
 
 
+def with_values_on_device(shell: RemoteShell, folder: str, options: BenchOptions) -> BenchOptions:
+    """The input value files (a sample rate, a state) copied into the folder (removed with it); the runner there
+    reads those copies."""
+    copies = {}
+    for index, (name, local) in enumerate(sorted(options.input_values.items())):
+        copies[name] = f"{folder}/input-{index}.npy"  # the input's name may hold characters a file name cannot
+        shell.upload(Path(local), copies[name], options.timeout_seconds)
+    return options.model_copy(update={"input_values": copies})
+
+
 def fetch_outputs(shell: RemoteShell, remote: str, local: Path, model_path: Path, options: BenchOptions) -> None:
     content = shell.read_bytes(remote, options.timeout_seconds)
     if content is None:
@@ -149,6 +160,9 @@ def fetch_outputs(shell: RemoteShell, remote: str, local: Path, model_path: Path
 def bench_with_binary(
     shell: RemoteShell, folder: str, model_path: Path, device_model: str, options: BenchOptions
 ) -> dict:
+    if options.input_values:
+        cause = "benchmark_model is given no input values (--input); leave benchmark_model unset to use the runner"
+        raise bench_failure(model_path, shell.target, cause)
     binary = f"{folder}/benchmark_model"
     shell.upload(options.benchmark_model, binary, options.timeout_seconds)
     shell.run(f"chmod 755 {shlex.quote(binary)}", HOUSEKEEPING_SECONDS)

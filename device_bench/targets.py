@@ -101,9 +101,6 @@ def bench_with_samples(path: Path, target: str, options: BenchOptions, samples: 
     if len(options.thread_counts) != 1:
         message = f"bench() gives one record for one thread count, got threads={options.threads}"
         raise UserError(message + "; use bench_each_thread_count() for a list")
-    if options.input_values and target != "host":
-        raise UserError(f"--input (input_values) feeds files from this machine: only the host target reads them, "
-                        f"not {target!r}; bench there without it, or on the host")  # fmt: skip
     record = parse_target(target).bench(path, options, samples)
     return record | {"energy": (record.get("energy") or {}) | {"proxy": energy_proxy(path)}}
 

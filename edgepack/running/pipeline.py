@@ -325,7 +325,7 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options, fresh: bool) -
     from edgepack.running.on_target import TargetCheck, is_remote
 
     shaped = options.model_copy(update={"input_shapes": _bench_shapes(ctx, artifact) | options.input_shapes})
-    runs = [(target, _with_values(ctx, shaped, target).with_threads(n))
+    runs = [(target, _with_values(ctx, shaped).with_threads(n))
             for target in ctx.recipe.targets for n in options.thread_counts]  # fmt: skip
     check, path = TargetCheck(ctx, artifact), ctx.artifact_path(artifact)
     for target, one in runs:
@@ -342,10 +342,10 @@ def _bench_artifact(ctx: RunContext, artifact: Artifact, options, fresh: bool) -
         ctx.records[artifact.name]["bench"].append(_cached_record(ctx, "bench", key, step, about, compute, fresh))
 
 
-def _with_values(ctx: RunContext, options, target: str):
-    """The recipe's input values (a sample rate, a state) for the host, which reads the files where they are."""
+def _with_values(ctx: RunContext, options):
+    """The recipe's input values (a sample rate, a state): the host reads the files, a device gets copies."""
     values = {i.name: i.value for i in ctx.recipe.model.inputs if i.value is not None} | options.input_values
-    return options.model_copy(update={"input_values": values if target == "host" else {}})
+    return options.model_copy(update={"input_values": values})
 
 
 def _bench_shapes(ctx: RunContext, artifact: Artifact) -> dict[str, list[int]]:

@@ -72,6 +72,19 @@ def test_samples_travel_over_ssh_and_their_outputs_come_back_byte_for_byte(sshd,
     assert bench_folders() == before  # the samples and outputs went with the folder
 
 
+def test_an_input_value_file_travels_with_the_model_and_is_fed_there(sshd, onnx_model, tmp_path):
+    """--input NAME=FILE.npy on a device: the file is copied into the benchmark's folder (and removed with it), and
+    the runner there feeds it; a value of the wrong shape fails in the device's runtime, which proves it was fed."""
+    before = bench_folders()
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 8, 8), np.float32))
+    record = bench(onnx_model, sshd.target, options_for(sshd, input_values={"x": tmp_path / "x.npy"}))
+    assert record["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    np.save(tmp_path / "wrong.npy", np.ones((1, 3, 8, 5), np.float32))
+    with pytest.raises(BenchError, match=r"on target 'ssh://.*(8, 5|8,5|5\b|dimensions)"):
+        bench(onnx_model, sshd.target, options_for(sshd, input_values={"x": tmp_path / "wrong.npy"}))
+    assert bench_folders() == before
+
+
 def test_an_unknown_host_key_is_refused_with_the_command_that_accepts_it(sshd, tflite_model, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
