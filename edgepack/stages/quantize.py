@@ -23,7 +23,7 @@ from edgepack.calibration.sensitivity import AccuracyTarget
 from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_float_onnx
 from edgepack.stages.handoffs import QatRanges
-from edgepack.stages.quantize_accuracy import EQUALIZED, apply_bias_correction, prepare_float_model
+from edgepack.stages.quantize_accuracy import EQUALIZED, apply_bias_correction, apply_smoothing, prepare_float_model
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
 from edgepack.stages.registry import Measurement, register_stage
 
@@ -96,6 +96,7 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     calibration = trained_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
     if calibration is None:
         dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
+        apply_smoothing(config, prepared, dataset)
         calibration = calibrate(prepared.model, dataset, config, description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, ctx.batch_size)
     seconds = time.perf_counter() - started
@@ -238,7 +239,7 @@ def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: Quan
     trained = ctx.handoff(QatRanges, exported_from) if exported_from is not None else None
     if trained is None:
         return None
-    changed = [k for k in ("cross_layer_equalization", "bias_correction") if getattr(scheme, k)]
+    changed = [k for k in ("cross_layer_equalization", "bias_correction", "smooth_quant") if getattr(scheme, k)]
     changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
     if changed:
         raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "

@@ -113,6 +113,19 @@ def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: 
     return artifact
 
 
+def apply_smoothing(config, prepared: FloatPreparation, dataset) -> None:
+    """SmoothQuant when the scheme asks: the smoothed model computes what the source does, so, like pad folding, it
+    is no artifact of its own; what was smoothed (and what was not, and why) goes into the integer files' details."""
+    if config.smooth_quant is None:
+        return
+    from edgepack.calibration.smoothing import smooth_quant
+
+    smoothing = smooth_quant(prepared.model, dataset.head(config.samples), config.smooth_quant.alpha)
+    prepared.details["smooth_quant"] = smoothing.summary()
+    if smoothing.smoothed:
+        prepared.model, prepared.source_holds_model = smoothing.model, False
+
+
 def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int):
     """Measure the bias correction of every quantized Conv/Gemm when the scheme asks (each file applies it where its
     layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
