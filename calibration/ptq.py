@@ -50,6 +50,10 @@ class QuantScheme(BaseModel):
     smooth_quant: SmoothQuant | None = Field(None, description="Before calibrating, move activation outliers into "
         "the weights of the MatMul/Gemm layers reading them (SmoothQuant, Xiao et al. 2023), e.g. {alpha: 0.5}; "
         "the float model keeps its function (calibration/smoothing.py).")  # fmt: skip
+    weight_rounding: Literal["nearest", "adaround"] = Field("nearest", description="How int8 weights are rounded: "
+        "nearest, or adaround: per Conv/Gemm/MatMul, learn up or down for each weight against the layer's float "
+        "output on the calibration data (Nagel et al. 2020; same scales, both files; seconds per model in the "
+        "details, calibration/adaround.py).")  # fmt: skip
 
     @property
     def activation_dtype(self) -> str:

@@ -23,7 +23,13 @@ from edgepack.calibration.sensitivity import AccuracyTarget
 from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_float_onnx
 from edgepack.stages.handoffs import QatRanges
-from edgepack.stages.quantize_accuracy import EQUALIZED, apply_bias_correction, apply_smoothing, prepare_float_model
+from edgepack.stages.quantize_accuracy import (
+    EQUALIZED,
+    apply_adaround,
+    apply_bias_correction,
+    apply_smoothing,
+    prepare_float_model,
+)
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
 from edgepack.stages.registry import Measurement, register_stage
 
@@ -97,6 +103,7 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     if calibration is None:
         dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
         apply_smoothing(config, prepared, dataset)
+        apply_adaround(config, prepared, dataset)
         calibration = calibrate(prepared.model, dataset, config, description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, ctx.batch_size)
     seconds = time.perf_counter() - started
@@ -241,6 +248,7 @@ def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: Quan
         return None
     changed = [k for k in ("cross_layer_equalization", "bias_correction", "smooth_quant") if getattr(scheme, k)]
     changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
+    changed += [] if scheme.weight_rounding == "nearest" else [f"weight_rounding: {scheme.weight_rounding}"]
     if changed:
         raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
                           f"ranges); remove {changed} from it")  # fmt: skip

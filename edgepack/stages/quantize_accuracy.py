@@ -126,6 +126,21 @@ def apply_smoothing(config, prepared: FloatPreparation, dataset) -> None:
         prepared.model, prepared.source_holds_model = smoothing.model, False
 
 
+def apply_adaround(config, prepared: FloatPreparation, dataset) -> None:
+    """Learned weight rounding when the scheme asks: the weights are put on their int8 grid as learned, so calibration
+    and both writers read those exact integers (their scales unchanged); the cost goes into the details."""
+    if config.weight_rounding != "adaround":
+        return
+    from edgepack.calibration.adaround import adaround_model
+    from edgepack.calibration.plan import plan_quantization
+
+    plan = plan_quantization(prepared.model, skip=set(config.skip_nodes))
+    rounding = adaround_model(prepared.model, plan, dataset.head(config.samples),
+                              per_channel=config.per_channel_weights)  # fmt: skip
+    prepared.details["adaround"] = rounding.summary()
+    prepared.model, prepared.source_holds_model = rounding.model, False
+
+
 def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int):
     """Measure the bias correction of every quantized Conv/Gemm when the scheme asks (each file applies it where its
     layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
