@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgepack.calibration.data_config import DataConfig
 from edgepack.calibration.ptq import Calibration, QuantScheme
@@ -30,6 +30,7 @@ from edgepack.stages.quantize_accuracy import (
     apply_smoothing,
     prepare_float_model,
 )
+from edgepack.stages.quantize_dynamic import dynamic_config_problem, write_dynamic_artifact
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
 from edgepack.stages.registry import Measurement, register_stage
 
@@ -48,10 +49,21 @@ class QuantizeConfig(StageConfig, QuantScheme):
     unsigned_onnx_activations: bool = Field(
         True, description="ONNX int8 activations as uint8 (same grid, zero point + 128): onnxruntime's fast x86 "
                           "kernels are u8s8; set false for s8s8.")  # fmt: skip
+    dynamic_int8: bool = Field(
+        False, description="ONNX only: int8 weights (per channel) and activations quantized by onnxruntime at run "
+        "time (quantize_dynamic), no calibration; for transformers whose static int8 misses the tolerance "
+        "(stages/quantize_dynamic.py).")  # fmt: skip
     accuracy_target: AccuracyTarget | None = Field(
         None, description="Mixed precision: rank layers by measured sensitivity and keep the most sensitive ones "
         "high (ONNX int16, TFLite float) until the drop on the evaluation data meets this; the decisions and "
         "whether the target was met land in each file's details (calibration/sensitivity.py).")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _dynamic_int8_alone(self) -> QuantizeConfig:
+        problem = dynamic_config_problem(self) if self.dynamic_int8 else None
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def float_onnx_and_its_equalized_copy(artifacts: list[Artifact]) -> list[Artifact]:
@@ -68,8 +80,8 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     from edgepack.calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
     from edgepack.converters.normalise import normalised_for_quantization
 
-    if artifact.precision not in (Precision.INT8, Precision.INT16X8):
-        return None
+    if artifact.precision not in (Precision.INT8, Precision.INT16X8) or "dynamic_int8" in artifact.details:
+        return None  # a dynamic file has no fixed grids to measure
     parent = ctx.lineage(artifact)[0]
     # the graph the stage calibrated: its activations' names are those of the normalised parent
     float_model, size = normalised_for_quantization(onnx.load(str(ctx.artifact_path(parent)))), ctx.batch_size
@@ -92,6 +104,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     from edgepack.calibration.ptq import calibrate
 
     source, equalized = inputs[0], (inputs[1:] or [None])[0]
+    if config.dynamic_int8:
+        return StageOutput([write_dynamic_artifact(config, ctx, source)])
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
         from edgepack.converters.onnx_to_tflite import check_16x8_kernels
 
