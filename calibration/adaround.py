@@ -51,7 +51,7 @@ def adaround_model(model: onnx.ModelProto, plan: QuantPlan, dataset: ArrayDatase
     rounded.CopyFrom(model)
     nodes = {n.name: n for n in rounded.graph.node}
     layers = [w for w in plan.weights if _runnable(nodes[w.node])]
-    inputs = _layer_inputs(rounded, sorted({nodes[w.node].input[0] for w in layers}), dataset)
+    inputs = _layer_inputs(rounded, {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}, dataset)
     initializers = {t.name: t for t in rounded.graph.initializer}
     result = AdaRounding(rounded)
     torch.manual_seed(seed)
@@ -86,18 +86,22 @@ def _runnable(node: onnx.NodeProto) -> bool:
     return node.op_type == "MatMul"
 
 
-def _layer_inputs(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset) -> dict[str, np.ndarray]:
-    """Each layer input's values from the float model, at most MAX_ROWS samples' worth."""
-    found: dict[str, list] = {t: [] for t in tensors}
-    for batch in read_tensors(model, tensors, dataset):
-        for name in tensors:
-            found[name].append(batch.real(name))
-    return {name: np.concatenate(parts)[: max(1, MAX_ROWS // _rows_per_sample(parts[0]))] for name, parts in
-            found.items()}  # fmt: skip
+def _layer_inputs(model: onnx.ModelProto, readers: dict[str, str], dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """Each layer input's values from the float model (``readers``: tensor -> the reading op type), the first samples
+    holding MAX_ROWS output positions; only those are kept, so memory stays bounded whatever the data's size."""
+    found: dict[str, list] = {t: [] for t in readers}
+    for batch in read_tensors(model, list(readers), dataset):
+        for name, parts in found.items():
+            wanted = max(1, MAX_ROWS // _positions(batch.values[name], readers[name]))
+            have = sum(len(p) for p in parts)
+            if have < wanted:
+                parts.append(batch.real(name)[: wanted - have])
+    return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
-def _rows_per_sample(values: np.ndarray) -> int:
-    return int(np.prod(values.shape[1:-1])) if values.ndim > 2 else 1
+def _positions(values: np.ndarray, op_type: str) -> int:
+    """Output positions per sample: a Conv's are its spatial ones (N, C, ...), a MatMul's the rows of (N, ..., K)."""
+    return int(np.prod(values.shape[2:] if op_type == "Conv" else values.shape[1:-1]))
 
 
 class _Layer:
