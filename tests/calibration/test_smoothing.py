@@ -72,3 +72,28 @@ def test_a_layer_norm_feeding_a_residual_branch_is_left_alone_with_its_reason():
     assert smoothing.skipped == [{"node": "norm", "reason": "its output is also read by ['Add'] (a residual branch "
                                   "needs it unscaled)"}]  # fmt: skip
     assert smoothing.model.graph.initializer[0] == model.graph.initializer[0]
+
+
+def test_the_quantize_stage_options_prepare_the_float_model_and_record_what_they_did(monkeypatch):
+    """smooth_quant and weight_rounding as the quantize stage runs them (stages/quantize_accuracy.py), before
+    calibrating: the model the files are written from changes, the source artifact stays their parent."""
+    from edgepack.core.artifacts import Artifact, Format
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_accuracy import FloatPreparation, apply_adaround, apply_smoothing
+
+    monkeypatch.setattr("edgepack.calibration.adaround.ITERATIONS", 50)  # the stage's wiring, not the optimisation
+    model, data = norm_then_dense(), ArrayDataset(inputs(16, seed=1))
+    source = Artifact(name="onnx-fp32", format=Format.ONNX, path="m.onnx", sha256="0", bytes=0, stage="export")
+    prepared = FloatPreparation(source, model)
+    config = QuantizeConfig(smooth_quant={"alpha": 0.5}, weight_rounding="adaround")
+    apply_smoothing(config, prepared, data)
+    smoothed = prepared.model
+    assert smoothed is not model and not prepared.source_holds_model
+    assert prepared.details["smooth_quant"]["smoothed"][0]["node"] == "norm"
+    apply_adaround(config, prepared, data)
+    assert prepared.model is not smoothed and [r["node"] for r in prepared.details["adaround"]["layers"]] == ["dense"]
+    assert prepared.source is source
+    untouched = FloatPreparation(source, model)
+    apply_smoothing(QuantizeConfig(), untouched, data)
+    apply_adaround(QuantizeConfig(), untouched, data)
+    assert untouched.model is model and untouched.details == {}
