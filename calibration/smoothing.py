@@ -6,8 +6,8 @@ column anyway. So for each input channel j of the constant-weight MatMul/Gemm la
 s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): X is divided by s and row j of every weight multiplied by it, which
 leaves X @ W unchanged in float and evens out both ranges.
 
-The division is folded into X's producer, so no op is added: a LayerNormalization (its scale and bias divided by
-s) whose output is read by such layers only. That is the pre-norm layout (ViT, GPT-style decoders). In a post-norm
+The division is folded into X's producer, so no op is added: a LayerNormalization, or the Mul -> Add of a
+LayerNorm exported below opset 17 (its scale and bias divided by s), whose output is read by such layers only. That is the pre-norm layout (ViT, GPT-style decoders). In a post-norm
 encoder (BERT, MiniLM) every LayerNorm output is also the residual branch, which needs X itself, so nothing can be
 folded there; each skip is recorded with its reason. (On all-MiniLM-L6-v2 the error comes mostly from the
 feed-forward output and the residual sum, tensors no MatMul input smoothing reaches: benchmarks/transformer_int8.py.)
@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.core.dataset import ArrayDataset
 
-SMOOTHABLE_PRODUCERS = {"LayerNormalization"}
 SHAPE_ONLY_READERS = {"Shape", "Size"}  # read no value: a scaled tensor has the same shape
 MIN_RANGE = 1e-5  # a channel never seen (or a zero weight row) keeps s = 1
 
@@ -51,6 +50,7 @@ class Smoothing:
 @dataclass
 class Site:
     producer: onnx.NodeProto
+    parameters: tuple[str, str]  # the producer's per-channel scale and bias, both divided by s
     readers: list[onnx.NodeProto]  # MatMul/Gemm nodes reading the producer's output as their data input
 
 
@@ -70,47 +70,60 @@ def smooth_quant(model: onnx.ModelProto, dataset: ArrayDataset, alpha: float = 0
 
 
 def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[dict]]:
-    """Every smoothable producer whose output only feeds constant-weight layers that nothing else reads."""
-    consumers = _consumers(graph)
-    weight_readers = {}
+    """Every per-channel affine producer whose output only feeds constant-weight layers that nothing else reads."""
+    consumers, producers = _consumers(graph), {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
-            weight_readers[name] = weight_readers.get(name, 0) + 1
-    initializers = {t.name for t in graph.initializer if len(t.dims) == 2 or t.name in _norm_parameters(graph)}
+            uses[name] = uses.get(name, 0) + 1
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
     sites, skipped = [], []
     for node in graph.node:
-        if node.op_type not in SMOOTHABLE_PRODUCERS:
+        parameters = _affine_parameters(node, producers, shapes, uses)
+        if parameters is None:
             continue
         readers = [r for r in consumers.get(node.output[0], []) if r.op_type not in SHAPE_ONLY_READERS]
-        reason = _unfoldable(node, readers, initializers, weight_readers)
+        reason = _unfoldable(node, parameters, readers, shapes, uses, outputs)
         if reason:
             skipped.append({"node": node.name, "reason": reason})
         else:
-            sites.append(Site(node, readers))
+            sites.append(Site(node, parameters, readers))
     return sites, skipped
 
 
-def _norm_parameters(graph: onnx.GraphProto) -> set[str]:
-    return {name for n in graph.node if n.op_type in SMOOTHABLE_PRODUCERS for name in n.input[1:3]}
+def _affine_parameters(node, producers: dict, shapes: dict, uses: dict) -> tuple[str, str] | None:
+    """(scale, bias) of y = x_normalised x scale + bias per last-axis channel: a LayerNormalization over the last
+    axis, or the Mul -> Add an exporter writes for a LayerNorm below opset 17; None for anything else."""
+    if node.op_type == "LayerNormalization" and len(node.input) == 3:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        return (node.input[1], node.input[2]) if axis == -1 else None
+    if node.op_type != "Add" or len(node.input) != 2:
+        return None
+    bias = next((i for i in node.input if len(shapes.get(i, ())) == 1), None)
+    scaled = producers.get(next((i for i in node.input if i != bias), ""))
+    if bias is None or scaled is None or scaled.op_type != "Mul" or uses.get(scaled.output[0]) != 1:
+        return None
+    scale = next((i for i in scaled.input if shapes.get(i) == shapes[bias]), None)
+    return (scale, bias) if scale is not None else None
 
 
-def _unfoldable(node, readers, initializers: set[str], weight_readers: dict[str, int]) -> str | None:
-    if len(node.input) < 3 or not {node.input[1], node.input[2]} <= initializers:
-        return "its scale or bias is not a constant"
-    if weight_readers[node.input[1]] > 1 or weight_readers[node.input[2]] > 1:
+def _unfoldable(node, parameters, readers, shapes: dict, uses: dict, outputs: set[str]) -> str | None:
+    if not all(len(shapes.get(p, ())) == 1 for p in parameters):
+        return "its scale or bias is not a constant vector"
+    if any(uses[p] > 1 for p in parameters):
         return "its scale or bias is shared with another node"
-    if next((a.i for a in node.attribute if a.name == "axis"), -1) != -1:
-        return "it normalises more than the last axis"
-    others = sorted({r.op_type for r in readers if not _is_weight_reader(r, node.output[0], initializers)})
-    if not readers or others:
-        return f"its output is also read by {others or 'the graph output'} (a residual branch needs it unscaled)"
-    if any(weight_readers[r.input[1]] > 1 for r in readers):
+    others = sorted({r.op_type for r in readers if not _is_weight_reader(r, node.output[0], shapes)})
+    others += ["the graph output"] if node.output[0] in outputs or not readers else []
+    if others:
+        return f"its output is also read by {others} (a residual branch or an output needs it unscaled)"
+    if any(uses[r.input[1]] > 1 for r in readers):
         return "a weight reading it is shared with another layer"
     return None
 
 
-def _is_weight_reader(node, tensor: str, initializers: set[str]) -> bool:
-    if node.op_type not in ("MatMul", "Gemm") or node.input[0] != tensor or node.input[1] not in initializers:
+def _is_weight_reader(node, tensor: str, shapes: dict) -> bool:
+    if node.op_type not in ("MatMul", "Gemm") or node.input[0] != tensor or len(shapes.get(node.input[1], ())) != 2:
         return False
     return not any(a.name == "transA" and a.i for a in node.attribute)
 
@@ -132,8 +145,8 @@ def smooth_site(site: Site, activation: np.ndarray, initializers: dict, alpha: f
     usable = (activation > MIN_RANGE) & (weight_range > MIN_RANGE)
     scales = np.where(usable, activation**alpha / np.maximum(weight_range, MIN_RANGE) ** (1 - alpha), 1.0)
     scales = scales.astype(np.float32)
-    for index in (1, 2):
-        _replace(initializers, site.producer.input[index], lambda v: v / scales)
+    for name in site.parameters:
+        _replace(initializers, name, lambda v: v / scales)
     for reader in site.readers:
         _replace(initializers, reader.input[1], lambda v, r=reader: _from_rows(r, _input_rows(r, v) * scales[:, None]))
     after = activation / scales

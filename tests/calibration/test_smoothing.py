@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from edgepack.calibration.ptq import QuantScheme, calibrate
 from edgepack.calibration.smoothing import smooth_quant
 from edgepack.converters.qdq import write_qdq_model
@@ -16,15 +17,18 @@ from tests.converters.integer_check import run_onnx, sqnr_db
 WIDTH, OUT, TOKENS = 32, 48, 8
 
 
-def norm_then_dense(residual: bool = False) -> onnx.ModelProto:
+def norm_then_dense(residual: bool = False, decomposed: bool = False) -> onnx.ModelProto:
     """x -> LayerNorm (two outlier channels, as trained transformers have) -> MatMul [-> + the LayerNorm output]."""
     rng = np.random.default_rng(0)
     gamma = np.ones(WIDTH, np.float32)
     gamma[[3, 17]] = 60.0
     beta = (rng.standard_normal(WIDTH) * 0.1).astype(np.float32)
     weight = (rng.standard_normal((WIDTH, OUT)) / np.sqrt(WIDTH)).astype(np.float32)
-    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["normed"], name="norm", axis=-1),
-             helper.make_node("MatMul", ["normed", "weight"], ["dense"], name="dense")]  # fmt: skip
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["normed"], name="norm", axis=-1)]
+    if decomposed:  # a LayerNorm below opset 17: its scale and bias as a Mul and an Add (on unit-variance inputs)
+        nodes = [helper.make_node("Mul", ["x", "gamma"], ["scaled"], name="scale"),
+                 helper.make_node("Add", ["scaled", "beta"], ["normed"], name="norm")]  # fmt: skip
+    nodes.append(helper.make_node("MatMul", ["normed", "weight"], ["dense"], name="dense"))
     if residual:
         weight = weight[:, :WIDTH].copy()
         nodes.append(helper.make_node("Add", ["dense", "normed"], ["y"], name="residual"))
@@ -49,8 +53,9 @@ def int8_sqnr(model: onnx.ModelProto, folder, evaluation: dict, reference: np.nd
     return sqnr_db(reference, run_onnx(path, evaluation)["y"])
 
 
-def test_smoothing_keeps_the_float_function_and_brings_int8_closer_to_it(tmp_path):
-    model = norm_then_dense()
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_smoothing_keeps_the_float_function_and_brings_int8_closer_to_it(tmp_path, decomposed):
+    model = norm_then_dense(decomposed=decomposed)
     smoothing = smooth_quant(model, ArrayDataset(inputs(64, seed=1)), alpha=0.5)
     assert [s["node"] for s in smoothing.smoothed] == ["norm"] and smoothing.smoothed[0]["readers"] == ["dense"]
     assert smoothing.smoothed[0]["spread_before"] > 40 > 10 > smoothing.smoothed[0]["spread_after"]
@@ -69,8 +74,8 @@ def test_a_layer_norm_feeding_a_residual_branch_is_left_alone_with_its_reason():
     model = norm_then_dense(residual=True)
     smoothing = smooth_quant(model, ArrayDataset(inputs(16, seed=1)))
     assert smoothing.smoothed == []
-    assert smoothing.skipped == [{"node": "norm", "reason": "its output is also read by ['Add'] (a residual branch "
-                                  "needs it unscaled)"}]  # fmt: skip
+    assert smoothing.skipped == [{"node": "norm", "reason": "its output is also read by ['Add'] (a residual branch or "
+                                  "an output needs it unscaled)"}]  # fmt: skip
     assert smoothing.model.graph.initializer[0] == model.graph.initializer[0]
 
 
