@@ -1,6 +1,7 @@
 """AdaRound's cost and effect: seconds per model, per-layer output error against nearest rounding, accuracy.
 
     .venv/bin/python benchmarks/adaround_cost.py [--iterations 1000] [--mobilenet-size 96] [--skip-mobilenet]
+                                                 [--skip-digits]
 
 1. The digits CNNs of the tests (trained here on the bundled digits, 8x8), each packed twice through the real
    pipeline (quantize with weight_rounding nearest / adaround, per-channel and per-tensor weights): top-1 of the
@@ -81,9 +82,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--mobilenet-size", type=int, default=96)
     parser.add_argument("--skip-mobilenet", action="store_true")
+    parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="adaround_cost_") as folder:
-        digits_table(Path(folder))
+        if not args.skip_digits:
+            digits_table(Path(folder))
         if not args.skip_mobilenet:
             mobilenet_cost(Path(folder), args.mobilenet_size, args.iterations)
 

@@ -7,10 +7,12 @@ s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): X is divided by s and row j of ever
 leaves X @ W unchanged in float and evens out both ranges.
 
 The division is folded into X's producer, so no op is added: a LayerNormalization, or the Mul -> Add of a
-LayerNorm exported below opset 17 (its scale and bias divided by s), whose output is read by such layers only. That is the pre-norm layout (ViT, GPT-style decoders). In a post-norm
-encoder (BERT, MiniLM) every LayerNorm output is also the residual branch, which needs X itself, so nothing can be
-folded there; each skip is recorded with its reason. (On all-MiniLM-L6-v2 the error comes mostly from the
-feed-forward output and the residual sum, tensors no MatMul input smoothing reaches: benchmarks/transformer_int8.py.)
+LayerNorm exported below opset 17 (its scale and bias divided by s), whose output is read by such layers only. That
+is the pre-norm layout (ViT, GPT-style decoders). In a post-norm encoder (BERT, MiniLM) every LayerNorm output is
+also the residual branch, which needs X itself, so nothing can be folded there; each skip is recorded with its
+reason. (On all-MiniLM-L6-v2 the error comes mostly from the feed-forward output and the residual sum, tensors no
+MatMul input smoothing reaches: benchmarks/transformer_int8.py.) A smoothed tensor holds X / s, so the per-layer
+SQNR against the unsmoothed parent leaves it out.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class SmoothQuant(BaseModel):
 @dataclass
 class Smoothing:
     model: onnx.ModelProto  # a new model; the input is never changed
-    smoothed: list[dict] = field(default_factory=list)  # {"node", "readers", "spread_before", "spread_after"}
+    smoothed: list[dict] = field(default_factory=list)  # {"node", "output", "readers", "spread_before", ...}
     skipped: list[dict] = field(default_factory=list)  # {"node", "reason"}
 
     def summary(self) -> dict:
@@ -150,7 +152,7 @@ def smooth_site(site: Site, activation: np.ndarray, initializers: dict, alpha: f
     for reader in site.readers:
         _replace(initializers, reader.input[1], lambda v, r=reader: _from_rows(r, _input_rows(r, v) * scales[:, None]))
     after = activation / scales
-    return {"node": site.producer.name, "readers": [r.name for r in site.readers],
+    return {"node": site.producer.name, "output": site.producer.output[0], "readers": [r.name for r in site.readers],
             "spread_before": _spread(activation), "spread_after": _spread(after)}  # fmt: skip
 
 

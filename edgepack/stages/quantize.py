@@ -85,7 +85,9 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     parent = ctx.lineage(artifact)[0]
     # the graph the stage calibrated: its activations' names are those of the normalised parent
     float_model, size = normalised_for_quantization(onnx.load(str(ctx.artifact_path(parent)))), ctx.batch_size
-    activations = artifact.details["activations"]
+    # a smoothed tensor is X / s in the file and X in the parent: no figure rather than a wrong one
+    smoothed = {site["output"] for site in artifact.details.get("smooth_quant", {}).get("smoothed", [])}
+    activations = {t: p for t, p in artifact.details["activations"].items() if t not in smoothed}
     if artifact.format == Format.ONNX:
         quantized = onnx.load(str(ctx.artifact_path(artifact)))
         return onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
