@@ -19,6 +19,7 @@ from edgepack.calibration.attention_masks import (
 from edgepack.calibration.collect import check_calibration_data, collect_ranges
 from edgepack.calibration.estimators import Method, MinMaxEstimator, make_estimator
 from edgepack.calibration.plan import fixed_output_params, plan_quantization
+from edgepack.calibration.smoothing import SmoothQuant
 from edgepack.converters.onnx_info import constant_values
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +47,13 @@ class QuantScheme(BaseModel):
         "keeps its function and is written as an artifact of its own (onnx-fp32-equalized).")  # fmt: skip
     bias_correction: bool = Field(False, description="After calibrating, subtract from each quantized Conv/Gemm "
         "bias the mean output error its int8 weights cause on the calibration data (Nagel et al. 2019).")  # fmt: skip
+    smooth_quant: SmoothQuant | None = Field(None, description="Before calibrating, move activation outliers into "
+        "the weights of the MatMul/Gemm layers reading them (SmoothQuant, Xiao et al. 2023), e.g. {alpha: 0.5}; "
+        "the float model keeps its function (calibration/smoothing.py).")  # fmt: skip
+    weight_rounding: Literal["nearest", "adaround"] = Field("nearest", description="How int8 weights are rounded: "
+        "nearest, or adaround: per Conv/Gemm/MatMul, learn up or down for each weight against the layer's float "
+        "output on the calibration data (Nagel et al. 2020; same scales, both files; seconds per model in the "
+        "details, calibration/adaround.py).")  # fmt: skip
 
     @property
     def activation_dtype(self) -> str:

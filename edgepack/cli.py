@@ -178,6 +178,9 @@ def convert(
     per_tensor_weights: Annotated[bool, typer.Option(help="One int8 scale per weight tensor.")] = False,
     equalize: Annotated[bool, typer.Option(help="Cross-layer equalization before calibrating.")] = False,
     bias_correction: Annotated[bool, typer.Option(help="Correct biases for the int8 weights' mean error.")] = False,
+    dynamic_int8: Annotated[
+        bool, typer.Option(help="ONNX only: activations quantized at run time by onnxruntime (transformers).")
+    ] = False,
     min_output_sqnr: Annotated[
         float | None, typer.Option(help="Mixed precision: keep sensitive layers high until the output SQNR is this.")
     ] = None,
@@ -193,7 +196,7 @@ def convert(
     from edgepack.convert_file import convert_file, parse_input_values
 
     flags = {"per_channel_weights": (per_tensor_weights, False), "cross_layer_equalization": (equalize, True),
-             "bias_correction": (bias_correction, True)}  # fmt: skip
+             "bias_correction": (bias_correction, True), "dynamic_int8": (dynamic_int8, True)}  # fmt: skip
     options = {field: value for field, (given, value) in flags.items() if given}
     if min_output_sqnr is not None:
         options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgepack.calibration.data_config import DataConfig
 from edgepack.calibration.ptq import Calibration, QuantScheme
@@ -23,7 +23,14 @@ from edgepack.calibration.sensitivity import AccuracyTarget
 from edgepack.core.artifacts import Artifact, Format, Precision
 from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_float_onnx
 from edgepack.stages.handoffs import QatRanges
-from edgepack.stages.quantize_accuracy import EQUALIZED, apply_bias_correction, prepare_float_model
+from edgepack.stages.quantize_accuracy import (
+    EQUALIZED,
+    apply_adaround,
+    apply_bias_correction,
+    apply_smoothing,
+    prepare_float_model,
+)
+from edgepack.stages.quantize_dynamic import dynamic_config_problem, write_dynamic_artifact
 from edgepack.stages.quantize_mixed import file_macs, mixed_calibrations
 from edgepack.stages.registry import Measurement, register_stage
 
@@ -42,10 +49,21 @@ class QuantizeConfig(StageConfig, QuantScheme):
     unsigned_onnx_activations: bool = Field(
         True, description="ONNX int8 activations as uint8 (same grid, zero point + 128): onnxruntime's fast x86 "
                           "kernels are u8s8; set false for s8s8.")  # fmt: skip
+    dynamic_int8: bool = Field(
+        False, description="ONNX only: int8 weights (per channel) and activations quantized by onnxruntime at run "
+        "time (quantize_dynamic), no calibration; for transformers whose static int8 misses the tolerance "
+        "(stages/quantize_dynamic.py).")  # fmt: skip
     accuracy_target: AccuracyTarget | None = Field(
         None, description="Mixed precision: rank layers by measured sensitivity and keep the most sensitive ones "
         "high (ONNX int16, TFLite float) until the drop on the evaluation data meets this; the decisions and "
         "whether the target was met land in each file's details (calibration/sensitivity.py).")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _dynamic_int8_alone(self) -> QuantizeConfig:
+        problem = dynamic_config_problem(self) if self.dynamic_int8 else None
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def float_onnx_and_its_equalized_copy(artifacts: list[Artifact]) -> list[Artifact]:
@@ -62,12 +80,14 @@ def layer_sqnr(ctx: StageContext, artifact: Artifact) -> list | None:
     from edgepack.calibration.localise import onnx_layer_sqnr, tflite_layer_sqnr
     from edgepack.converters.normalise import normalised_for_quantization
 
-    if artifact.precision not in (Precision.INT8, Precision.INT16X8):
-        return None
+    if artifact.precision not in (Precision.INT8, Precision.INT16X8) or "dynamic_int8" in artifact.details:
+        return None  # a dynamic file has no fixed grids to measure
     parent = ctx.lineage(artifact)[0]
     # the graph the stage calibrated: its activations' names are those of the normalised parent
     float_model, size = normalised_for_quantization(onnx.load(str(ctx.artifact_path(parent)))), ctx.batch_size
-    activations = artifact.details["activations"]
+    # a smoothed tensor is X / s in the file and X in the parent: no figure rather than a wrong one
+    smoothed = {site["output"] for site in artifact.details.get("smooth_quant", {}).get("smoothed", [])}
+    activations = {t: p for t, p in artifact.details["activations"].items() if t not in smoothed}
     if artifact.format == Format.ONNX:
         quantized = onnx.load(str(ctx.artifact_path(artifact)))
         rows = onnx_layer_sqnr(float_model, quantized, list(activations), ctx.verify_data, size)
@@ -108,6 +128,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     from edgepack.calibration.ptq import calibrate
 
     source, equalized = inputs[0], (inputs[1:] or [None])[0]
+    if config.dynamic_int8:
+        return StageOutput([write_dynamic_artifact(config, ctx, source)])
     if "tflite" in config.formats and config.precision == Precision.INT16X8:
         from edgepack.converters.onnx_to_tflite import check_16x8_kernels
 
@@ -118,6 +140,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     calibration = trained_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
     if calibration is None:
         dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
+        apply_smoothing(config, prepared, dataset)
+        apply_adaround(config, prepared, dataset)
         calibration = calibrate(prepared.model, dataset, config, description)
         calibration = apply_bias_correction(config, prepared, calibration, dataset, ctx.batch_size)
     seconds = time.perf_counter() - started
@@ -260,8 +284,9 @@ def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: Quan
     trained = ctx.handoff(QatRanges, exported_from) if exported_from is not None else None
     if trained is None:
         return None
-    changed = [k for k in ("cross_layer_equalization", "bias_correction") if getattr(scheme, k)]
+    changed = [k for k in ("cross_layer_equalization", "bias_correction", "smooth_quant") if getattr(scheme, k)]
     changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
+    changed += [] if scheme.weight_rounding == "nearest" else [f"weight_rounding: {scheme.weight_rounding}"]
     if changed:
         raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
                           f"ranges); remove {changed} from it")  # fmt: skip

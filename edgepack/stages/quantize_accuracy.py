@@ -113,6 +113,34 @@ def _equalized_artifact(ctx, source: Artifact, model: onnx.ModelProto, details: 
     return artifact
 
 
+def apply_smoothing(config, prepared: FloatPreparation, dataset) -> None:
+    """SmoothQuant when the scheme asks: the smoothed model computes what the source does, so, like pad folding, it
+    is no artifact of its own; what was smoothed (and what was not, and why) goes into the integer files' details."""
+    if config.smooth_quant is None:
+        return
+    from edgepack.calibration.smoothing import smooth_quant
+
+    smoothing = smooth_quant(prepared.model, dataset.head(config.samples), config.smooth_quant.alpha)
+    prepared.details["smooth_quant"] = smoothing.summary()
+    if smoothing.smoothed:
+        prepared.model, prepared.source_holds_model = smoothing.model, False
+
+
+def apply_adaround(config, prepared: FloatPreparation, dataset) -> None:
+    """Learned weight rounding when the scheme asks: the weights are put on their int8 grid as learned, so calibration
+    and both writers read those exact integers (their scales unchanged); the cost goes into the details."""
+    if config.weight_rounding != "adaround":
+        return
+    from edgepack.calibration.adaround import adaround_model
+    from edgepack.calibration.plan import plan_quantization
+
+    plan = plan_quantization(prepared.model, skip=set(config.skip_nodes))
+    rounding = adaround_model(prepared.model, plan, dataset.head(config.samples),
+                              per_channel=config.per_channel_weights)  # fmt: skip
+    prepared.details["adaround"] = rounding.summary()
+    prepared.model, prepared.source_holds_model = rounding.model, False
+
+
 def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int):
     """Measure the bias correction of every quantized Conv/Gemm when the scheme asks (each file applies it where its
     layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
