@@ -63,7 +63,11 @@ def onnx_tensor_reader(model: onnx.ModelProto, tensors: list[str]) -> TensorRead
     """A function batch -> {tensor: value} running ``model`` in onnxruntime with ``tensors`` exposed as outputs."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(with_outputs(model, tensors).SerializeToString(),
+    options = ort.SessionOptions()
+    # A failing run raises with its message; onnxruntime's own log line of it would only repeat it on stderr (and a
+    # batch probe that fails on purpose, falling back to one sample a call, is no error at all).
+    options.log_severity_level = 4
+    session = ort.InferenceSession(with_outputs(model, tensors).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     inputs = {i.name for i in session.get_inputs()}
     fetched = [t for t in tensors if t not in inputs]

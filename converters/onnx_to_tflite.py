@@ -147,7 +147,10 @@ def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantizatio
     try:
         return converter.convert()
     except Exception as e:
-        raise StageError("convert", f"the TFLite converter failed on {str(onnx_path)!r}: {converter_error(e)}") from e
+        # An integer file is the quantize stage's; what it converted is the float ONNX file with its ranges.
+        stage, what = ("convert", "") if quantization is None else ("quantize", f" (int{quantization.bits} activations)")
+        cause = f"the TFLite converter failed on {str(onnx_path)!r}{what}: {converter_error(e)}"
+        raise StageError(stage, cause) from e
 
 
 def converter_error(error: Exception) -> str:

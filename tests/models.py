@@ -185,3 +185,21 @@ class TinyTransformer(nn.Module):
 
 def tiny_transformer() -> nn.Module:
     return TinyTransformer()
+
+
+class MhaResidual(nn.Module):
+    """torch's own attention with a residual around it (x + MultiheadAttention(x)), input [batch, 8, 16]: TFLite's
+    16x8 converter fails on the residual ADD (a converter limit; int8 and the int16 ONNX file convert)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(16, 32), nn.Linear(32, 10)
+        self.attention = nn.MultiheadAttention(32, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head((h + self.attention(h, h, h, need_weights=False)[0]).mean(1))
+
+
+def mha_residual() -> nn.Module:
+    return MhaResidual()

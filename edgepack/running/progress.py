@@ -7,6 +7,7 @@ import contextlib
 import faulthandler
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -147,13 +148,26 @@ def native_stderr_captured() -> Iterator[None]:
             if interrupts.interrupted():  # the user stopped it: a library's log is no clue to anything
                 raise
             capture.seek(0)
-            tail = capture.read().decode(errors="replace")[-3000:]
-            if tail.strip():
-                sys.stderr.write(tail if tail.endswith("\n") else tail + "\n")
+            tail = readable_tail(capture.read().decode(errors="replace"))
+            if tail:
+                sys.stderr.write(tail + "\n")
             raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+# TensorFlow's info/warning lines (glog: I or W, then MMDD) and its start-up banners: never the clue to a failure.
+_ROUTINE_LOG_LINE = re.compile(r"^[IW]\d{4} |^WARNING: All log messages before absl|^To enable the following instr")
+
+
+def readable_tail(log: str, lines: int = 20, width: int = 300) -> str:
+    """The last lines of a native log worth reading after a failure, each cut to ``width``: without TensorFlow's
+    routine lines and the TFLite converter's MLIR source locations (kilobytes of 'callsite(...)' chains through
+    Python files per failing op; the error itself is on its own line, and in edgepack's message)."""
+    kept = [line[:width] for line in log.splitlines()
+            if line.strip() and "callsite(" not in line and not _ROUTINE_LOG_LINE.match(line)]  # fmt: skip
+    return "\n".join(kept[-lines:])
 
 
 @contextlib.contextmanager

@@ -169,6 +169,12 @@ def _int16x8_hardswish(tmp: Path) -> list[str]:
     return _pack(tmp, _untrained("depthwise_net", [1, 1, 8, 8], data={"source": "digits"}, stages=stages))
 
 
+def _int16x8_tflite_converter_failure(tmp: Path) -> list[str]:
+    np.savez(tmp / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 8, 16)).astype(np.float32))
+    stages = ["export", {"stage": "quantize", "precision": "int16x8", "calibration_data": str(tmp / "calib.npz")}]
+    return _pack(tmp, _untrained("mha_residual", [1, 8, 16], task="other", stages=stages))
+
+
 def _unreachable_ssh_target(tmp: Path) -> list[str]:
     return _pack(tmp, _mlp(stages=["export"], targets=["ssh://nobody@127.0.0.1:9"], bench={"runs": 3}))
 
@@ -218,6 +224,10 @@ CASES = [
          ("pruning the channels of 'blocks.1.attn.qkv'", "ignored_layers", "unstructured pruning"), late=True),
     Case("int16x8 TFLite of a HardSwish", _int16x8_hardswish,
          ("'n0' (op HardSwish)", "torch module '2' (Hardswish)", "formats: [onnx]"), late=True),
+    Case("TFLite converter failure (16x8 residual ADD)", _int16x8_tflite_converter_failure,
+         ("quantize: the TFLite converter failed", "(int16 activations)", "'tfl.add' op failed to verify"),
+         absent=("callsite(", "site-packages", "I0000", "[E:onnxruntime"),
+         late=True),
     Case("unreachable ssh target", _unreachable_ssh_target, ("ssh://nobody@127.0.0.1:9", "cannot reach 127.0.0.1:9"),
          late=True),
 ]  # fmt: skip
