@@ -5,12 +5,15 @@ Candidates: minmax, percentile, mse and entropy, all read from ONE sampled histo
 fitting them costs about what one histogram method costs. Entropy is computed there with the zeros counted (its own
 estimator leaves them out); it is a candidate like the others and wins only where it scores best.
 
-The score is the squared error of the tensor quantized on each candidate's grid against its float values, summed
-over the held-out samples (a strided subsample of at most ``SCORED_VALUES`` values per tensor and call): one extra
-pass of the float model over the held-out samples. That is per tensor, not end to end: a greedy search measuring
-the model's output for every tensor and candidate would cost one pass per tensor and candidate (some 200 on a
-MobileNet). What the per-tensor score adds over the mse method alone is that it is measured on samples the range
-never saw: a range clipped to the calibration samples' tail, or left wide by one calibration outlier, loses there.
+The score is the error each candidate's grid causes at the output of the next layer, to first order: the squared
+error of the quantized tensor against its float values per channel, weighted by the squared weights with which the
+Conv/Gemm layers reading the tensor take that channel (sum of W[:, c]^2), summed over the held-out samples (a
+strided subsample of at most ``SCORED_VALUES`` values per tensor and call). A tensor no Conv/Gemm reads weighs its
+channels equally. That costs one extra pass of the float model over the held-out samples. It is not end to end: a
+greedy search measuring the model's output for every tensor and candidate would cost one pass per tensor and
+candidate (some 200 on a MobileNet). Unlike the mse method alone, the score is measured on samples the range never
+saw, and it weighs a channel by what the next layer makes of it: a clipped channel that the next layer amplifies
+costs more than one it nearly ignores.
 """
 
 from __future__ import annotations
@@ -84,24 +87,68 @@ def choose_ranges(model: onnx.ModelProto, estimators: dict, held_out: ArrayDatas
                   symmetric: bool) -> RangeChoice:  # fmt: skip
     """Score every tensor's candidates on ``held_out`` and keep the best."""
     found = {t: candidate_ranges(e) for t, e in estimators.items()}
+    weights = channel_weights(model, list(found))
     grids = {t: {m: activation_params(lo, hi, dtype, symmetric) for m, (lo, hi) in c.items()}
              for t, (c, _) in found.items()}  # fmt: skip
     sums = {t: dict.fromkeys(g, 0.0) for t, g in grids.items()}
     counts = dict.fromkeys(grids, 0)
     for batch in read_tensors(model, list(grids), held_out):
         for name, value in batch.values.items():
-            values = _scored_values(value[: batch.samples] if batch.rows == len(value) else value, found[name][1])
+            real = value[: batch.samples] if batch.rows == len(value) else value
+            values, weight = _scored_values(real, found[name][1], weights.get(name))
             counts[name] += values.size
             for method, grid in grids[name].items():
-                sums[name][method] += float(np.sum((grid.fake_quantize(values) - values) ** 2))
+                sums[name][method] += float(np.sum(weight * (grid.fake_quantize(values) - values) ** 2))
     errors = {t: {str(m): s / max(counts[t], 1) for m, s in by_method.items()} for t, by_method in sums.items()}
     methods = {t: str(min(CANDIDATES, key=lambda m: by_method.get(str(m), np.inf))) for t, by_method in errors.items()}
     ranges = {t: found[t][0][Method(m)] for t, m in methods.items()}
     return RangeChoice(ranges, methods, errors, len(held_out))
 
 
-def _scored_values(value: np.ndarray, floor: float | None) -> np.ndarray:
-    flat = np.asarray(value, dtype=np.float64).reshape(-1)
-    flat = flat[:: -(-flat.size // SCORED_VALUES)] if flat.size > SCORED_VALUES else flat
-    flat = flat[np.abs(flat) <= FLAG_LIMIT]  # flags (masks: -inf, finfo.min) carry no signal to keep
-    return flat if floor is None else np.maximum(flat, floor)  # below a Softmax input's floor no value matters
+def _scored_values(value: np.ndarray, floor: float | None, weights: np.ndarray | None) -> tuple[np.ndarray, object]:
+    """(values to score, each one's weight): [samples, channels, positions] subsampled along the positions when
+    ``weights`` (per channel, axis 1) apply, else flattened; flags (masks: -inf, finfo.min) left out."""
+    value = np.asarray(value, dtype=np.float64)
+    if weights is not None and value.ndim >= 2 and value.shape[1] == weights.size:
+        grid = value.reshape(value.shape[0], value.shape[1], -1)
+        stride = -(-grid.size // SCORED_VALUES)
+        grid = grid[:, :, (stride - 1) // 2 :: stride] if stride > 1 else grid
+        values, weight = grid, np.broadcast_to(weights[None, :, None], grid.shape)
+    else:
+        flat = value.reshape(-1)
+        values, weight = (flat[:: -(-flat.size // SCORED_VALUES)] if flat.size > SCORED_VALUES else flat), None
+    keep = np.abs(values) <= FLAG_LIMIT
+    values = values[keep] if floor is None else np.maximum(values[keep], floor)  # below a Softmax floor: no matter
+    return values, 1.0 if weight is None else weight[keep]
+
+
+def channel_weights(model: onnx.ModelProto, tensors: list[str]) -> dict[str, np.ndarray]:
+    """Tensor -> per input channel, the sum of the squared weights with which the Conv/Gemm nodes reading it (as
+    their data input, with a constant weight) take that channel; normalised to mean 1. Tensors no such node reads
+    are left out (their channels weigh the same)."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    wanted, found = set(tensors), {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[0] not in wanted or node.input[1] not in initializers:
+            continue
+        per_channel = _input_channel_weights(node, numpy_helper.to_array(initializers[node.input[1]]))
+        if per_channel is not None:
+            previous = found.get(node.input[0])
+            found[node.input[0]] = per_channel if previous is None or previous.size != per_channel.size else (
+                previous + per_channel)  # fmt: skip
+    return {t: w / w.mean() for t, w in found.items() if w.mean() > 0}
+
+
+def _input_channel_weights(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
+    squared = weight.astype(np.float64) ** 2
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        if attributes.get("transA", 0) or squared.ndim != 2:
+            return None
+        return squared.sum(axis=0) if attributes.get("transB", 0) else squared.sum(axis=1)
+    groups = attributes.get("group", 1)
+    out_channels, per_group = squared.shape[:2]
+    by_group = squared.reshape(groups, out_channels // groups, per_group, -1).sum(axis=(1, 3))  # [groups, per_group]
+    return by_group.reshape(-1)  # input channel g * per_group + j

@@ -218,13 +218,16 @@ def _clip_per_channel(graph: onnx.GraphProto, clip: onnx.NodeProto, pair: LayerP
     graph.initializer.append(numpy_helper.from_array(bound, bound_name))
     relu = onnx.helper.make_node("Relu", [clip.input[0]], [relu_out], name=f"{name}_relu")
     minimum = onnx.helper.make_node("Min", [relu_out, bound_name], [clip.output[0]], name=f"{name}_per_channel_clip")
-    nodes = list(graph.node)
+    nodes, bounds = list(graph.node), set(clip.input[1:])
     position = nodes.index(clip)
     kept = nodes[:position] + [relu, minimum] + nodes[position + 1 :]
-    used = {name for node in kept for name in node.input}
-    kept = [n for n in kept if n.op_type != "Constant" or n.output[0] not in clip.input[1:] or n.output[0] in used]
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    unused = bounds - used  # the Clip's bound constants go with it, unless something else reads them
+    kept = [n for n in kept if n.op_type != "Constant" or n.output[0] not in unused]
     del graph.node[:]
-    graph.node.extend(kept)  # the Clip's bound constants go with it, unless something else reads them
+    graph.node.extend(kept)
+    for tensor in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(tensor)
     return name
 
 

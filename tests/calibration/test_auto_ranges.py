@@ -55,3 +55,22 @@ def test_auto_on_too_few_samples_to_hold_out_falls_back_to_minmax_and_says_so(co
     assert calibration.range_methods == {"fallback": "minmax for every tensor: 12 calibration samples are too few to "
                                                      "hold some out"}  # fmt: skip
     assert calibration.ranges == calibrate(conv_onnx, data, QuantScheme(method="minmax")).ranges
+
+
+def test_channels_weigh_by_the_squared_weights_the_next_layers_read_them_with():
+    from edgepack.calibration.auto_ranges import channel_weights
+    from onnx import TensorProto, helper, numpy_helper
+
+    depthwise = np.array([1.0, 2.0, 3.0, 4.0], np.float32).reshape(4, 1, 1, 1)  # channel c -> output c
+    dense = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]], np.float32)  # transB: [out, in]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "dw"], ["y"], group=4), helper.make_node("Flatten", ["y"], ["f"]),
+         helper.make_node("Gemm", ["g", "dense"], ["z"], transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1]),
+              helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(depthwise, "dw"), numpy_helper.from_array(dense, "dense")])  # fmt: skip
+    weights = channel_weights(helper.make_model(graph), ["x", "y", "g"])
+    np.testing.assert_allclose(weights["x"], np.array([1, 4, 9, 16]) / 7.5)  # normalised to mean 1
+    np.testing.assert_allclose(weights["g"], [1.0, 1.0])  # column sums of squares: 3 and 3
+    assert "y" not in weights  # read by no Conv/Gemm: its channels weigh the same
