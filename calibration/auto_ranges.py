@@ -32,6 +32,7 @@ from edgepack.core.quantization import activation_params
 
 CANDIDATES = (Method.MINMAX, Method.PERCENTILE, Method.MSE, Method.ENTROPY)  # ties go to the first
 SCORED_VALUES = 1 << 16
+PER_TENSOR = "per_tensor"  # the whole-model plan of the per-tensor choices
 
 
 class CandidateEstimator:
@@ -72,15 +73,52 @@ def candidate_ranges(estimator) -> tuple[dict[str, tuple[float, float]], float |
 class RangeChoice:
     ranges: dict[str, tuple[float, float]]  # the chosen range of every tensor
     methods: dict[str, str]  # tensor -> the method chosen
-    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # tensor -> method -> mean squared error
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # tensor -> method -> weighted error
     held_out: int = 0  # samples scored on
+    candidates: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # method -> every range
+    plans: dict[str, float] = field(default_factory=dict)  # whole-model plan -> relative output error
+    plan: str = PER_TENSOR
 
     def record(self) -> dict:
         """For results.json (``details.range_methods``)."""
         counts = {str(m): sum(chosen == m for chosen in self.methods.values()) for m in CANDIDATES}
-        return {"scored_on": f"{self.held_out} held-out calibration samples: squared error of each tensor on each "
-                             "candidate's grid against float (calibration/auto_ranges.py)",
+        return {"scored_on": f"{self.held_out} held-out calibration samples: per tensor, each candidate's error at "
+                             "the next layer's output, to first order; then the whole-model plan (the per-tensor "
+                             "choices, or one method everywhere) with the least output error (calibration/"
+                             "auto_ranges.py)",
+                "plan": self.plan, "output_error": {p: round(e, 6) for p, e in self.plans.items()},
                 "counts": counts, "tensors": dict(self.methods)}  # fmt: skip
+
+    def with_plan(self, plan: str, errors: dict[str, float]) -> RangeChoice:
+        if plan == PER_TENSOR:
+            return RangeChoice(self.ranges, self.methods, self.errors, self.held_out, self.candidates, errors, plan)
+        ranges = self.candidates[plan]
+        return RangeChoice(ranges, dict.fromkeys(ranges, plan), self.errors, self.held_out, self.candidates, errors,
+                           plan)  # fmt: skip
+
+
+END_TO_END_SAMPLES = 32  # held-out samples each whole-model plan runs on: one model pass per plan
+
+
+def pick_plan(model: onnx.ModelProto, choice: RangeChoice, held_out: ArrayDataset, build) -> RangeChoice:
+    """The per-tensor scores are local; so the whole model is also run on the held-out samples with the per-tensor
+    choices and with each single method everywhere (``build(ranges)``: the quantized model in memory), and the plan
+    whose outputs are closest to float's (relative squared error over every output) is kept: the default is never
+    worse than min-max everywhere on the held-out samples."""
+    from edgepack.calibration.collect import model_outputs
+
+    samples = held_out.head(END_TO_END_SAMPLES)
+    reference = model_outputs(model, samples)
+    plans = {PER_TENSOR: choice.ranges} | {str(m): r for m, r in choice.candidates.items()}
+    errors = {}
+    for name, ranges in plans.items():
+        if name != PER_TENSOR and ranges == choice.ranges:
+            continue  # the same ranges as the per-tensor plan: nothing new to measure
+        outputs = model_outputs(build(ranges), samples)
+        errors[name] = sum(float(np.sum((outputs[o] - r) ** 2) / max(np.sum(r.astype(np.float64) ** 2), 1e-30))
+                           for o, r in reference.items())  # fmt: skip
+    best = min(errors, key=errors.get)  # ties: the per-tensor plan, then CANDIDATES' order
+    return choice.with_plan(best, errors)
 
 
 def choose_ranges(model: onnx.ModelProto, estimators: dict, held_out: ArrayDataset, dtype: str,
@@ -102,7 +140,8 @@ def choose_ranges(model: onnx.ModelProto, estimators: dict, held_out: ArrayDatas
     errors = {t: {str(m): s / max(counts[t], 1) for m, s in by_method.items()} for t, by_method in sums.items()}
     methods = {t: str(min(CANDIDATES, key=lambda m: by_method.get(str(m), np.inf))) for t, by_method in errors.items()}
     ranges = {t: found[t][0][Method(m)] for t, m in methods.items()}
-    return RangeChoice(ranges, methods, errors, len(held_out))
+    candidates = {str(m): {t: c.get(m, c[Method.MINMAX]) for t, (c, _) in found.items()} for m in CANDIDATES}
+    return RangeChoice(ranges, methods, errors, len(held_out), candidates)
 
 
 def _scored_values(value: np.ndarray, floor: float | None, weights: np.ndarray | None) -> tuple[np.ndarray, object]:

@@ -16,7 +16,7 @@ from edgepack.calibration.attention_masks import (
     flag_tensors,
     softmax_inputs,
 )
-from edgepack.calibration.auto_ranges import CandidateEstimator, choose_ranges
+from edgepack.calibration.auto_ranges import CandidateEstimator, choose_ranges, pick_plan
 from edgepack.calibration.collect import check_calibration_data, collect_estimators
 from edgepack.calibration.estimators import Method, MinMaxEstimator, make_estimator
 from edgepack.calibration.held_out import can_hold_out, split_held_out
@@ -36,8 +36,9 @@ class QuantScheme(BaseModel):
         "int8", description="int8, or int16x8 (16-bit activations, 8-bit weights)."
     )
     method: Method = Field(Method.AUTO, description="Range estimator: auto (the default: per activation tensor, "
-        "whichever of minmax, percentile, mse and entropy quantizes it with the least squared error on calibration "
-        "samples held out from fitting the ranges; each tensor's choice is in details.range_methods), minmax, "
+        "whichever of minmax, percentile, mse and entropy causes the least error at the next layer's output on "
+        "calibration samples held out from fitting the ranges (calibration/auto_ranges.py; each tensor's choice is "
+        "in details.range_methods), minmax, "
         "moving_average, percentile, entropy (KL) or mse (exactly that method for every tensor).")  # fmt: skip
     percentile: float = Field(99.99, gt=50, le=100, description="For method 'percentile'.")
     symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
@@ -104,6 +105,7 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     ranges = {t: e.range() for t, e in estimators.items()}
     if method == Method.AUTO:
         choice = choose_ranges(model, estimators, held_out, scheme.activation_dtype, symmetric)
+        choice = pick_plan(model, choice, held_out, lambda r: _qdq_model(model, plan, r, scheme))
         ranges, auto_record = choice.ranges, choice.record()
     flags = flag_tensors(ranges)  # attention masks: left float in both files
     # Flags get no grid at all (a range reaching -inf has no scale), so they are dropped before parameters are made.
@@ -111,6 +113,16 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     return replace(kept, activations=activation_parameters(kept.plan, ranges, scheme),
                    constants=constant_parameters(model, kept.plan, scheme), kept_float=flags,
                    range_methods=auto_record)  # fmt: skip
+
+
+def _qdq_model(model: onnx.ModelProto, plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> onnx.ModelProto:
+    """The ONNX QDQ model of ``ranges`` in memory, as the stage writes it (method auto's whole-model check)."""
+    from edgepack.converters.qdq import build_qdq_model
+
+    kept = without_tensors(Calibration(scheme, plan, ranges, {}), set(flag_tensors(ranges)))
+    activations = activation_parameters(kept.plan, ranges, scheme)
+    return build_qdq_model(model, kept.plan, activations, per_channel_weights=scheme.per_channel_weights,
+                           constants=constant_parameters(model, kept.plan, scheme))[0]  # fmt: skip
 
 
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:
