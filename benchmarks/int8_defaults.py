@@ -72,10 +72,12 @@ def crops(image: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def data(count: int) -> tuple[np.ndarray, np.ndarray]:
+def data(count: int, swap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     images = photos()
-    calibration = np.concatenate([crops(images[n], count, i) for i, n in enumerate(CALIBRATION_PHOTOS)])
-    evaluation = np.concatenate([crops(images[n], count, 10 + i) for i, n in enumerate(EVALUATION_PHOTOS)])
+    calibrating, evaluating = (EVALUATION_PHOTOS, CALIBRATION_PHOTOS) if swap else (CALIBRATION_PHOTOS,
+                                                                                    EVALUATION_PHOTOS)  # fmt: skip
+    calibration = np.concatenate([crops(images[n], count, i) for i, n in enumerate(calibrating)])
+    evaluation = np.concatenate([crops(images[n], count, 10 + i) for i, n in enumerate(evaluating)])
     shuffled = np.random.default_rng(0).permutation(len(calibration))  # the held-out part mixes both photos
     return calibration[shuffled], evaluation
 
@@ -138,23 +140,27 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["minmax", "default"], choices=list(CONFIGS))
     parser.add_argument("--crops", type=int, default=40, help="crops per photo")
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
+    parser.add_argument("--swap", action="store_true", help="calibrate on the evaluation photos and evaluate on "
+                        "the calibration photos (the other fold)")  # fmt: skip
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="int8-defaults-"))
-    calibration, evaluation = data(args.crops)
+    calibration, evaluation = data(args.crops, args.swap)
     np.savez(folder / "calibration.npz", image=calibration)
     np.savez(folder / "evaluation.npz", image=evaluation)
     model = export_model(folder)
     dataset = ArrayDataset({"image": evaluation})
     reference = outputs(model, dataset)
-    print(f"efficientnet-lite1 (ImageNet), {len(calibration)} calibration crops of {CALIBRATION_PHOTOS}, "
-          f"{len(evaluation)} evaluation crops of {EVALUATION_PHOTOS}")  # fmt: skip
+    photos_used = (EVALUATION_PHOTOS, CALIBRATION_PHOTOS) if args.swap else (CALIBRATION_PHOTOS, EVALUATION_PHOTOS)
+    print(f"efficientnet-lite1 (ImageNet), {len(calibration)} calibration crops of {photos_used[0]}, "
+          f"{len(evaluation)} evaluation crops of {photos_used[1]}")  # fmt: skip
     print("| config | file | top-1 agreement | KL | top-5 overlap | calibration s | range methods |")
     print("|---|---|---|---|---|---|---|")
     for name in args.configs:
         run = quantize(model, folder / "calibration.npz", folder / "evaluation.npz", CONFIGS[name], folder / name)
         onnx_file = next(a for a in run.results["artifacts"] if a["name"] == "onnx-int8")
         seconds = onnx_file["details"]["calibration_seconds"]
-        counts = (onnx_file["details"].get("range_methods") or {}).get("counts", "")
+        record = onnx_file["details"].get("range_methods") or {}
+        counts = f"{record.get('plan', '')} {record.get('counts', '')} {record.get('output_error', '')}".strip()
         for artifact in ("onnx-int8", "tflite-int8"):
             path = run.run_dir / next(a for a in run.results["artifacts"] if a["name"] == artifact)["path"]
             print(f"| {name} | {artifact} | {figures(reference, outputs(path, dataset))} | {seconds:.1f} | {counts} |",

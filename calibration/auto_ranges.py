@@ -84,9 +84,9 @@ class RangeChoice:
         counts = {str(m): sum(chosen == m for chosen in self.methods.values()) for m in CANDIDATES}
         return {"scored_on": f"{self.held_out} held-out calibration samples: per tensor, each candidate's error at "
                              "the next layer's output, to first order; then the whole-model plan (the per-tensor "
-                             "choices, or one method everywhere) with the least output error (calibration/"
-                             "auto_ranges.py)",
-                "plan": self.plan, "output_error": {p: round(e, 6) for p, e in self.plans.items()},
+                             "choices, or one method everywhere) whose outputs are closest to float's (softmax KL for "
+                             "a classifier; calibration/auto_ranges.py)",
+                "plan": self.plan, "output_error": {p: float(f"{e:.4g}") for p, e in self.plans.items()},
                 "counts": counts, "tensors": dict(self.methods)}  # fmt: skip
 
     def with_plan(self, plan: str, errors: dict[str, float]) -> RangeChoice:
@@ -100,11 +100,14 @@ class RangeChoice:
 END_TO_END_SAMPLES = 32  # held-out samples each whole-model plan runs on: one model pass per plan
 
 
-def pick_plan(model: onnx.ModelProto, choice: RangeChoice, held_out: ArrayDataset, build) -> RangeChoice:
+def pick_plan(model: onnx.ModelProto, choice: RangeChoice, held_out: ArrayDataset, build,
+              classifier: bool = False) -> RangeChoice:  # fmt: skip
     """The per-tensor scores are local; so the whole model is also run on the held-out samples with the per-tensor
     choices and with each single method everywhere (``build(ranges)``: the quantized model in memory), and the plan
-    whose outputs are closest to float's (relative squared error over every output) is kept: the default is never
-    worse than min-max everywhere on the held-out samples."""
+    whose outputs are closest to float's is kept: the default is never worse than min-max everywhere on the held-out
+    samples. Closest: for a ``classifier``, the mean KL divergence of the first output's softmax from float's (what
+    decides the classes; the logits' squared error did not predict it on EfficientNet-Lite1), else the relative
+    squared error over every output."""
     from edgepack.calibration.collect import model_outputs
 
     samples = held_out.head(END_TO_END_SAMPLES)
@@ -114,11 +117,24 @@ def pick_plan(model: onnx.ModelProto, choice: RangeChoice, held_out: ArrayDatase
     for name, ranges in plans.items():
         if name != PER_TENSOR and ranges == choice.ranges:
             continue  # the same ranges as the per-tensor plan: nothing new to measure
-        outputs = model_outputs(build(ranges), samples)
-        errors[name] = sum(float(np.sum((outputs[o] - r) ** 2) / max(np.sum(r.astype(np.float64) ** 2), 1e-30))
-                           for o, r in reference.items())  # fmt: skip
+        errors[name] = _output_error(reference, model_outputs(build(ranges), samples), classifier)
     best = min(errors, key=errors.get)  # ties: the per-tensor plan, then CANDIDATES' order
     return choice.with_plan(best, errors)
+
+
+def _output_error(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], classifier: bool) -> float:
+    if classifier:
+        first = next(iter(reference))
+        count = len(reference[first])
+        p, q = (_log_softmax(x[first].reshape(count, -1)) for x in (reference, outputs))
+        return float(np.mean(np.sum(np.exp(p) * (p - q), axis=1)))
+    return sum(float(np.sum((outputs[o] - r) ** 2) / max(np.sum(r.astype(np.float64) ** 2), 1e-30))
+               for o, r in reference.items())  # fmt: skip
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def choose_ranges(model: onnx.ModelProto, estimators: dict, held_out: ArrayDataset, dtype: str,

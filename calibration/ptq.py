@@ -75,10 +75,11 @@ class Calibration:
 
 
 def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme, source: str = "calibration data",
-              held_out: ArrayDataset | None = None) -> Calibration:  # fmt: skip
+              held_out: ArrayDataset | None = None, classifier: bool = False) -> Calibration:  # fmt: skip
     """Many samples a call where the model's batch can be freed, else at its fixed batch (calibration.collect).
     ``held_out``: where method auto scores its candidates (default: split from ``dataset``, calibration/held_out.py;
-    min-max for every tensor when the data is too small to hold some out, recorded in ``range_methods``)."""
+    min-max for every tensor when the data is too small to hold some out, recorded in ``range_methods``);
+    ``classifier``: its whole-model check compares the first output's softmax (calibration/auto_ranges.py)."""
     dataset = check_calibration_data(dataset, source)
     method, auto_record = Method(scheme.method), {}
     if method == Method.AUTO and held_out is None:
@@ -105,7 +106,7 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     ranges = {t: e.range() for t, e in estimators.items()}
     if method == Method.AUTO:
         choice = choose_ranges(model, estimators, held_out, scheme.activation_dtype, symmetric)
-        choice = pick_plan(model, choice, held_out, lambda r: _qdq_model(model, plan, r, scheme))
+        choice = pick_plan(model, choice, held_out, lambda r: _qdq_model(model, plan, r, scheme), classifier)
         ranges, auto_record = choice.ranges, choice.record()
     flags = flag_tensors(ranges)  # attention masks: left float in both files
     # Flags get no grid at all (a range reaching -inf has no scale), so they are dropped before parameters are made.

@@ -101,7 +101,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
         split = _held_out_for_search(config, dataset)
     if calibration is None:
         fit = dataset if split is None else split.fit  # the search's samples never set a range
-        calibration = calibrate(prepared.model, fit, config, description, held_out=split and split.held_out)
+        calibration = calibrate(prepared.model, fit, config, description, held_out=split and split.held_out,
+                                classifier=ctx.task == "classification")  # fmt: skip
         calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size)
     seconds = time.perf_counter() - started
     mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction,

@@ -27,10 +27,10 @@ class IntegerFiles:
 def quantize_both(float_onnx: Path, calibration_data: ArrayDataset, precision: str = "int8",
                   scheme: QuantScheme | None = None) -> IntegerFiles:  # fmt: skip
     """``float_onnx`` -> ``.{precision}.onnx`` (QDQ) and ``.{precision}.tflite`` beside it, one calibration.
-    ``scheme`` (default: the defaults at ``precision``): with ``bias_correction``, both files get the corrected
+    ``scheme`` (default: min-max ranges at ``precision``): with ``bias_correction``, both files get the corrected
     biases."""
     model = onnx.load(str(float_onnx))
-    scheme = scheme or QuantScheme(precision=precision)
+    scheme = scheme or QuantScheme(precision=precision, method="minmax")  # the lowering's parity, not the ranges
     calibration = calibrate(model, calibration_data, scheme)
     onnx_path = float_onnx.with_suffix(f".{precision}.onnx")
     tflite_path = float_onnx.with_suffix(f".{precision}.tflite")
