@@ -9,7 +9,8 @@ only ever adds time): plain onnxruntime inference one sample a call (``inference
 model ships and as calibration's own session), the same with the batch freed and as many samples a call as
 calibration runs (``batched``: what batching alone buys), calibration's reader with every planned tensor exposed
 and nothing done with the values (``exposed``: the floor any calibration that reads the tensors pays), then
-``calibration.ptq.calibrate`` with each method. Imports happen before the clock starts, for every job alike.
+``calibration.ptq.calibrate`` with each method (``auto``: fitted on 80% of the N samples, scored on the rest).
+Imports happen before the clock starts, for every job alike.
 Printed: wall seconds and process CPU seconds (user + system, steadier than wall time on a shared machine), each
 as a ratio to plain one-sample inference's (target <= 1.5x), and peak RSS growth during the job (ru_maxrss after
 minus before, with the samples already in memory), so memory that grows with N shows as a growth that differs
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 INPUT = "image"
-JOBS = ["inference", "batched", "exposed", "minmax", "moving_average", "percentile", "entropy", "mse"]
+JOBS = ["inference", "batched", "exposed", "minmax", "moving_average", "percentile", "entropy", "mse", "auto"]
 METHODS = JOBS[3:]
 RATIO_TARGET = 1.5
 

@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgepack.calibration.ptq import QuantScheme  # noqa: E402
+
 from edgepack.core.dataset import ArrayDataset  # noqa: E402
 from edgepack.core.errors import EdgepackError  # noqa: E402
 from tests.converters.integer_check import cosine, quantize_both, run_onnx, run_tflite_each  # noqa: E402
@@ -36,13 +38,19 @@ def cases():
     yield from SEQUENCE_ZOO.items()
 
 
-def measure(name, case, precision: str, samples: int, folder: Path) -> str:
+SCHEMES = {"default": {}, "minmax": {"method": "minmax", "bias_correction": False},
+           "auto+bc": {"method": "auto", "bias_correction": True},
+           "minmax+bc": {"method": "minmax", "bias_correction": True}}  # fmt: skip
+
+
+def measure(name, case, precision: str, samples: int, folder: Path, scheme: str = "default") -> str:
     factory, data, inputs, outputs, options = case
     torch.manual_seed(0)
     examples = tuple(torch.from_numpy(v) for v in data(1, 0).values())
     float_onnx = export(factory().eval(), folder / f"{name}.onnx", examples, inputs, outputs, **options)
     try:
-        files = quantize_both(float_onnx, ArrayDataset(data(96, 1)), precision)
+        chosen = QuantScheme(precision=precision, **SCHEMES[scheme])
+        files = quantize_both(float_onnx, ArrayDataset(data(96, 1)), precision, chosen)
     except EdgepackError as e:
         return f"| {name} | {precision} | refused: {str(e)[:80]} | | | |"
     feeds = data(samples, 2)
@@ -52,6 +60,7 @@ def measure(name, case, precision: str, samples: int, folder: Path) -> str:
     step = files.calibration.activations.get(first)
     steps = np.abs(onnx_q[first] - tflite_q[first]) / float(np.max(step.scale)) if step else None
     agreement = f"{np.mean(steps <= 1.001):.1%}, max {steps.max():.0f}" if steps is not None else "(float output)"
+    precision = precision if scheme == "default" else f"{precision} {scheme}"
     return (f"| {name} | {precision} | {cosine(reference[first], onnx_q[first]):.4f} | "
             f"{cosine(reference[first], tflite_q[first]):.4f} | {cosine(onnx_q[first], tflite_q[first]):.4f} | "
             f"{agreement} |")  # fmt: skip
@@ -61,6 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", nargs="+", default=["int8", "int16x8"])
     parser.add_argument("--samples", type=int, default=24)
+    parser.add_argument("--schemes", nargs="+", default=["default"], choices=list(SCHEMES),
+                        help="default: the quantize stage's defaults; minmax: min-max ranges, no bias correction; "
+                        "auto+bc / minmax+bc: with bias correction")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| model | precision | cos ONNX vs float | cos TFLite vs float | cos ONNX vs TFLite | within 1 step, max |")
@@ -68,7 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, case in cases():
             for precision in args.precisions:
-                print(measure(name, case, precision, args.samples, Path(tmp)), flush=True)
+                for scheme in args.schemes:
+                    print(measure(name, case, precision, args.samples, Path(tmp), scheme), flush=True)
 
 
 if __name__ == "__main__":

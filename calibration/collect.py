@@ -179,11 +179,17 @@ def _padded(read: TensorReader, dataset: ArrayDataset, batch: int) -> Iterator[T
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset,
                    make_estimator: Callable[[str], RangeEstimator]) -> dict[str, tuple[float, float]]:  # fmt: skip
+    return {t: e.range() for t, e in collect_estimators(model, tensors, dataset, make_estimator).items()}
+
+
+def collect_estimators(model: onnx.ModelProto, tensors: list[str], dataset: ArrayDataset,
+                       make_estimator: Callable[[str], RangeEstimator]) -> dict[str, RangeEstimator]:  # fmt: skip
+    """Each tensor's estimator after observing every sample (method auto reads several ranges from each)."""
     estimators = {t: make_estimator(t) for t in tensors}
     for batch in read_tensors(model, tensors, dataset):
         for name, value in batch.values.items():
             estimators[name].observe(value, batch.rows)
-    return {t: e.range() for t, e in estimators.items()}
+    return estimators
 
 
 def check_calibration_data(dataset: ArrayDataset | None, source: str) -> ArrayDataset:

@@ -7,8 +7,16 @@ channels end up with the range sqrt(r1_i * r2_i), so one per-tensor scale fits e
 depthwise conv between two convs belongs to two pairs, so the scaling is repeated until it stops moving.
 
 ReLU6 (Clip(0, 6)) is not positive-homogeneous: clip(x / s, 0, 6) != clip(x, 0, 6) / s. Nagel replaces it by a
-ReLU, which changes the model; edgepack keeps the model's function, so a pair joined by such a Clip is skipped
-and recorded. A Clip with a lower bound 0 and no upper bound is a ReLU and is equalized.
+ReLU, which changes the model. edgepack keeps the model's function by scaling the clip with its channel: channel i,
+divided by s_i, is clipped at 6 / s_i, since clip(x / s, 0, 6 / s) = clip(x, 0, 6) / s. ONNX's Clip takes scalar
+bounds only, so an equalized Clip(0, u) becomes Relu followed by Min with a per-channel constant u / s_i (broadcast
+over the channel axis): exact in float in onnxruntime and in the TFLite file (RELU fused into the conv, then
+MINIMUM), at the cost of one elementwise op per such pair. Only a Clip whose lower bound is 0 is equalized this way
+(a Clip with no upper bound is a ReLU and needs no Min).
+
+HardSwish (x * relu6(x + 3) / 6) is not equalized: the +3 inside does not scale with the channel, so
+hardswish(x / s) is no function of hardswish(x) / s, and no per-channel bound can make up for it; such pairs are
+skipped and recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class LayerPair:
     through: list[str]  # op types between them
     first_axis: int  # the weight axis of first's output channels
     second_axis: int  # the weight axis of second's input channels
+    clips: list[onnx.NodeProto] = field(default_factory=list)  # Clip(0, u) nodes between them: per-channel u / s_i
+    scales: np.ndarray | None = None  # the product of every step's scales: first's channel i was divided by it
 
 
 @dataclass
@@ -44,6 +54,7 @@ class PairRecord:
     channels: int
     spread_before: list[float]  # max/min channel range of [first's outputs, second's inputs]
     spread_after: list[float] = field(default_factory=list)
+    clips_per_channel: list[str] = field(default_factory=list)  # Clip nodes rewritten as Relu + Min(u / s_i)
 
 
 @dataclass
@@ -83,6 +94,8 @@ def equalize_model(model: onnx.ModelProto, *, max_iterations: int = 100, toleran
     for pair, record in zip(pairs, records, strict=True):
         record.spread_after = _spreads(pair, weights)
     weights.write_back()
+    for pair, record in zip(pairs, records, strict=True):
+        record.clips_per_channel = [_clip_per_channel(equalized.graph, clip, pair, weights) for clip in pair.clips]
     return Equalization(equalized, records, skipped, iterations)
 
 
@@ -108,7 +121,8 @@ def find_pairs(graph: onnx.GraphProto) -> tuple[list[LayerPair], list[dict]]:
             reason = f"{second.op_type} {second.name!r} has a weight layout that is not equalizable"
         if second_axis is not None:
             first_axis = _layout(node, graph, constants, consumers, "output")
-            pairs.append(LayerPair(node, second, through, first_axis, second_axis))
+            clips = [user for user in _chain_nodes(node, len(through), consumers) if user.op_type == "Clip"]
+            pairs.append(LayerPair(node, second, through, first_axis, second_axis, clips))
         elif reason:
             skipped.append({"node": node.name, "reason": reason})
     return pairs, skipped
@@ -126,8 +140,11 @@ def _follow_chain(node, consumers, outputs, constants) -> tuple[onnx.NodeProto |
         if user.op_type in EQUALIZABLE and user.input[0] == tensor:
             return user, through, None
         if user.op_type == "Clip":
-            if not _is_relu_clip(user, constants):
+            if not _scalable_clip(user, constants):
                 return None, through, _clip_reason(user, constants)
+        elif user.op_type == "HardSwish":
+            return None, through, (f"HardSwish {user.name!r}: x * relu6(x + 3) / 6 does not scale with its input "
+                                   "(the +3 does not), so no per-channel bound keeps the model exact")  # fmt: skip
         elif user.op_type not in POSITIVE_HOMOGENEOUS:
             return None, through, None
         through.append(user.op_type)
@@ -159,19 +176,59 @@ def _clip_bounds(clip: onnx.NodeProto, constants: dict) -> tuple[float | None, f
     return bounds[0], bounds[1]
 
 
-def _is_relu_clip(clip, constants) -> bool:
+def _scalable_clip(clip, constants) -> bool:
+    """Clip(0, u) with u > 0 or none (a ReLU): its upper bound can follow each channel's scale. Not a Clip whose
+    upper bound is an attribute (opset < 11): the Min taking its place would need broadcasting (opset >= 8)."""
     bounds = _clip_bounds(clip, constants)
-    return bounds is not None and bounds[0] == 0.0 and bounds[1] is None
+    if bounds is None or bounds[0] != 0.0:
+        return False
+    return bounds[1] is None or (bounds[1] > 0 and not any(a.name == "max" for a in clip.attribute))
 
 
 def _clip_reason(clip, constants) -> str:
     bounds = _clip_bounds(clip, constants)
     if bounds is None:
         return f"Clip {clip.name!r} has non-constant bounds: its effect on scaled channels is unknown"
+    if bounds[0] == 0.0 and bounds[1] is not None and bounds[1] > 0:
+        return f"Clip {clip.name!r} keeps its bounds as attributes (opset < 11): export at opset 11 or later"
     return (
-        f"Clip {clip.name!r} with bounds {bounds} (ReLU6-like) is not positive-homogeneous: scaling the channels "
-        "would move its clipping points; edgepack keeps the model exact, so the pair is not equalized"
+        f"Clip {clip.name!r} with bounds {bounds}: only a lower bound of 0 passes a channel scale (its upper bound "
+        "then follows the channel); edgepack keeps the model exact, so the pair is not equalized"
     )
+
+
+def _chain_nodes(node: onnx.NodeProto, count: int, consumers) -> list[onnx.NodeProto]:
+    """The ``count`` single-consumer nodes after ``node`` (the chain ``_follow_chain`` walked)."""
+    chain, tensor = [], node.output[0]
+    for _ in range(count):
+        chain.append(consumers[tensor][0])
+        tensor = chain[-1].output[0]
+    return chain
+
+
+def _clip_per_channel(graph: onnx.GraphProto, clip: onnx.NodeProto, pair: LayerPair, weights: _WeightStore) -> str:
+    """Clip(x, 0, u) on channels divided by s_i -> Min(Relu(x), u / s_i): ONNX's Clip takes scalar bounds only."""
+    upper = _clip_bounds(clip, _constant_values(graph))[1]
+    name = clip.name or clip.output[0]
+    if upper is None:  # a ReLU written as Clip(0): nothing to scale
+        return name
+    rank = weights.arrays[pair.first.input[1]].ndim if pair.first.op_type == "Conv" else 2
+    bound = (upper / pair.scales).astype(np.float32).reshape([-1] + [1] * (rank - 2))
+    relu_out, bound_name = f"{name}_relu_output", f"{name}_per_channel_upper_bound"
+    graph.initializer.append(numpy_helper.from_array(bound, bound_name))
+    relu = onnx.helper.make_node("Relu", [clip.input[0]], [relu_out], name=f"{name}_relu")
+    minimum = onnx.helper.make_node("Min", [relu_out, bound_name], [clip.output[0]], name=f"{name}_per_channel_clip")
+    nodes, bounds = list(graph.node), set(clip.input[1:])
+    position = nodes.index(clip)
+    kept = nodes[:position] + [relu, minimum] + nodes[position + 1 :]
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    unused = bounds - used  # the Clip's bound constants go with it, unless something else reads them
+    kept = [n for n in kept if n.op_type != "Constant" or n.output[0] not in unused]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for tensor in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(tensor)
+    return name
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -236,6 +293,7 @@ def _equalize_pair(pair: LayerPair, weights: _WeightStore) -> float:
     )
     weights.scale(pair.first, pair.first_axis, 1.0 / scales, with_bias=True)
     weights.scale(pair.second, pair.second_axis, scales, with_bias=False)
+    pair.scales = scales if pair.scales is None else pair.scales * scales
     return float(np.max(np.abs(scales - 1.0)))
 
 
@@ -253,4 +311,4 @@ def _spread(ranges: np.ndarray) -> float:
 
 def _record(pair: LayerPair, weights: _WeightStore) -> PairRecord:
     channels = len(weights.ranges(pair.first, pair.first_axis))
-    return PairRecord(pair.first.name, pair.second.name, pair.through, channels, _spreads(pair, weights))
+    return PairRecord(pair.first.name, pair.second.name, list(pair.through), channels, _spreads(pair, weights))

@@ -26,6 +26,7 @@ class Method(StrEnum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     MSE = "mse"
+    AUTO = "auto"  # per tensor, the best of the others on held-out calibration samples (calibration/auto_ranges.py)
 
 
 class MinMaxEstimator:
@@ -258,6 +259,8 @@ def make_estimator(method: Method | str, *, symmetric: bool = False, percentile:
     Entropy always bins every value: its KL search reads the histogram's sparse fine structure, and subsampling
     moved its clip by up to 25% on the digits conv net (percentile and mse by under 5%)."""
     method = Method(method)
+    if method == Method.AUTO:
+        raise ValueError("method 'auto' chooses among the estimators per tensor: calibration.auto_ranges")
     limit = DEFAULT_SAMPLE_LIMIT if sampled else None
     if method == Method.MINMAX:
         return MinMaxEstimator()

@@ -16,8 +16,10 @@ from edgepack.calibration.attention_masks import (
     flag_tensors,
     softmax_inputs,
 )
-from edgepack.calibration.collect import check_calibration_data, collect_ranges
+from edgepack.calibration.auto_ranges import CandidateEstimator, choose_ranges, pick_plan
+from edgepack.calibration.collect import check_calibration_data, collect_estimators
 from edgepack.calibration.estimators import Method, MinMaxEstimator, make_estimator
+from edgepack.calibration.held_out import can_hold_out, split_held_out
 from edgepack.calibration.plan import fixed_output_params, plan_quantization
 from edgepack.calibration.smoothing import SmoothQuant
 from edgepack.converters.onnx_info import constant_values
@@ -34,8 +36,11 @@ class QuantScheme(BaseModel):
     precision: Literal["int8", "int16x8"] = Field(
         "int8", description="int8, or int16x8 (16-bit activations, 8-bit weights)."
     )
-    method: Method = Field(Method.MINMAX, description="Range estimator: minmax, moving_average, percentile, "
-                                                      "entropy (KL) or mse.")  # fmt: skip
+    method: Method = Field(Method.AUTO, description="Range estimator: auto (the default: per activation tensor, "
+        "whichever of minmax, percentile, mse and entropy causes the least error at the next layer's output on "
+        "calibration samples held out from fitting the ranges (calibration/auto_ranges.py; each tensor's choice is "
+        "in details.range_methods), minmax, "
+        "moving_average, percentile, entropy (KL) or mse (exactly that method for every tensor).")  # fmt: skip
     percentile: float = Field(99.99, gt=50, le=100, description="For method 'percentile'.")
     symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (int16 always is).")
     samples: int = Field(256, gt=0, description="Calibration samples used (the first N of the data).")
@@ -67,6 +72,7 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]  # what the estimator saw, per calibrated tensor
     activations: dict[str, QuantParams]  # every quantized activation: calibrated, shared and fixed
     kept_float: dict[str, str] = field(default_factory=dict)  # planned tensors left float by calibration, and why
+    range_methods: dict = field(default_factory=dict)  # method auto: what each tensor's range came from, and why
     constants: dict[str, QuantParams] = field(default_factory=dict)  # constant operands on a grid (16x8 only)
 
     def fake_quant_ranges(self) -> dict[str, tuple[float, float]]:
@@ -76,10 +82,21 @@ class Calibration:
         return {t: tuple(float(v) for v in p.representable_range()) for t, p in grids.items()}
 
 
-def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme,
-              source: str = "calibration data") -> Calibration:  # fmt: skip
-    """Many samples a call where the model's batch can be freed, else at its fixed batch (calibration.collect)."""
+def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme, source: str = "calibration data",
+              held_out: ArrayDataset | None = None, classifier: bool = False) -> Calibration:  # fmt: skip
+    """Many samples a call where the model's batch can be freed, else at its fixed batch (calibration.collect).
+    ``held_out``: where method auto scores its candidates (default: split from ``dataset``, calibration/held_out.py;
+    min-max for every tensor when the data is too small to hold some out, recorded in ``range_methods``);
+    ``classifier``: its whole-model check compares the first output's softmax (calibration/auto_ranges.py)."""
     dataset = check_calibration_data(dataset, source)
+    method, auto_record = Method(scheme.method), {}
+    if method == Method.AUTO and held_out is None:
+        if can_hold_out(dataset):
+            split = split_held_out(dataset, scheme.samples, "method auto")
+            dataset, held_out = split.fit, split.held_out
+        else:
+            method, auto_record = Method.MINMAX, {"fallback": f"minmax for every tensor: {len(dataset)} calibration "
+                                                  "samples are too few to hold some out"}  # fmt: skip
     dataset = dataset.head(scheme.samples)
     plan = plan_quantization(model, skip=set(scheme.skip_nodes))
     levels = 65536 if scheme.activation_dtype == "int16" else 256
@@ -88,16 +105,33 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
     softmax = softmax_inputs(model)
 
     def estimator(name: str):
-        chosen = make_estimator(scheme.method, symmetric=symmetric, percentile=scheme.percentile, levels=levels)
+        chosen = (CandidateEstimator(levels, symmetric, scheme.percentile) if method == Method.AUTO else
+                  make_estimator(method, symmetric=symmetric, percentile=scheme.percentile, levels=levels))  # fmt: skip
         chosen = chosen if isinstance(chosen, MinMaxEstimator) else FlagAwareEstimator(chosen)  # minmax: extremes
         return SoftmaxInputEstimator(chosen, softmax[name], levels) if name in softmax else chosen
 
-    ranges = collect_ranges(model, plan.activations, dataset, estimator)
+    estimators = collect_estimators(model, plan.activations, dataset, estimator)
+    ranges = {t: e.range() for t, e in estimators.items()}
+    if method == Method.AUTO:
+        choice = choose_ranges(model, estimators, held_out, scheme.activation_dtype, symmetric)
+        choice = pick_plan(model, choice, held_out, lambda r: _qdq_model(model, plan, r, scheme), classifier)
+        ranges, auto_record = choice.ranges, choice.record()
     flags = flag_tensors(ranges)  # attention masks: left float in both files
     # Flags get no grid at all (a range reaching -inf has no scale), so they are dropped before parameters are made.
     kept = without_tensors(Calibration(scheme, plan, ranges, {}), set(flags))
     return replace(kept, activations=activation_parameters(kept.plan, ranges, scheme),
-                   constants=constant_parameters(model, kept.plan, scheme), kept_float=flags)  # fmt: skip
+                   constants=constant_parameters(model, kept.plan, scheme), kept_float=flags,
+                   range_methods=auto_record)  # fmt: skip
+
+
+def _qdq_model(model: onnx.ModelProto, plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> onnx.ModelProto:
+    """The ONNX QDQ model of ``ranges`` in memory, as the stage writes it (method auto's whole-model check)."""
+    from edgepack.converters.qdq import build_qdq_model
+
+    kept = without_tensors(Calibration(scheme, plan, ranges, {}), set(flag_tensors(ranges)))
+    activations = activation_parameters(kept.plan, ranges, scheme)
+    return build_qdq_model(model, kept.plan, activations, per_channel_weights=scheme.per_channel_weights,
+                           constants=constant_parameters(model, kept.plan, scheme))[0]  # fmt: skip
 
 
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:

@@ -11,8 +11,9 @@ not ignored: the greedy search measures every mixed model it considers, with eve
 Every candidate is an ONNX QDQ model built in memory from the ONE calibration (ranges never change: a layer kept at
 int16 gets the int16 grid of its calibrated range) and run in onnxruntime. The metric is the top-1 drop in
 percentage points against the float model in the same runtime when the data has labels, else the SQNR of the
-outputs. The search runs on the data it is given (the stage passes the evaluation data, as the accuracy target is
-stated on it), so the drop it reports is measured, not predicted.
+outputs. The search runs on the data it is given: the stage passes calibration samples held out from fitting the
+ranges (calibration/held_out.py), never the evaluation data, and scores top-1 against the float model's classes, so
+the drop it reports is measured, not predicted, and the evaluation figures after it are not tuned on.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ class AccuracyTarget(BaseModel):
     """What mixed precision must reach; layers are kept at a higher precision, most sensitive first, until it does."""
 
     model_config = ConfigDict(extra="forbid")
-    max_accuracy_drop_pp: float = Field(0.5, ge=0, description="Largest top-1 drop against float, in percentage "
-                                        "points, measured on the evaluation data (needs labels).")  # fmt: skip
-    min_output_sqnr_db: float = Field(30.0, description="Used instead when the data has no labels: smallest SQNR "
-                                      "of the outputs against float, in dB.")  # fmt: skip
-    samples: int | None = Field(None, gt=0, description="Search on the first N evaluation samples only (default: "
-                                "all); each layer costs one pass over them in onnxruntime.")  # fmt: skip
+    max_accuracy_drop_pp: float = Field(0.5, ge=0, description="Classifiers: the largest share of held-out "
+        "calibration samples, in percentage points, whose top-1 class differs from the float model's (it bounds the "
+        "top-1 drop against float).")  # fmt: skip
+    min_output_sqnr_db: float = Field(30.0, description="Used instead when the task is not classification: "
+                                      "smallest SQNR of the outputs against float, in dB.")  # fmt: skip
+    samples: int | None = Field(None, gt=0, description="Search on the first N held-out calibration samples only "
+        "(default: all held out, calibration/held_out.py); each layer costs one pass over them in "
+        "onnxruntime.")  # fmt: skip
     best_effort: bool = Field(False, description="When no plan whose files stay integer (at least half of their "
         "MACs at the file's precision, calibration/precision.py) meets the target, write the best such plan, "
         "named as missing the target in its details and the reports; default: stop with an error naming the "
@@ -160,12 +163,16 @@ class RuntimeScorer:
     """Scores quantized candidates against the float model, both run in onnxruntime on the same samples."""
 
     def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, *, unsigned_activations: bool = True,
-                 per_channel_weights: bool = True, bias_correction: BiasCorrection | None = None):  # fmt: skip
+                 per_channel_weights: bool = True, bias_correction: BiasCorrection | None = None,
+                 top1_of_float: bool = False):  # fmt: skip
+        """``top1_of_float``: score top-1 against the float model's classes (its top-1 is then 100%, and a
+        candidate's drop is the share of samples whose class it changes) instead of ``dataset.labels``."""
         self.model, self.dataset, self.bias_correction = float_model, dataset, bias_correction
         self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
         self.reference = self.outputs(float_model)  # the float model's, never the bias-corrected one's
         self.output = float_model.graph.output[0].name
-        self.float_top1 = None if dataset.labels is None else self._top1(self.reference)
+        self.labels = self._classes(self.reference) if top1_of_float else dataset.labels
+        self.float_top1 = None if self.labels is None else self._top1(self.reference)
         self.macs = node_macs(float_model, {name: [1, *a.shape[1:]] for name, a in dataset.inputs.items()})
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -191,8 +198,11 @@ class RuntimeScorer:
             return Score(sqnr)
         return Score(sqnr, (self.float_top1 - self._top1(outputs)) * 100)
 
+    def _classes(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs[self.output].reshape(len(self.dataset), -1).argmax(1)
+
     def _top1(self, outputs: dict[str, np.ndarray]) -> float:
-        return float(np.mean(outputs[self.output].reshape(len(self.dataset), -1).argmax(1) == self.dataset.labels))
+        return float(np.mean(self._classes(outputs) == self.labels))
 
 
 def output_sqnr_db(reference: dict[str, np.ndarray], measured: dict[str, np.ndarray]) -> float:
@@ -365,11 +375,16 @@ def sensitivity_record(result: MixedPrecision, artifact: str) -> dict:
     metric = "top-1 drop" if labelled else "output SQNR"
     return {
         "artifact": artifact,
-        "metric": f"{metric} with only this layer quantized ({result.samples} samples, onnxruntime)",
+        "metric": f"{metric} with only this layer quantized ({result.samples} held-out calibration samples, "
+                  "onnxruntime)",
         "unit": "pp" if labelled else "dB",
         "higher_is_worse": labelled,
         "layers": [{"layer": c.layer.name, "value": _rounded(_value(c.score))} for c in result.ranking],
     }
+
+
+SEARCHED_ON = ("held-out calibration samples (never the evaluation data); top-1 against the float model's classes, "
+               "or output SQNR against float")
 
 
 def mixed_precision_record(result: MixedPrecision, file_format: str, measured: Score | None = None) -> dict:
@@ -386,6 +401,7 @@ def mixed_precision_record(result: MixedPrecision, file_format: str, measured: S
         "best_effort": result.best_effort,  # written although the plan missed the target
         "searched_in": "onnxruntime, ONNX QDQ candidates built in memory from the one calibration",
         "samples": result.samples,
+        "searched_on": SEARCHED_ON,
         "layers": layers,
         "steps": [_step_entry(result, step) for step in range(len(result.steps))],
         "written_step": written,

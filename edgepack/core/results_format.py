@@ -35,6 +35,11 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   (calibration/precision.py; a file runs at least half of them at its own precision, or is not written).
 - ``artifacts[].details.bias_correction``: the layers whose bias was corrected in this file, and
   ``float_bias_kept``: those that run float in it and keep their float bias (calibration/bias_correction.py).
+- ``artifacts[].details.range_methods``: the ONNX integer file of a calibration with ``method: auto``: ``counts``
+  {method: tensors}, ``tensors`` {activation tensor: the method its range came from}, ``plan`` (``per_tensor`` or
+  the one method kept everywhere) and ``output_error`` {plan: its outputs' distance from float on held-out
+  calibration samples}, ``scored_on`` (how the choice was measured), or ``fallback`` when the calibration data was
+  too small to hold samples out (calibration/auto_ranges.py).
 - ``artifacts[].bench[].verification_on_target``: each benchmark record of a remote target (ssh://, adb://) of an
   ONNX or TFLite file: the verification samples run on the device with the benchmark, held to the reference as
   ``verification`` is (the same keys: per output ``max_abs_error``, ``mean_abs_error``, ``cosine_similarity``,

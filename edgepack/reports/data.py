@@ -31,6 +31,7 @@ def build_report_data(results: dict) -> dict:
         "sparsity": {a["name"]: a["sparsity"] for a in artifacts if a.get("sparsity")},
         "sensitivity": results.get("sensitivity"),
         "mixed_precision": mixed_precision_records(artifacts),
+        "range_methods": range_method_records(artifacts),
         "compression": compression_lines(artifacts),
         "slower_than_float": slower_than_float(artifacts),
         "qat_below_ptq": qat_below_ptq(artifacts),
@@ -98,6 +99,17 @@ def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:
     precision (details.macs), where there is one."""
     return {a["name"]: a["details"]["mixed_precision"] | {"macs": a["details"].get("macs")}
             for a in artifacts if a["details"].get("mixed_precision")}  # fmt: skip
+
+
+def range_method_records(artifacts: list[dict]) -> dict[str, dict]:
+    """Artifact name -> which range method ``method: auto`` chose per activation tensor (details.range_methods,
+    calibration/auto_ranges.py), with ``rows`` [tensor, method] for the table."""
+    records = {}
+    for artifact in artifacts:
+        record = artifact["details"].get("range_methods")
+        if record and "tensors" in record:
+            records[artifact["name"]] = record | {"rows": [[t, m] for t, m in record["tensors"].items()]}
+    return records
 
 
 def mixed_precision_notes(artifacts: list[dict]) -> list[str]:

@@ -94,6 +94,18 @@ def layer_sections(data: dict) -> list[str]:
     return ["## Per-layer figures", *parts] if parts else []
 
 
+def range_methods_section(data: dict) -> list[str]:
+    """method auto: how many activation tensors took each method, and the table of choices."""
+    from edgepack.reports.text import markdown_table
+
+    parts = []
+    for name, record in data["range_methods"].items():
+        counts = ", ".join(f"{method} {count}" for method, count in record["counts"].items())
+        parts += [f"**{name}** range method per activation (method auto, {record['scored_on']}): {counts}",
+                  markdown_table(["tensor", "method"], record["rows"])]  # fmt: skip
+    return ["## Calibration ranges", *parts] if parts else []
+
+
 def mixed_precision_line(name: str, record: dict) -> str:
     """One line per integer artifact: the layers kept high, at what precision and why, whether the target held, and
     the share of MACs in each precision."""

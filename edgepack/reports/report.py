@@ -41,6 +41,7 @@ def render_markdown(results: dict) -> str:
         *sections.compression_section(data),
         *sections.robustness_section(data),
         *sections.layer_sections(data),
+        *sections.range_methods_section(data),
         "## Verification against the reference",
         markdown_table(
             ["artifact", "output", "max abs err", "mean abs err", "cosine", "tolerance", "top-1 agree"],

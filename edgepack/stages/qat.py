@@ -56,8 +56,9 @@ class QatConfig(StageConfig, QatOptions):
         return {**QAT_FINETUNE.model_dump(), **value} if isinstance(value, dict) else value
 
     def scheme(self) -> QuantScheme:
-        return QuantScheme(
-            precision=self.precision, symmetric_activations=self.symmetric_activations, samples=self.samples
+        return QuantScheme(  # min-max starting ranges: QAT trains them
+            precision=self.precision, symmetric_activations=self.symmetric_activations, samples=self.samples,
+            method="minmax",
         )
 
 

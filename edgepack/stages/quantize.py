@@ -55,8 +55,9 @@ class QuantizeConfig(StageConfig, QuantScheme):
         "(stages/quantize_dynamic.py).")  # fmt: skip
     accuracy_target: AccuracyTarget | None = Field(
         None, description="Mixed precision: rank layers by measured sensitivity and keep the most sensitive ones "
-        "high (ONNX int16, TFLite float) until the drop on the evaluation data meets this; the decisions and "
-        "whether the target was met land in each file's details (calibration/sensitivity.py).")  # fmt: skip
+        "high (ONNX int16, TFLite float) until the files' outputs, measured against the float model's on held-out "
+        "calibration samples (never the evaluation data), meet this; the decisions and whether the target was met "
+        "land in each file's details (calibration/sensitivity.py, calibration/held_out.py).")  # fmt: skip
 
     @model_validator(mode="after")
     def _dynamic_int8_alone(self) -> QuantizeConfig:
@@ -138,14 +139,20 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     model = onnx.load(str(ctx.artifact_path(source)))
     prepared = prepare_float_model(config, ctx, source, model, equalized)  # cross-layer equalization
     calibration = trained_calibration(ctx, source, prepared.model, config)  # the ranges a qat stage trained, if any
-    if calibration is None:
+    split = None
+    if calibration is None or config.accuracy_target is not None:
         dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
-        apply_smoothing(config, prepared, dataset)
-        apply_adaround(config, prepared, dataset)
-        calibration = calibrate(prepared.model, dataset, config, description)
-        calibration = apply_bias_correction(config, prepared, calibration, dataset, ctx.batch_size)
+        split = _held_out_for_search(config, dataset)
+    if calibration is None:
+        fit = dataset if split is None else split.fit  # the search's samples never set a range
+        apply_smoothing(config, prepared, fit)
+        apply_adaround(config, prepared, fit)
+        calibration = calibrate(prepared.model, fit, config, description, held_out=split and split.held_out,
+                                classifier=ctx.task == "classification")  # fmt: skip
+        calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size)
     seconds = time.perf_counter() - started
-    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction)
+    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction,
+                               split)  # fmt: skip
     plans = {"onnx": mixed.onnx} | ({"tflite": mixed.tflite} if "tflite" in config.formats else {})
     files = {fmt: _integer_file(config, ctx, prepared, plan, fmt) for fmt, plan in plans.items()}  # before writing
     written = [_write_onnx(config, ctx, prepared.source, files["onnx"].model, mixed.onnx, seconds)]
@@ -161,6 +168,17 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
         written = written[1:]
     prepared.record(written)
     return StageOutput(prepared.artifacts + written)
+
+
+def _held_out_for_search(config: QuantizeConfig, dataset):
+    """The mixed-precision search measures its plans on held-out calibration samples (never the evaluation data);
+    the ranges are fitted on the others. None without an accuracy target."""
+    from edgepack.calibration.collect import check_calibration_data
+    from edgepack.calibration.held_out import split_held_out
+
+    if config.accuracy_target is None:
+        return None
+    return split_held_out(check_calibration_data(dataset, "calibration data"), config.samples, "accuracy_target")
 
 
 @dataclass
@@ -266,7 +284,7 @@ def quantization_details(calibration: Calibration, weights: dict, seconds: float
         "weights": {t: _params_json(p) for t, p in weights.items()},
         "calibrated_ranges": {t: [float(lo), float(hi)] for t, (lo, hi) in calibration.ranges.items()},
         "kept_float": calibration.kept_float,  # tensors calibration left float (attention masks), and why
-    }
+    } | ({"range_methods": calibration.range_methods} if calibration.range_methods else {})  # method auto
 
 
 def _params_json(params) -> dict:

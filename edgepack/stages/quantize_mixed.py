@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from edgepack.calibration.held_out import CalibrationSplit
 from edgepack.calibration.precision import (
     MIN_OWN_PRECISION_MACS,
     PRECISIONS,
@@ -73,20 +74,21 @@ class MixedCalibrations:
 
 
 def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str,
-                       correction: BiasCorrection | None = None) -> MixedCalibrations:  # fmt: skip
-    """Search only when the stage has an ``accuracy_target``; on the evaluation data (the random verification
-    inputs when there is none: then the target is the output SQNR). Candidates carry ``correction`` where their
-    layers run int8, as the files will; the reference is ``model``, the float model."""
+                       correction: BiasCorrection | None = None,
+                       split: CalibrationSplit | None = None) -> MixedCalibrations:  # fmt: skip
+    """Search only when the stage has an ``accuracy_target``, on ``split.held_out``: calibration samples the ranges
+    were not fitted on, never the evaluation data. The target is stated against the float model: for a classifier
+    the share of samples whose top-1 class differs from the float model's, else the output SQNR. Candidates carry
+    ``correction`` where their layers run int8, as the files will; the reference is ``model``, the float model."""
 
     if config.accuracy_target is None:
         return MixedCalibrations(calibration, calibration)
-    dataset = ctx.eval_data if ctx.eval_data is not None else ctx.verify_data
-    dataset = dataset.head(config.accuracy_target.samples or len(dataset))
-    if ctx.task != "classification":  # top-1 only means something for a classifier: else the output SQNR
-        dataset = ArrayDataset(dataset.inputs)
+    held_out = split.held_out
+    dataset = ArrayDataset(held_out.head(config.accuracy_target.samples or len(held_out)).inputs)  # labels unused
     options = {"unsigned_activations": config.unsigned_onnx_activations,
                "per_channel_weights": config.per_channel_weights}  # fmt: skip
-    scorer = RuntimeScorer(model, dataset, **options, bias_correction=correction)
+    scorer = RuntimeScorer(model, dataset, **options, bias_correction=correction,
+                           top1_of_float=ctx.task == "classification")  # fmt: skip
     search = search_mixed_precision(calibration, scorer, config.accuracy_target)
     search = settle_plan(search, calibration, model, scorer.macs, list(config.formats))  # or raise, before writing
     plans = file_plans(calibration, plan_layers(model, calibration.plan), search.kept, search.high)

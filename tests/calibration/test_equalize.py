@@ -102,28 +102,32 @@ def _clip_chain(clip_inputs: list[str], extra_nodes=(), opset: int = 17, **clip_
     return _model(nodes, weights, opset)
 
 
-def test_relu6_and_computed_clip_bounds_are_skipped_and_recorded_while_clip_at_zero_is_a_relu():
-    relu6 = equalize_model(_clip_chain(["zero", "six"]))
-    assert relu6.pairs == [] and relu6.summary()["pairs"] == 0 and "no Conv/Gemm" in relu6.reason
-    assert [s["node"] for s in relu6.skipped] == ["conv1"]
-    assert "bounds (0.0, 6.0) (ReLU6-like) is not positive-homogeneous" in relu6.skipped[0]["reason"]
+def test_relu6_is_equalized_with_its_clip_per_channel_computed_clip_bounds_are_skipped():
+    relu6 = equalize_model(_clip_chain(["zero", "six"]))  # issue 14: was skipped (test_equalize_relu6.py)
+    assert relu6.summary()["pairs"] == 1 and relu6.pairs[0].clips_per_channel == ["clip"]
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32) * 4
+    assert np.allclose(_run(relu6.model, x), _run(_clip_chain(["zero", "six"]), x), rtol=1e-4, atol=1e-5)
+    low_six = equalize_model(_clip_chain(["six", "six"]))  # a lower bound other than 0 does not pass a scale
+    assert low_six.pairs == [] and "only a lower bound of 0 passes" in low_six.skipped[0]["reason"]
     computed = [helper.make_node("ReduceMin", ["x"], ["low"], keepdims=0, name="low")]
     dynamic = equalize_model(_clip_chain(["low"], computed))
     assert dynamic.pairs == [] and "non-constant bounds" in dynamic.skipped[0]["reason"]
     assert len(equalize_model(_clip_chain(["zero"])).pairs) == 1  # Clip(0, none) is relu
     assert len(equalize_model(_clip_chain([], opset=6, min=0.0)).pairs) == 1  # opset 6: bounds as attributes
-    assert len(equalize_model(_clip_chain([], opset=6, min=0.0, max=6.0)).pairs) == 0
+    opset6 = equalize_model(_clip_chain([], opset=6, min=0.0, max=6.0))  # Min broadcasts only from opset 8
+    assert opset6.pairs == [] and "opset < 11" in opset6.skipped[0]["reason"]
 
 
 def test_quantize_stage_records_zero_pairs_and_why_and_writes_no_float_file():
     from edgepack.stages.quantize_accuracy import prepare_float_model
 
     scheme = QuantScheme(cross_layer_equalization=True)
-    prepared = prepare_float_model(scheme, ctx=None, source="onnx-fp32", model=_clip_chain(["zero", "six"]))
+    model = _clip_chain(["low"], [helper.make_node("ReduceMin", ["x"], ["low"], keepdims=0, name="low")])
+    prepared = prepare_float_model(scheme, ctx=None, source="onnx-fp32", model=model)
     recorded = prepared.details["cross_layer_equalization"]
     assert prepared.artifacts == [] and prepared.source == "onnx-fp32"  # the integer files keep their parent
     assert recorded["pairs"] == 0 and recorded["reason"].startswith("no Conv/Gemm")
-    assert "ReLU6-like" in recorded["skipped"][0]["reason"]
+    assert "non-constant bounds" in recorded["skipped"][0]["reason"]
 
 
 @pytest.fixture(scope="module")

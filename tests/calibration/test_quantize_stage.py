@@ -121,3 +121,20 @@ def test_int16x8_tflite_of_an_op_without_16_bit_kernels_is_refused_by_name(tmp_p
     recipe["stages"][1]["formats"] = ["onnx"]  # the ONNX int16x8 file alone is fine
     results = edgepack.pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True).results
     assert [a["name"] for a in results["artifacts"]][-1] == "onnx-int16x8"
+
+
+def test_the_default_method_auto_records_each_tensors_choice_in_results_and_reports(run):
+    for precision in ("int8", "int16x8"):
+        details = artifact(run.results, f"onnx-{precision}")["details"]
+        record = details["range_methods"]
+        assert details["scheme"]["method"] == "auto"
+        assert set(record["tensors"]) == set(details["calibrated_ranges"])  # every calibrated tensor chose
+        assert sum(record["counts"].values()) == len(record["tensors"])
+        assert set(record["counts"]) == {"minmax", "percentile", "mse", "entropy"}
+        assert record["scored_on"].startswith("128 held-out calibration samples")
+    markdown = (run.run_dir / "report.md").read_text()
+    assert "## Calibration ranges" in markdown and "| tensor | method |" in markdown
+    counts = artifact(run.results, "onnx-int8")["details"]["range_methods"]["counts"]
+    assert "**onnx-int8** range method per activation (method auto, 128 held-out" in markdown
+    assert ", ".join(f"{m} {c}" for m, c in counts.items()) in markdown
+    assert "<h2>Calibration ranges</h2>" in (run.run_dir / "report.html").read_text()

@@ -24,12 +24,23 @@ class IntegerFiles:
     calibration: Calibration
 
 
-def quantize_both(float_onnx: Path, calibration_data: ArrayDataset, precision: str = "int8") -> IntegerFiles:
-    """``float_onnx`` -> ``.{precision}.onnx`` (QDQ) and ``.{precision}.tflite`` beside it, one calibration."""
+def quantize_both(float_onnx: Path, calibration_data: ArrayDataset, precision: str = "int8",
+                  scheme: QuantScheme | None = None) -> IntegerFiles:  # fmt: skip
+    """``float_onnx`` -> ``.{precision}.onnx`` (QDQ) and ``.{precision}.tflite`` beside it, one calibration.
+    ``scheme`` (default: min-max ranges at ``precision``): with ``bias_correction``, both files get the corrected
+    biases."""
     model = onnx.load(str(float_onnx))
-    calibration = calibrate(model, calibration_data, QuantScheme(precision=precision))
+    scheme = scheme or QuantScheme(precision=precision, method="minmax")  # the lowering's parity, not the ranges
+    calibration = calibrate(model, calibration_data, scheme)
     onnx_path = float_onnx.with_suffix(f".{precision}.onnx")
     tflite_path = float_onnx.with_suffix(f".{precision}.tflite")
+    if scheme.bias_correction:
+        from edgepack.calibration.bias_correction import correct_biases, with_corrected_model
+
+        model = correct_biases(model, calibration.plan, calibration_data.head(scheme.samples), 1).model
+        calibration = with_corrected_model(calibration, model)
+        float_onnx = float_onnx.with_suffix(".corrected.onnx")
+        onnx.save(model, str(float_onnx))
     write_qdq_model(model, onnx_path, calibration.plan, calibration.activations, constants=calibration.constants)
     shapes = {i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     bits = 16 if precision == "int16x8" else 8

@@ -21,7 +21,7 @@ def test_bundled_recipe_round_trips_through_yaml():
     again = parse_recipe(yaml.safe_load(recipe_to_yaml(recipe)))
     assert again == recipe
     assert [s.stage for s in again.stages] == ["export", "convert", "quantize"]
-    assert again.stages[2].precision == "int8" and again.stages[2].method == "minmax"
+    assert again.stages[2].precision == "int8" and again.stages[2].method == "auto"  # the default (issue 14)
     assert again.bench.runs == 200 and again.model.inputs[0].shape == [1, 1, 8, 8]
 
 
