@@ -147,9 +147,8 @@ def choose_ranges(model: onnx.ModelProto, estimators: dict, held_out: ArrayDatas
     sums = {t: dict.fromkeys(g, 0.0) for t, g in grids.items()}
     counts = dict.fromkeys(grids, 0)
     for batch in read_tensors(model, list(grids), held_out):
-        for name, value in batch.values.items():
-            real = value[: batch.samples] if batch.rows == len(value) else value
-            values, weight = _scored_values(real, found[name][1], weights.get(name))
+        for name in batch.values:
+            values, weight = _scored_values(batch.real(name), found[name][1], weights.get(name))
             counts[name] += values.size
             for method, grid in grids[name].items():
                 sums[name][method] += float(np.sum(weight * (grid.fake_quantize(values) - values) ** 2))

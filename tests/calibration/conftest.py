@@ -34,3 +34,15 @@ def digits_onnx_any_batch(tmp_path_factory, trained_weights) -> onnx.ModelProto:
     """The same, with a dynamic batch dimension (calibration batches of any size)."""
     return export_conv_net(trained_weights("conv_net"), tmp_path_factory.mktemp("collect") / "conv_net.onnx",
                            dynamic_batch=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory) -> onnx.ModelProto:
+    """The conv net untrained (seed 0), exported the legacy way: for tests of how ranges are chosen, not accuracy."""
+    from edgepack.converters.torch_to_onnx import export_to_onnx
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("conv") / "conv.onnx"
+    export_to_onnx(models.conv_net().eval(), (torch.zeros(1, 1, 8, 8),), path, input_names=["image"],
+                   output_names=["logits"], opset=17, dynamo=False)  # fmt: skip
+    return onnx.load(str(path))

@@ -4,27 +4,13 @@ squared error on calibration samples held out from fitting the ranges; a method 
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import pytest
-import torch
 from edgepack.calibration.collect import collect_ranges
 from edgepack.calibration.estimators import make_estimator
 from edgepack.calibration.held_out import split_held_out
 from edgepack.calibration.ptq import QuantScheme, calibrate
 from edgepack.calibration.sources import load_digits_dataset
-from edgepack.converters.torch_to_onnx import export_to_onnx
 
 from edgepack.core.dataset import ArrayDataset
-from tests import models
-
-
-@pytest.fixture(scope="module")
-def conv_onnx(tmp_path_factory) -> onnx.ModelProto:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("auto") / "conv.onnx"
-    export_to_onnx(models.conv_net().eval(), (torch.zeros(1, 1, 8, 8),), path, input_names=["image"],
-                   output_names=["logits"], opset=17, dynamo=False)  # fmt: skip
-    return onnx.load(str(path))
 
 
 def test_auto_takes_the_plan_closest_to_float_on_held_out_samples(conv_onnx):

@@ -6,19 +6,15 @@ evaluation (or verification) data: a context whose evaluation data raises on any
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-import torch
 from edgepack.calibration.held_out import MIN_HELD_OUT, split_held_out
 from edgepack.calibration.ptq import calibrate
 from edgepack.calibration.sources import load_digits_dataset
-from edgepack.converters.torch_to_onnx import export_to_onnx
 
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import DataError
 from edgepack.stages.quantize import QuantizeConfig
 from edgepack.stages.quantize_mixed import mixed_calibrations
-from tests import models
 
 
 class EvaluationDataRaises:
@@ -34,15 +30,6 @@ class EvaluationDataRaises:
     @property
     def verify_data(self):
         raise AssertionError("the mixed-precision search read the verification data")
-
-
-@pytest.fixture(scope="module")
-def conv_onnx(tmp_path_factory) -> onnx.ModelProto:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mixed_data") / "conv.onnx"
-    export_to_onnx(models.conv_net().eval(), (torch.zeros(1, 1, 8, 8),), path, input_names=["image"],
-                   output_names=["logits"], opset=17, dynamo=False)  # fmt: skip
-    return onnx.load(str(path))
 
 
 def test_the_search_reads_held_out_calibration_samples_never_the_evaluation_data(conv_onnx):
