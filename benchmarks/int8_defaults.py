@@ -13,7 +13,9 @@ flip, resized to 240, ImageNet mean/std.
 Each configuration runs the quantize stage through ``edgepack.pack`` on the exported float ONNX file (the recipe's
 integer tolerance set to 0 so a poor configuration is measured, not refused). Printed per configuration, for the ONNX
 and the TFLite int8 file against the float ONNX model on the evaluation crops: top-1 agreement, mean KL(float ||
-int8) of the softmax, top-5 overlap; and the quantize stage's calibration wall time. Nothing is asserted.
+int8) of the softmax, top-5 overlap; and the quantize stage's calibration wall time. With ``--latency-runs N``, the
+last configuration's int8 files are also timed against the float ones (p50, 1 and 2 threads, both formats).
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -135,11 +137,34 @@ def outputs(path: Path, dataset: ArrayDataset) -> np.ndarray:
     return next(iter(predict(open_session(path), dataset, 1).values())).reshape(len(dataset), -1)
 
 
+def print_latency(model: Path, run_dir: Path, artifacts: list[dict], folder: Path, runs: int) -> None:
+    """int8 against float p50 on this host in each format, at 1 and 2 threads (device_bench's runner, its own
+    process each); the float TFLite file is converted once from the same ONNX file."""
+    from edgepack.device_bench import BenchOptions, bench
+
+    from edgepack.convert_file import convert_file
+
+    float_tflite = folder / "float.tflite"
+    if not float_tflite.exists():
+        convert_file(model, to="tflite", out=float_tflite, input_shapes=[])
+    files = {"onnx": (model, run_dir / next(a for a in artifacts if a["name"] == "onnx-int8")["path"]),
+             "tflite": (float_tflite, run_dir / next(a for a in artifacts if a["name"] == "tflite-int8")["path"])}
+    print("| format | threads | float p50 ms | int8 p50 ms | int8 / float |")
+    print("|---|---|---|---|---|")
+    for fmt, (float_file, int8_file) in files.items():
+        for threads in (1, 2):
+            options = BenchOptions(runs=runs, warmup=5, min_seconds=1, threads=threads)
+            p50 = [bench(path, "host", options)["latency_ms"]["p50"] for path in (float_file, int8_file)]
+            print(f"| {fmt} | {threads} | {p50[0]:.2f} | {p50[1]:.2f} | {p50[1] / p50[0]:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["minmax", "default"], choices=list(CONFIGS))
     parser.add_argument("--crops", type=int, default=40, help="crops per photo")
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
+    parser.add_argument("--latency-runs", type=int, default=0, help="also time float and int8 files (this many "
+                        "runs each, 1 and 2 threads, both formats) for the last config")  # fmt: skip
     parser.add_argument("--swap", action="store_true", help="calibrate on the evaluation photos and evaluate on "
                         "the calibration photos (the other fold)")  # fmt: skip
     args = parser.parse_args()
@@ -165,6 +190,8 @@ def main() -> None:
             path = run.run_dir / next(a for a in run.results["artifacts"] if a["name"] == artifact)["path"]
             print(f"| {name} | {artifact} | {figures(reference, outputs(path, dataset))} | {seconds:.1f} | {counts} |",
                   flush=True)  # fmt: skip
+    if args.latency_runs:
+        print_latency(model, run.run_dir, run.results["artifacts"], folder, args.latency_runs)
     if args.keep:
         shutil.copytree(folder, args.keep, dirs_exist_ok=True)
     shutil.rmtree(folder)
