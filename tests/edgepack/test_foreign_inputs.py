@@ -55,16 +55,21 @@ def test_int8_calibrates_on_samples_batched_on_axis_1(tmp_path, vad, to):
     assert result["precision"] == "int8" and result["cosine_similarity"] >= 0.99, result
 
 
-def test_pack_verifies_and_benches_both_formats_with_the_recipe_values(tmp_path, vad):
-    model, sample_rate, _ = vad
+def vad_recipe(model: Path, sample_rate: Path) -> dict:
+    """Convert to float TFLite and bench both formats, each input stated exactly (the sample rate from a file)."""
     inputs = [
         {"name": "audio", "shape": [1, 512]},
         {"name": "state", "shape": [2, 1, 128], "batch_axis": 1},
         {"name": "sr", "shape": [], "dtype": "int64", "value": str(sample_rate)},
     ]
-    recipe = {"name": "vad", "model": {"path": str(model), "inputs": inputs, "output_names": ["speech", "new_state"]},
-              "task": "other", "stages": [{"stage": "convert", "to": ["tflite"]}], "robustness": None,
-              "bench": {"runs": 2, "warmup": 0, "min_seconds": 0}}  # fmt: skip
+    return {"name": "vad", "model": {"path": str(model), "inputs": inputs, "output_names": ["speech", "new_state"]},
+            "task": "other", "stages": [{"stage": "convert", "to": ["tflite"]}], "robustness": None,
+            "bench": {"runs": 2, "warmup": 0, "min_seconds": 0}}  # fmt: skip
+
+
+def test_pack_verifies_and_benches_both_formats_with_the_recipe_values(tmp_path, vad):
+    model, sample_rate, _ = vad
+    recipe = vad_recipe(model, sample_rate)
     result = pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
     artifacts = {a["format"]: a for a in result.artifacts}
     for artifact in artifacts.values():
@@ -117,14 +122,7 @@ def test_an_input_value_file_changed_in_place_is_measured_again(tmp_path, vad):
     model, _, _ = vad
     rate = tmp_path / "sr.npy"
     np.save(rate, np.array(SAMPLE_RATE, np.int64))
-    inputs = [
-        {"name": "audio", "shape": [1, 512]},
-        {"name": "state", "shape": [2, 1, 128], "batch_axis": 1},
-        {"name": "sr", "shape": [], "dtype": "int64", "value": str(rate)},
-    ]
-    recipe = {"name": "vad", "model": {"path": str(model), "inputs": inputs, "output_names": ["speech", "new_state"]},
-              "task": "other", "stages": [{"stage": "convert", "to": ["tflite"]}], "robustness": None,
-              "bench": {"runs": 2, "warmup": 0, "min_seconds": 0}}  # fmt: skip
+    recipe = vad_recipe(model, rate)
     pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
     np.save(rate, np.array(SAMPLE_RATE // 2, np.int64))
     again = pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
