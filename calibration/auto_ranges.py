@@ -18,6 +18,7 @@ costs more than one it nearly ignores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,18 +109,24 @@ def pick_plan(model: onnx.ModelProto, choice: RangeChoice, held_out: ArrayDatase
     samples. Closest: for a ``classifier``, the mean KL divergence of the first output's softmax from float's (what
     decides the classes; the logits' squared error did not predict it on EfficientNet-Lite1), else the relative
     squared error over every output."""
+    plans = {PER_TENSOR: choice.ranges} | {str(m): r for m, r in choice.candidates.items()}
+    builders = {name: (lambda r=ranges: build(r)) for name, ranges in plans.items()
+                if name == PER_TENSOR or ranges != choice.ranges}  # the same ranges: nothing new to measure
+    errors = held_out_errors(model, builders, held_out, classifier)
+    best = min(errors, key=errors.get)  # ties: the per-tensor plan, then CANDIDATES' order
+    return choice.with_plan(best, errors)
+
+
+def held_out_errors(model: onnx.ModelProto, builders: dict[str, Callable[[], onnx.ModelProto]],
+                    held_out: ArrayDataset, classifier: bool = False) -> dict[str, float]:  # fmt: skip
+    """Each candidate quantized model's distance from the float ``model`` on the first END_TO_END_SAMPLES held-out
+    samples (see ``pick_plan``); built one at a time, so only one candidate is in memory."""
     from edgepack.calibration.collect import model_outputs
 
     samples = held_out.head(END_TO_END_SAMPLES)
     reference = model_outputs(model, samples)
-    plans = {PER_TENSOR: choice.ranges} | {str(m): r for m, r in choice.candidates.items()}
-    errors = {}
-    for name, ranges in plans.items():
-        if name != PER_TENSOR and ranges == choice.ranges:
-            continue  # the same ranges as the per-tensor plan: nothing new to measure
-        errors[name] = _output_error(reference, model_outputs(build(ranges), samples), classifier)
-    best = min(errors, key=errors.get)  # ties: the per-tensor plan, then CANDIDATES' order
-    return choice.with_plan(best, errors)
+    return {name: _output_error(reference, model_outputs(build(), samples), classifier)
+            for name, build in builders.items()}  # fmt: skip
 
 
 def _output_error(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], classifier: bool) -> float:

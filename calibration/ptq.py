@@ -50,8 +50,12 @@ class QuantScheme(BaseModel):
     cross_layer_equalization: bool = Field(False, description="Before calibrating, rescale the channels of "
         "Conv/Gemm -> ReLU -> Conv/Gemm pairs so their weight ranges match (Nagel et al. 2019); the float model "
         "keeps its function and is written as an artifact of its own (onnx-fp32-equalized).")  # fmt: skip
-    bias_correction: bool = Field(False, description="After calibrating, subtract from each quantized Conv/Gemm "
-        "bias the mean output error its int8 weights cause on the calibration data (Nagel et al. 2019).")  # fmt: skip
+    bias_correction: bool | Literal["auto"] = Field("auto", description="After calibrating, subtract from each "
+        "quantized Conv/Gemm bias the mean output error its int8 weights cause on the calibration data (Nagel et al. "
+        "2019). auto (the default): computed, then kept only if the whole model's outputs on the held-out "
+        "calibration samples come closer to float's with it than without (softmax KL for a classifier; the two "
+        "errors are in details.bias_correction_choice); off when the data is too small to hold samples "
+        "out.")  # fmt: skip
     smooth_quant: SmoothQuant | None = Field(None, description="Before calibrating, move activation outliers into "
         "the weights of the MatMul/Gemm layers reading them (SmoothQuant, Xiao et al. 2023), e.g. {alpha: 0.5}; "
         "the float model keeps its function (calibration/smoothing.py).")  # fmt: skip
@@ -124,14 +128,20 @@ def calibrate(model: onnx.ModelProto, dataset: ArrayDataset, scheme: QuantScheme
                    range_methods=auto_record)  # fmt: skip
 
 
-def _qdq_model(model: onnx.ModelProto, plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> onnx.ModelProto:
-    """The ONNX QDQ model of ``ranges`` in memory, as the stage writes it (method auto's whole-model check)."""
+def qdq_model(model: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
+    """The ONNX QDQ model of ``calibration`` on ``model`` in memory (auto's comparisons)."""
     from edgepack.converters.qdq import build_qdq_model
 
+    return build_qdq_model(model, calibration.plan, calibration.activations,
+                           per_channel_weights=calibration.scheme.per_channel_weights,
+                           constants=calibration.constants)[0]  # fmt: skip
+
+
+def _qdq_model(model: onnx.ModelProto, plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> onnx.ModelProto:
+    """The ONNX QDQ model of ``ranges`` in memory, as the stage writes it (method auto's whole-model check)."""
     kept = without_tensors(Calibration(scheme, plan, ranges, {}), set(flag_tensors(ranges)))
-    activations = activation_parameters(kept.plan, ranges, scheme)
-    return build_qdq_model(model, kept.plan, activations, per_channel_weights=scheme.per_channel_weights,
-                           constants=constant_parameters(model, kept.plan, scheme))[0]  # fmt: skip
+    return qdq_model(model, replace(kept, activations=activation_parameters(kept.plan, ranges, scheme),
+                                    constants=constant_parameters(model, kept.plan, scheme)))  # fmt: skip
 
 
 def activation_parameters(plan: QuantPlan, ranges: dict, scheme: QuantScheme) -> dict[str, QuantParams]:

@@ -148,7 +148,8 @@ def run_tflite_converter(lowered, onnx_path: Path, quantization: FakeQuantizatio
         return converter.convert()
     except Exception as e:
         # An integer file is the quantize stage's; what it converted is the float ONNX file with its ranges.
-        stage, what = ("convert", "") if quantization is None else ("quantize", f" (int{quantization.bits} activations)")
+        what = "" if quantization is None else f" (int{quantization.bits} activations)"
+        stage = "convert" if quantization is None else "quantize"
         cause = f"the TFLite converter failed on {str(onnx_path)!r}{what}: {converter_error(e)}"
         raise StageError(stage, cause) from e
 

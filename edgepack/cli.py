@@ -177,7 +177,11 @@ def convert(
     ] = None,
     per_tensor_weights: Annotated[bool, typer.Option(help="One int8 scale per weight tensor.")] = False,
     equalize: Annotated[bool, typer.Option(help="Cross-layer equalization before calibrating.")] = False,
-    bias_correction: Annotated[bool, typer.Option(help="Correct biases for the int8 weights' mean error.")] = False,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option("--bias-correction/--no-bias-correction", help="Correct biases for the int8 weights' mean "
+                     "error: always, or never; default: where it helps on held-out calibration samples."),
+    ] = None,
     dynamic_int8: Annotated[
         bool, typer.Option(help="ONNX only: activations quantized at run time by onnxruntime (transformers).")
     ] = False,
@@ -196,8 +200,9 @@ def convert(
     from edgepack.convert_file import convert_file, parse_input_values
 
     flags = {"per_channel_weights": (per_tensor_weights, False), "cross_layer_equalization": (equalize, True),
-             "bias_correction": (bias_correction, True), "dynamic_int8": (dynamic_int8, True)}  # fmt: skip
+             "dynamic_int8": (dynamic_int8, True)}  # fmt: skip
     options = {field: value for field, (given, value) in flags.items() if given}
+    options |= {} if bias_correction is None else {"bias_correction": bias_correction}
     if min_output_sqnr is not None:
         options["accuracy_target"] = {"min_output_sqnr_db": min_output_sqnr}
     result = convert_file(model, to=to, out=out_file, input_shapes=input_shapes or [], precision=precision,

@@ -103,13 +103,25 @@ def mixed_precision_records(artifacts: list[dict]) -> dict[str, dict]:
 
 def range_method_records(artifacts: list[dict]) -> dict[str, dict]:
     """Artifact name -> which range method ``method: auto`` chose per activation tensor (details.range_methods,
-    calibration/auto_ranges.py), with ``rows`` [tensor, method] for the table."""
+    calibration/auto_ranges.py), with ``rows`` [tensor, method] for the table and ``bias_correction``, one line on
+    whether bias correction auto kept its correction (details.bias_correction_choice), or None."""
     records = {}
     for artifact in artifacts:
         record = artifact["details"].get("range_methods")
         if record and "tensors" in record:
-            records[artifact["name"]] = record | {"rows": [[t, m] for t, m in record["tensors"].items()]}
+            choice = artifact["details"].get("bias_correction_choice")
+            records[artifact["name"]] = record | {"rows": [[t, m] for t, m in record["tensors"].items()],
+                                                  "bias_correction": choice and bias_correction_line(choice)}
     return records
+
+
+def bias_correction_line(choice: dict) -> str:
+    """What bias correction auto decided, and on what figures."""
+    if "held_out_error" not in choice:
+        return f"bias correction off: {choice['why']}"
+    errors = choice["held_out_error"]
+    return (f"bias correction {'applied' if choice['applied'] else 'left off'} (auto): error to float "
+            f"{errors['with']:.4g} with it, {errors['without']:.4g} without, on {choice['measured_on']}")
 
 
 def mixed_precision_notes(artifacts: list[dict]) -> list[str]:

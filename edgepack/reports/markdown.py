@@ -102,6 +102,7 @@ def range_methods_section(data: dict) -> list[str]:
     for name, record in data["range_methods"].items():
         counts = ", ".join(f"{method} {count}" for method, count in record["counts"].items())
         parts += [f"**{name}** range method per activation (method auto, {record['scored_on']}): {counts}",
+                  *([record["bias_correction"]] if record["bias_correction"] else []),
                   markdown_table(["tensor", "method"], record["rows"])]  # fmt: skip
     return ["## Calibration ranges", *parts] if parts else []
 

@@ -142,14 +142,14 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     split = None
     if calibration is None or config.accuracy_target is not None:
         dataset, description = ctx.stage_data(config.calibration_data, stage="quantize", key="calibration_data")
-        split = _held_out_for_search(config, dataset)
+        split = _held_out_part(config, dataset, description)
     if calibration is None:
-        fit = dataset if split is None else split.fit  # the search's samples never set a range
+        fit = dataset if split is None else split.fit  # held-out samples never set a range or a bias
+        held_out, classifier = split and split.held_out, ctx.task == "classification"
         apply_smoothing(config, prepared, fit)
         apply_adaround(config, prepared, fit)
-        calibration = calibrate(prepared.model, fit, config, description, held_out=split and split.held_out,
-                                classifier=ctx.task == "classification")  # fmt: skip
-        calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size)
+        calibration = calibrate(prepared.model, fit, config, description, held_out=held_out, classifier=classifier)
+        calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size, held_out, classifier)
     seconds = time.perf_counter() - started
     mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction,
                                split)  # fmt: skip
@@ -170,15 +170,20 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
     return StageOutput(prepared.artifacts + written)
 
 
-def _held_out_for_search(config: QuantizeConfig, dataset):
-    """The mixed-precision search measures its plans on held-out calibration samples (never the evaluation data);
-    the ranges are fitted on the others. None without an accuracy target."""
+def _held_out_part(config: QuantizeConfig, dataset, description: str):
+    """The calibration samples held out from fitting ranges and biases, on which the mixed-precision search measures
+    its plans and ``auto`` (ranges, bias correction) its choices; never the evaluation data. None when nothing asks
+    for it, or when only an ``auto`` does and the data is too small (it falls back, and says so)."""
     from edgepack.calibration.collect import check_calibration_data
-    from edgepack.calibration.held_out import split_held_out
+    from edgepack.calibration.estimators import Method
+    from edgepack.calibration.held_out import can_hold_out, split_held_out
 
-    if config.accuracy_target is None:
+    if config.accuracy_target is not None:
+        return split_held_out(check_calibration_data(dataset, "calibration data"), config.samples, "accuracy_target")
+    if Method(config.method) != Method.AUTO and config.bias_correction != "auto":
         return None
-    return split_held_out(check_calibration_data(dataset, "calibration data"), config.samples, "accuracy_target")
+    dataset = check_calibration_data(dataset, description)
+    return split_held_out(dataset, config.samples, "method auto") if can_hold_out(dataset) else None
 
 
 @dataclass
@@ -302,7 +307,8 @@ def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: Quan
     trained = ctx.handoff(QatRanges, exported_from) if exported_from is not None else None
     if trained is None:
         return None
-    changed = [k for k in ("cross_layer_equalization", "bias_correction", "smooth_quant") if getattr(scheme, k)]
+    changed = [k for k in ("cross_layer_equalization", "smooth_quant") if getattr(scheme, k)]
+    changed += ["bias_correction: true"] if scheme.bias_correction is True else []  # auto: nothing to choose here
     changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
     changed += [] if scheme.weight_rounding == "nearest" else [f"weight_rounding: {scheme.weight_rounding}"]
     if changed:

@@ -141,13 +141,44 @@ def apply_adaround(config, prepared: FloatPreparation, dataset) -> None:
     prepared.model, prepared.source_holds_model = rounding.model, False
 
 
-def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int):
+def apply_bias_correction(config, prepared: FloatPreparation, calibration, dataset, batch_size: int, held_out=None,
+                          classifier: bool = False):  # fmt: skip
     """Measure the bias correction of every quantized Conv/Gemm when the scheme asks (each file applies it where its
-    layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph."""
-    if not config.bias_correction:
+    layers keep int8 weights: ``model_for``); returns the calibration planned on the corrected graph. ``auto`` keeps
+    it only where it brings the whole model closer to float on the ``held_out`` samples: it helps where int8 weights
+    shift a layer's mean output and hurts where the calibration data's means do not carry over (measured both ways
+    on real mobile nets, see benchmarks/int8_defaults.py)."""
+    if config.bias_correction is False:
+        return calibration
+    if config.bias_correction == "auto" and held_out is None:
+        prepared.details["bias_correction_choice"] = {"applied": False, "why": "too few calibration samples to hold "
+                                                      "some out for the comparison"}  # fmt: skip
         return calibration
     from edgepack.calibration.bias_correction import correct_biases, with_corrected_model
 
-    prepared.correction = correct_biases(prepared.model, calibration.plan, dataset.head(config.samples), batch_size,
-                                         per_channel_weights=config.per_channel_weights)  # fmt: skip
-    return with_corrected_model(calibration, prepared.correction.model)
+    correction = correct_biases(prepared.model, calibration.plan, dataset.head(config.samples), batch_size,
+                                per_channel_weights=config.per_channel_weights)  # fmt: skip
+    corrected = with_corrected_model(calibration, correction.model)
+    if config.bias_correction == "auto" and not _correction_helps(prepared, calibration, corrected, correction,
+                                                                   held_out, classifier):  # fmt: skip
+        return calibration
+    prepared.correction = correction
+    return corrected
+
+
+def _correction_helps(prepared: FloatPreparation, calibration, corrected, correction, held_out, classifier) -> bool:
+    from edgepack.calibration.auto_ranges import END_TO_END_SAMPLES, held_out_errors
+    from edgepack.calibration.ptq import qdq_model
+
+    if not correction.corrections:
+        prepared.details["bias_correction_choice"] = {"applied": False, "why": "no quantized Conv/Gemm to correct"}
+        return False
+    errors = held_out_errors(prepared.model, {"without": lambda: qdq_model(prepared.model, calibration),
+                                              "with": lambda: qdq_model(correction.model, corrected)},
+                             held_out, classifier)  # fmt: skip
+    applied = errors["with"] < errors["without"]
+    prepared.details["bias_correction_choice"] = {
+        "applied": applied, "held_out_error": {k: float(f"{v:.4g}") for k, v in errors.items()},
+        "measured_on": f"{min(len(held_out), END_TO_END_SAMPLES)} held-out calibration samples, "
+                       + ("softmax KL to float" if classifier else "relative squared error to float")}  # fmt: skip
+    return applied

@@ -19,7 +19,7 @@ def dynamic_config_problem(config) -> str | None:
                 "drop dynamic_int8 for static int8 in both formats)")  # fmt: skip
     if config.precision != "int8":
         return f"dynamic_int8 is int8; precision {config.precision!r} is static only: set int8 or drop dynamic_int8"
-    conflicting = [k for k in CALIBRATION_OPTIONS if getattr(config, k)]
+    conflicting = [k for k in CALIBRATION_OPTIONS if getattr(config, k) not in (None, False, "auto")]
     conflicting += ["weight_rounding: adaround"] if config.weight_rounding == "adaround" else []
     conflicting += ["per_channel_weights: false"] if not config.per_channel_weights else []
     if conflicting:

@@ -183,3 +183,59 @@ def test_positions_holding_mask_flags_do_not_decide_the_correction(flag):
     clean = correct_biases(model, plan, ArrayDataset({"x": x[real], "mask": mask[real]}), batch_size=8).corrections
     np.testing.assert_allclose(next(iter(flagged.values())), next(iter(clean.values())),
                                rtol=1e-5, atol=1e-7)  # fmt: skip
+
+
+def _prepared(model):
+    from edgepack.stages.quantize_accuracy import FloatPreparation
+
+    return FloatPreparation(source=None, model=model)
+
+
+def _auto_correction(fit: np.ndarray, held_out: np.ndarray):
+    """bias_correction auto on the conv -> gemm net with per-tensor weights (a large mean weight error)."""
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_accuracy import apply_bias_correction
+
+    model, _ = _conv_then_gemm(np.random.default_rng(0))
+    config = QuantizeConfig(method="minmax", per_channel_weights=False)
+    assert config.bias_correction == "auto"  # the default
+    fit, held_out = ArrayDataset({"x": fit}), ArrayDataset({"x": held_out})
+    calibration = calibrate(model, fit, config)
+    prepared = _prepared(model)
+    chosen = apply_bias_correction(config, prepared, calibration, fit, 4, held_out)
+    return prepared, chosen is not calibration
+
+
+def test_auto_keeps_the_correction_where_it_brings_held_out_outputs_closer_to_float():
+    rng = np.random.default_rng(1)
+    data = (rng.random((48, 2, 4, 4)) + 0.5).astype(np.float32)  # one distribution, its mean far from 0
+    prepared, replanned = _auto_correction(data[:32], data[32:])
+    choice = prepared.details["bias_correction_choice"]
+    assert choice["applied"] and replanned and prepared.correction is not None
+    assert choice["held_out_error"]["with"] < 0.7 * choice["held_out_error"]["without"]
+    assert choice["measured_on"] == "16 held-out calibration samples, relative squared error to float"
+
+
+def test_auto_drops_the_correction_where_held_out_data_disagrees_with_what_it_was_measured_on():
+    # The held-out inputs have the opposite mean (within the fitted range): the correction learned on the fitted
+    # samples adds to their error instead of removing it.
+    rng = np.random.default_rng(1)
+    fit = np.concatenate([rng.uniform(-0.5, 1.5, (30, 2, 4, 4)), rng.uniform(-1.5, 1.5, (2, 2, 4, 4))])
+    held_out = rng.uniform(-1.5, 0.5, (16, 2, 4, 4))
+    prepared, replanned = _auto_correction(fit.astype(np.float32), held_out.astype(np.float32))
+    choice = prepared.details["bias_correction_choice"]
+    assert not choice["applied"] and not replanned and prepared.correction is None
+    assert choice["held_out_error"]["with"] > choice["held_out_error"]["without"]
+
+
+def test_auto_without_held_out_samples_corrects_nothing_and_says_why():
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_accuracy import apply_bias_correction
+
+    model, _ = _conv_then_gemm(np.random.default_rng(0))
+    data = ArrayDataset({"x": np.random.default_rng(2).random((16, 2, 4, 4)).astype(np.float32)})
+    calibration = calibrate(model, data, QuantScheme(method="minmax"))
+    prepared = _prepared(model)
+    assert apply_bias_correction(QuantizeConfig(), prepared, calibration, data, 4, None) is calibration
+    assert prepared.details["bias_correction_choice"]["applied"] is False
+    assert "too few calibration samples" in prepared.details["bias_correction_choice"]["why"]

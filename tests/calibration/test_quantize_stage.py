@@ -138,3 +138,17 @@ def test_the_default_method_auto_records_each_tensors_choice_in_results_and_repo
     assert "**onnx-int8** range method per activation (method auto, 128 held-out" in markdown
     assert ", ".join(f"{m} {c}" for m, c in counts.items()) in markdown
     assert "<h2>Calibration ranges</h2>" in (run.run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16x8"])
+def test_default_bias_correction_is_decided_on_held_out_samples_and_reported(run, precision):
+    details = artifact(run.results, f"onnx-{precision}")["details"]
+    assert details["scheme"]["bias_correction"] == "auto"
+    choice = details["bias_correction_choice"]
+    errors = choice["held_out_error"]
+    assert choice["applied"] == (errors["with"] < errors["without"])
+    assert ("bias_correction" in details) == choice["applied"]  # the file carries the correction only if kept
+    assert choice["measured_on"] == "32 held-out calibration samples, softmax KL to float"
+    line = f"bias correction {'applied' if choice['applied'] else 'left off'} (auto): error to float"
+    assert line in (run.run_dir / "report.md").read_text()
+    assert line in (run.run_dir / "report.html").read_text()
