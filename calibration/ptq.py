@@ -23,7 +23,7 @@ from edgepack.calibration.held_out import can_hold_out, split_held_out
 from edgepack.calibration.plan import fixed_output_params, plan_quantization
 from edgepack.calibration.smoothing import SmoothQuant
 from edgepack.converters.onnx_info import constant_values
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantParams, QuantPlan, activation_params
@@ -59,10 +59,26 @@ class QuantScheme(BaseModel):
     smooth_quant: SmoothQuant | None = Field(None, description="Before calibrating, move activation outliers into "
         "the weights of the MatMul/Gemm layers reading them (SmoothQuant, Xiao et al. 2023), e.g. {alpha: 0.5}; "
         "the float model keeps its function (calibration/smoothing.py).")  # fmt: skip
-    weight_rounding: Literal["nearest", "adaround"] = Field("nearest", description="How int8 weights are rounded: "
-        "nearest, or adaround: per Conv/Gemm/MatMul, learn up or down for each weight against the layer's float "
-        "output on the calibration data (Nagel et al. 2020; same scales, both files; seconds per model in the "
-        "details, calibration/adaround.py).")  # fmt: skip
+    weight_rounding: Literal["nearest", "gptq", "adaround"] = Field("gptq", description="How int8 weights are "
+        "rounded: gptq (the default): per Conv/Gemm/MatMul, round one input column at a time and move its error onto "
+        "the columns not rounded yet, against the layer's float inputs on the calibration data (Frantar et al. "
+        "2023; seconds, calibration/gptq.py); nearest; adaround: learn up or down for each weight against the "
+        "layer's float output (Nagel et al. 2020; minutes, calibration/adaround.py). Same scales and integers in "
+        "both files; each layer's error in the details.")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _bias_correction_corrects_nearest_rounding(self) -> QuantScheme:
+        """Bias correction removes the mean output error of nearest rounding; gptq and adaround minimise each
+        layer's whole output error, mean included, and leave the weights on their grid, so nothing would be left
+        to correct. Asking for bias correction alone therefore means nearest rounding."""
+        if self.bias_correction is not True or self.weight_rounding == "nearest":
+            return self
+        if "weight_rounding" in self.model_fields_set:
+            raise ValueError(f"bias_correction: true corrects the mean error of nearest rounding, but weight_rounding "
+                             f"{self.weight_rounding!r} already minimises each layer's output error, mean included; "
+                             "keep one: drop bias_correction, or set weight_rounding: nearest")  # fmt: skip
+        self.weight_rounding = "nearest"
+        return self
 
     @property
     def activation_dtype(self) -> str:

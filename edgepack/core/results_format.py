@@ -35,6 +35,12 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   (calibration/precision.py; a file runs at least half of them at its own precision, or is not written).
 - ``artifacts[].details.bias_correction``: the layers whose bias was corrected in this file, and
   ``float_bias_kept``: those that run float in it and keep their float bias (calibration/bias_correction.py).
+- ``artifacts[].details.bias_correction_choice``: with ``bias_correction: auto`` (the default), ``applied`` and
+  either ``held_out_error`` {with, without} and ``measured_on``, or ``why`` it was not tried (the weights rounded by
+  gptq/adaround, or too few calibration samples to hold some out).
+- ``artifacts[].details.gptq`` / ``details.adaround``: the weight rounding of the integer files: ``layers`` (per
+  Conv/Gemm/MatMul: ``node``, the layer's output error with nearest rounding and with the one chosen, ``changed``:
+  the share of its integers that differ from nearest) and ``seconds`` (calibration/gptq.py, calibration/adaround.py).
 - ``artifacts[].details.range_methods``: the ONNX integer file of a calibration with ``method: auto``: ``counts``
   {method: tensors}, ``tensors`` {activation tensor: the method its range came from}, ``plan`` (``per_tensor`` or
   the one method kept everywhere) and ``output_error`` {plan: its outputs' distance from float on held-out

@@ -25,9 +25,9 @@ from edgepack.stages.base import StageConfig, StageContext, StageOutput, first_f
 from edgepack.stages.handoffs import QatRanges
 from edgepack.stages.quantize_accuracy import (
     EQUALIZED,
-    apply_adaround,
     apply_bias_correction,
     apply_smoothing,
+    apply_weight_rounding,
     prepare_float_model,
 )
 from edgepack.stages.quantize_dynamic import dynamic_config_problem, write_dynamic_artifact
@@ -147,7 +147,7 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
         fit = dataset if split is None else split.fit  # held-out samples never set a range or a bias
         held_out, classifier = split and split.held_out, ctx.task == "classification"
         apply_smoothing(config, prepared, fit)
-        apply_adaround(config, prepared, fit)
+        apply_weight_rounding(config, prepared, fit)
         calibration = calibrate(prepared.model, fit, config, description, held_out=held_out, classifier=classifier)
         calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size, held_out, classifier)
     seconds = time.perf_counter() - started
@@ -310,7 +310,8 @@ def trained_calibration(ctx: StageContext, source: Artifact, model, scheme: Quan
     changed = [k for k in ("cross_layer_equalization", "smooth_quant") if getattr(scheme, k)]
     changed += ["bias_correction: true"] if scheme.bias_correction is True else []  # auto: nothing to choose here
     changed += [] if scheme.per_channel_weights else ["per_channel_weights: false"]
-    changed += [] if scheme.weight_rounding == "nearest" else [f"weight_rounding: {scheme.weight_rounding}"]
+    rounding = scheme.weight_rounding if "weight_rounding" in scheme.model_fields_set else "nearest"  # QAT's own
+    changed += [] if rounding == "nearest" else [f"weight_rounding: {rounding}"]
     if changed:
         raise RecipeError(f"the quantize stage after qat writes the trained scheme (per-channel weights, the trained "
                           f"ranges); remove {changed} from it")  # fmt: skip

@@ -34,10 +34,21 @@ class FloatPreparation:
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
     correction: BiasCorrection | None = None
     source_holds_model: bool = True  # False when ``model`` is not the source file's graph (normalised, Pads folded)
+    unrounded: dict[str, onnx.TensorProto] = field(default_factory=dict)  # node -> its weight before gptq/adaround
 
     def model_for(self, integer_nodes: set[str]) -> onnx.ModelProto:
-        """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only."""
-        return self.model if self.correction is None else self.correction.only(integer_nodes).model
+        """What one integer file is written from: bias-corrected at the nodes with int8 weights in it, there only;
+        a layer that runs float in it (mixed precision) gets its weight back from before gptq/adaround rounded it."""
+        model = self.model if self.correction is None else self.correction.only(integer_nodes).model
+        restored = {t.name: t for node, t in self.unrounded.items() if node not in integer_nodes}
+        if not restored:
+            return model
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        for tensor in copy.graph.initializer:
+            if tensor.name in restored:
+                tensor.CopyFrom(restored[tensor.name])
+        return copy
 
     def correction_details(self, integer_nodes: set[str]) -> dict:
         """For one file's details: the layers corrected in it, and those that kept their float bias (run float)."""
@@ -126,18 +137,22 @@ def apply_smoothing(config, prepared: FloatPreparation, dataset) -> None:
         prepared.model, prepared.source_holds_model = smoothing.model, False
 
 
-def apply_adaround(config, prepared: FloatPreparation, dataset) -> None:
-    """Learned weight rounding when the scheme asks: the weights are put on their int8 grid as learned, so calibration
+def apply_weight_rounding(config, prepared: FloatPreparation, dataset) -> None:
+    """GPTQ or AdaRound when the scheme asks: the weights are put on their int8 grid as computed, so calibration
     and both writers read those exact integers (their scales unchanged); the cost goes into the details."""
-    if config.weight_rounding != "adaround":
+    if config.weight_rounding == "nearest":
         return
-    from edgepack.calibration.adaround import adaround_model
     from edgepack.calibration.plan import plan_quantization
 
     plan = plan_quantization(prepared.model, skip=set(config.skip_nodes))
-    rounding = adaround_model(prepared.model, plan, dataset.head(config.samples),
-                              per_channel=config.per_channel_weights)  # fmt: skip
-    prepared.details["adaround"] = rounding.summary()
+    if config.weight_rounding == "gptq":
+        from edgepack.calibration.gptq import gptq_model as rounder
+    else:
+        from edgepack.calibration.adaround import adaround_model as rounder
+    rounding = rounder(prepared.model, plan, dataset.head(config.samples), per_channel=config.per_channel_weights)
+    prepared.details[config.weight_rounding] = rounding.summary()
+    originals = {t.name: t for t in prepared.model.graph.initializer}
+    prepared.unrounded = {w.node: originals[w.initializer] for w in plan.weights}
     prepared.model, prepared.source_holds_model = rounding.model, False
 
 
@@ -149,6 +164,10 @@ def apply_bias_correction(config, prepared: FloatPreparation, calibration, datas
     shift a layer's mean output and hurts where the calibration data's means do not carry over (measured both ways
     on real mobile nets, see benchmarks/int8_defaults.py)."""
     if config.bias_correction is False:
+        return calibration
+    if config.bias_correction == "auto" and config.weight_rounding != "nearest":
+        prepared.details["bias_correction_choice"] = {"applied": False, "why": f"the weights were rounded by "
+            f"{config.weight_rounding}, which minimises each layer's output error, mean included"}  # fmt: skip
         return calibration
     if config.bias_correction == "auto" and held_out is None:
         prepared.details["bias_correction_choice"] = {"applied": False, "why": "too few calibration samples to hold "

@@ -20,7 +20,8 @@ def dynamic_config_problem(config) -> str | None:
     if config.precision != "int8":
         return f"dynamic_int8 is int8; precision {config.precision!r} is static only: set int8 or drop dynamic_int8"
     conflicting = [k for k in CALIBRATION_OPTIONS if getattr(config, k) not in (None, False, "auto")]
-    conflicting += ["weight_rounding: adaround"] if config.weight_rounding == "adaround" else []
+    rounding = config.weight_rounding if "weight_rounding" in config.model_fields_set else "nearest"  # default: moot
+    conflicting += [f"weight_rounding: {rounding}"] if rounding != "nearest" else []
     conflicting += ["per_channel_weights: false"] if not config.per_channel_weights else []
     if conflicting:
         return (f"{conflicting} act on a static calibration; dynamic_int8 has none (activations are quantized at run "

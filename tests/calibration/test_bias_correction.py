@@ -197,7 +197,7 @@ def _auto_correction(fit: np.ndarray, held_out: np.ndarray):
     from edgepack.stages.quantize_accuracy import apply_bias_correction
 
     model, _ = _conv_then_gemm(np.random.default_rng(0))
-    config = QuantizeConfig(method="minmax", per_channel_weights=False)
+    config = QuantizeConfig(method="minmax", per_channel_weights=False, weight_rounding="nearest")
     assert config.bias_correction == "auto"  # the default
     fit, held_out = ArrayDataset({"x": fit}), ArrayDataset({"x": held_out})
     calibration = calibrate(model, fit, config)
@@ -236,6 +236,22 @@ def test_auto_without_held_out_samples_corrects_nothing_and_says_why():
     data = ArrayDataset({"x": np.random.default_rng(2).random((16, 2, 4, 4)).astype(np.float32)})
     calibration = calibrate(model, data, QuantScheme(method="minmax"))
     prepared = _prepared(model)
-    assert apply_bias_correction(QuantizeConfig(), prepared, calibration, data, 4, None) is calibration
+    nearest = QuantizeConfig(weight_rounding="nearest")
+    assert apply_bias_correction(nearest, prepared, calibration, data, 4, None) is calibration
     assert prepared.details["bias_correction_choice"]["applied"] is False
     assert "too few calibration samples" in prepared.details["bias_correction_choice"]["why"]
+
+
+def test_auto_after_gptq_or_adaround_corrects_nothing_and_true_alone_means_nearest_rounding():
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_accuracy import apply_bias_correction
+
+    model, _ = _conv_then_gemm(np.random.default_rng(0))
+    data = ArrayDataset({"x": np.random.default_rng(2).random((48, 2, 4, 4)).astype(np.float32)})
+    calibration = calibrate(model, data, QuantScheme(method="minmax"))
+    prepared = _prepared(model)
+    assert apply_bias_correction(QuantizeConfig(), prepared, calibration, data, 4, data) is calibration
+    assert "rounded by gptq" in prepared.details["bias_correction_choice"]["why"]  # the default rounding
+    assert QuantizeConfig(bias_correction=True).weight_rounding == "nearest"
+    with pytest.raises(ValueError, match="weight_rounding 'adaround' already minimises"):
+        QuantizeConfig(bias_correction=True, weight_rounding="adaround")

@@ -141,14 +141,35 @@ def test_the_default_method_auto_records_each_tensors_choice_in_results_and_repo
 
 
 @pytest.mark.parametrize("precision", ["int8", "int16x8"])
-def test_default_bias_correction_is_decided_on_held_out_samples_and_reported(run, precision):
+def test_default_bias_correction_stays_off_after_gptq_and_says_why_in_results_and_reports(run, precision):
     details = artifact(run.results, f"onnx-{precision}")["details"]
-    assert details["scheme"]["bias_correction"] == "auto"
-    choice = details["bias_correction_choice"]
-    errors = choice["held_out_error"]
-    assert choice["applied"] == (errors["with"] < errors["without"])
-    assert ("bias_correction" in details) == choice["applied"]  # the file carries the correction only if kept
-    assert choice["measured_on"] == "32 held-out calibration samples, softmax KL to float"
-    line = f"bias correction {'applied' if choice['applied'] else 'left off'} (auto): error to float"
+    assert details["scheme"]["bias_correction"] == "auto" and "bias_correction" not in details
+    assert details["bias_correction_choice"] == {"applied": False, "why": "the weights were rounded by gptq, which "
+                                                 "minimises each layer's output error, mean included"}  # fmt: skip
+    line = "bias correction off: the weights were rounded by gptq"
     assert line in (run.run_dir / "report.md").read_text()
     assert line in (run.run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16x8"])
+def test_default_weight_rounding_is_gptq_and_each_layers_error_is_recorded(run, precision):
+    details = artifact(run.results, f"onnx-{precision}")["details"]
+    assert details["scheme"]["weight_rounding"] == "gptq"
+    layers = details["gptq"]["layers"]
+    assert len(layers) == len(details["weights"]) == 4  # every int8 weight: conv, depthwise, pointwise, Gemm
+    assert all(layer["error_gptq"] <= layer["error_nearest"] for layer in layers)
+    assert sum(layer["error_gptq"] < 0.9 * layer["error_nearest"] for layer in layers) >= len(layers) // 2
+
+
+def test_bias_correction_auto_with_nearest_rounding_is_measured_on_held_out_samples_in_the_stage(
+    tmp_path, trained_weights
+):
+    stages = [{"stage": "export", "exporter": "legacy"},
+              {"stage": "quantize", "weight_rounding": "nearest", "formats": ["onnx"]}]  # fmt: skip
+    recipe = image_recipe("digits_example", trained_weights("digits_example"), stages=stages) | {"bench": None}
+    results = edgepack.pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True).results
+    details = artifact(results, "onnx-int8")["details"]
+    choice = details["bias_correction_choice"]
+    assert choice["measured_on"] == "32 held-out calibration samples, softmax KL to float"  # a classifier's
+    assert choice["applied"] == (choice["held_out_error"]["with"] < choice["held_out_error"]["without"])
+    assert ("bias_correction" in details) == choice["applied"]

@@ -84,7 +84,7 @@ def test_the_quantize_stage_options_prepare_the_float_model_and_record_what_they
     calibrating: the model the files are written from changes, the source artifact stays their parent."""
     from edgepack.core.artifacts import Artifact, Format
     from edgepack.stages.quantize import QuantizeConfig
-    from edgepack.stages.quantize_accuracy import FloatPreparation, apply_adaround, apply_smoothing
+    from edgepack.stages.quantize_accuracy import FloatPreparation, apply_smoothing, apply_weight_rounding
 
     monkeypatch.setattr("edgepack.calibration.adaround.ITERATIONS", 50)  # the stage's wiring, not the optimisation
     model, data = norm_then_dense(), ArrayDataset(inputs(16, seed=1))
@@ -95,10 +95,12 @@ def test_the_quantize_stage_options_prepare_the_float_model_and_record_what_they
     smoothed = prepared.model
     assert smoothed is not model and not prepared.source_holds_model
     assert prepared.details["smooth_quant"]["smoothed"][0]["node"] == "norm"
-    apply_adaround(config, prepared, data)
+    apply_weight_rounding(config, prepared, data)
     assert prepared.model is not smoothed and [r["node"] for r in prepared.details["adaround"]["layers"]] == ["dense"]
     assert prepared.source is source
     untouched = FloatPreparation(source, model)
     apply_smoothing(QuantizeConfig(), untouched, data)
-    apply_adaround(QuantizeConfig(), untouched, data)
+    apply_weight_rounding(QuantizeConfig(weight_rounding="nearest"), untouched, data)
     assert untouched.model is model and untouched.details == {}
+    apply_weight_rounding(QuantizeConfig(), untouched, data)  # the default: gptq
+    assert untouched.model is not model and [r["node"] for r in untouched.details["gptq"]["layers"]] == ["dense"]

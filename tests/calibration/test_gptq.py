@@ -1,0 +1,160 @@
+"""GPTQ weight rounding (the default): the layer errors it reports are the layers' real output errors for every
+layer form it reads (strided, padded, grouped, depthwise, dilated and 1-D convs, Gemm both ways, MatMul), it lowers
+them on inputs it never saw, and both files hold exactly its integers on nearest rounding's scales."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from edgepack.calibration.adaround import _Layer
+from edgepack.calibration.gptq import gptq_model, round_layer
+from edgepack.calibration.plan import plan_quantization
+from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.sources import load_digits_dataset
+from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
+from edgepack.converters.qdq import dequantized_constants, quantized_constants, write_qdq_model
+from onnx import helper, numpy_helper
+
+from edgepack.core.quantization import weight_params
+from tests.calibration.test_adaround import _same_integers, _tflite_int8_weights
+from tests.calibration.test_quantize_stage import tflite_parameters
+from tests.converters.torch_check import calibrate_batchnorm, export
+from tests.models import conv_net
+
+SHAPE = [1, 1, 8, 8]
+
+# op, attributes, weight shape, input shape (N first), weight axis: one of each layer form GPTQ reads as a matrix
+LAYERS = {
+    "conv strided, asymmetric pads": ("Conv", {"strides": [2, 2], "pads": [1, 0, 0, 1]}, (6, 3, 3, 3), (32, 3, 9, 9),
+                                      0),
+    "depthwise": ("Conv", {"group": 4, "pads": [1, 1, 1, 1]}, (4, 1, 3, 3), (32, 4, 7, 7), 0),
+    "grouped, dilated": ("Conv", {"group": 2, "dilations": [2, 2]}, (6, 2, 3, 3), (32, 4, 9, 9), 0),
+    "pointwise": ("Conv", {}, (5, 7, 1, 1), (32, 7, 6, 6), 0),
+    "conv 1-d": ("Conv", {"pads": [2, 0]}, (5, 3, 3), (32, 3, 12), 0),
+    "gemm transB": ("Gemm", {"transB": 1}, (5, 12), (512, 12), 0),
+    "gemm": ("Gemm", {}, (12, 5), (512, 12), 1),
+    "matmul 3-d input": ("MatMul", {}, (12, 5), (64, 8, 12), 1),
+}
+
+
+def _smooth(shape: tuple, seed: int) -> np.ndarray:
+    """Correlated inputs (running sums along the channels and the last axis, centred): nearest rounding ignores the
+    correlation, GPTQ uses it; on white noise both would be about as good."""
+    x = np.cumsum(np.cumsum(np.random.default_rng(seed).standard_normal(shape), axis=1), axis=-1)
+    return ((x - x.mean()) / x.std()).astype(np.float32)
+
+
+def _relative_error(layer: _Layer, x: np.ndarray, w: np.ndarray, w_q: np.ndarray) -> float:
+    with torch.no_grad():
+        reference = layer(torch.from_numpy(x), torch.from_numpy(w)).double()
+        quantized = layer(torch.from_numpy(x), torch.from_numpy(w_q.astype(np.float32))).double()
+    return float(((quantized - reference) ** 2).sum() / (reference**2).sum())
+
+
+@pytest.mark.parametrize("case", list(LAYERS))
+def test_reported_errors_are_the_layer_output_errors_and_gptq_lowers_them_on_unseen_inputs(case):
+    op, attributes, weight_shape, input_shape, axis = LAYERS[case]
+    node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **attributes)
+    w = np.random.default_rng(0).standard_normal(weight_shape).astype(np.float32)
+    params = weight_params(w, axis)
+    fitted, unseen = _smooth(input_shape, 1), _smooth(input_shape, 2)
+    q, record = round_layer(node, fitted, w, params)
+    layer = _Layer(node)
+    nearest = params.quantize(w)
+    assert record["error_nearest"] == pytest.approx(_relative_error(layer, fitted, w, params.dequantize(nearest)),
+                                                    rel=1e-3)  # fmt: skip
+    assert record["error_gptq"] == pytest.approx(_relative_error(layer, fitted, w, params.dequantize(q)), rel=1e-3)
+    assert np.abs(q.astype(int) - nearest).max() <= 3 and q.dtype == np.int8
+    on_unseen = [_relative_error(layer, unseen, w, params.dequantize(i)) for i in (nearest, q)]
+    assert on_unseen[1] < 0.9 * on_unseen[0], on_unseen  # measured 0.25-0.87x (the pointwise 5x7 one the least)
+
+
+def test_per_tensor_scale_is_kept_and_its_largest_weight_untouched():
+    op, attributes, weight_shape, input_shape, _ = LAYERS["conv strided, asymmetric pads"]
+    node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **attributes)
+    w = np.random.default_rng(3).standard_normal(weight_shape).astype(np.float32)
+    params = weight_params(w, None)
+    q, record = round_layer(node, _smooth(input_shape, 1), w, params)
+    assert record["error_gptq"] < record["error_nearest"]
+    largest = np.unravel_index(np.argmax(np.abs(w)), w.shape)
+    assert abs(int(q[largest])) == 127 and record["changed"] > 0
+
+
+def test_gptq_model_lowers_the_output_error_on_held_out_digits_and_both_files_hold_its_integers(tmp_path):
+    torch.manual_seed(0)
+    module = calibrate_batchnorm(conv_net(), SHAPE)
+    path = export(module, tmp_path / "net.onnx", (torch.zeros(SHAPE),), ["image"], ["logits"])
+    model = onnx.load(str(path))
+    digits = load_digits_dataset("image", "train")
+    fit, held_out = digits.head(64), digits.take(np.arange(64, 192))
+    plan = plan_quantization(model)
+    rounding = gptq_model(model, plan, fit)
+
+    assert [layer["node"] for layer in rounding.layers] == [w.node for w in plan.weights]  # two Convs and the Gemm
+    assert all(layer["error_gptq"] <= layer["error_nearest"] for layer in rounding.layers)
+    nearest = quantized_constants(model.graph, plan, {})
+    learned = quantized_constants(rounding.model.graph, plan, {})
+    nearest_model = onnx.ModelProto()
+    nearest_model.CopyFrom(model)
+    for tensor in nearest_model.graph.initializer:
+        if tensor.name in nearest:
+            q, params = nearest[tensor.name]
+            tensor.CopyFrom(numpy_helper.from_array(params.dequantize(q).astype(np.float32), tensor.name))
+    for weight in plan.weights:
+        np.testing.assert_array_equal(nearest[weight.initializer][1].scale, learned[weight.initializer][1].scale)
+    # int8 weights alone (float activations), on digits the rounding never saw
+    errors = [_output_error(model, m, held_out.inputs["image"]) for m in (nearest_model, rounding.model)]
+    assert errors[1] < 0.8 * errors[0], errors
+
+    calibration = calibrate(rounding.model, fit, QuantScheme(method="minmax"))
+    rounded_path, onnx_path, tflite_path = tmp_path / "rounded.onnx", tmp_path / "int8.onnx", tmp_path / "int8.tflite"
+    onnx.save(rounding.model, str(rounded_path))
+    write_qdq_model(rounding.model, onnx_path, calibration.plan, calibration.activations)
+    constants = dequantized_constants(rounding.model.graph, calibration.plan, calibration.activations)
+    convert_onnx_to_tflite(rounded_path, tflite_path, {"image": SHAPE},
+                           FakeQuantization(calibration.fake_quant_ranges(), 8, constants=constants))  # fmt: skip
+    written = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
+    tflite_weights = _tflite_int8_weights(tflite_path)
+    for weight in plan.weights:
+        q = learned[weight.initializer][0]
+        np.testing.assert_array_equal(written[f"{weight.initializer}_quantized"], q)
+        assert any(_same_integers(q, t) for t in tflite_weights), weight.initializer
+    scales = [np.float32(learned[w.initializer][1].scale) for w in plan.weights]
+    _, tflite_scales = tflite_parameters(tflite_path)
+    assert all(any(np.array_equal(s, t) for t in tflite_scales) for s in scales)
+
+
+def _output_error(reference: onnx.ModelProto, model: onnx.ModelProto, images: np.ndarray) -> float:
+    outputs = []
+    for m in (reference, model):
+        session = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs.append(np.concatenate([session.run(None, {"image": image[None]})[0] for image in images]))
+    return float(np.mean((outputs[1] - outputs[0]) ** 2) / np.mean(outputs[0] ** 2))
+
+
+def test_a_layer_kept_float_in_a_file_gets_its_weight_from_before_rounding(tmp_path):
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_accuracy import FloatPreparation, apply_weight_rounding
+
+    torch.manual_seed(0)
+    module = calibrate_batchnorm(conv_net(), SHAPE)
+    model = onnx.load(str(export(module, tmp_path / "net.onnx", (torch.zeros(SHAPE),), ["image"], ["logits"])))
+    prepared = FloatPreparation(source=None, model=model)
+    apply_weight_rounding(QuantizeConfig(), prepared, load_digits_dataset("image", "train").head(64))
+    plan = plan_quantization(model)
+    weights = {w.node: w.initializer for w in plan.weights}
+    first, *others = list(weights)
+
+    def weight(m: onnx.ModelProto, node: str) -> np.ndarray:
+        return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == weights[node])
+
+    assert not np.array_equal(weight(prepared.model, first), weight(model, first))  # on the int8 grid
+    mixed = prepared.model_for(set(others))  # the first layer runs float in this file
+    np.testing.assert_array_equal(weight(mixed, first), weight(model, first))
+    for node in others:
+        np.testing.assert_array_equal(weight(mixed, node), weight(prepared.model, node))
+        assert not np.array_equal(weight(mixed, node), weight(model, node))  # rounded by gptq
+    assert prepared.model_for(set(weights)) is prepared.model  # all integer: nothing to restore
