@@ -12,15 +12,13 @@ import torch
 from edgepack.calibration.adaround import _Layer
 from edgepack.calibration.gptq import gptq_model, round_layer
 from edgepack.calibration.plan import plan_quantization
-from edgepack.calibration.ptq import QuantScheme, calibrate
+from edgepack.calibration.ptq import QuantScheme
 from edgepack.calibration.sources import load_digits_dataset
-from edgepack.converters.onnx_to_tflite import FakeQuantization, convert_onnx_to_tflite
-from edgepack.converters.qdq import dequantized_constants, quantized_constants, write_qdq_model
+from edgepack.converters.qdq import quantized_constants
 from onnx import helper, numpy_helper
 
 from edgepack.core.quantization import weight_params
-from tests.calibration.test_adaround import _same_integers, _tflite_int8_weights
-from tests.calibration.test_quantize_stage import tflite_parameters
+from tests.calibration.rounding_files import assert_both_files_hold_its_integers
 from tests.converters.torch_check import calibrate_batchnorm, export
 from tests.models import conv_net
 
@@ -109,22 +107,7 @@ def test_gptq_model_lowers_the_output_error_on_held_out_digits_and_both_files_ho
     errors = [_output_error(model, m, held_out.inputs["image"]) for m in (nearest_model, rounding.model)]
     assert errors[1] < 0.8 * errors[0], errors
 
-    calibration = calibrate(rounding.model, fit, QuantScheme(method="minmax"))
-    rounded_path, onnx_path, tflite_path = tmp_path / "rounded.onnx", tmp_path / "int8.onnx", tmp_path / "int8.tflite"
-    onnx.save(rounding.model, str(rounded_path))
-    write_qdq_model(rounding.model, onnx_path, calibration.plan, calibration.activations)
-    constants = dequantized_constants(rounding.model.graph, calibration.plan, calibration.activations)
-    convert_onnx_to_tflite(rounded_path, tflite_path, {"image": SHAPE},
-                           FakeQuantization(calibration.fake_quant_ranges(), 8, constants=constants))  # fmt: skip
-    written = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
-    tflite_weights = _tflite_int8_weights(tflite_path)
-    for weight in plan.weights:
-        q = learned[weight.initializer][0]
-        np.testing.assert_array_equal(written[f"{weight.initializer}_quantized"], q)
-        assert any(_same_integers(q, t) for t in tflite_weights), weight.initializer
-    scales = [np.float32(learned[w.initializer][1].scale) for w in plan.weights]
-    _, tflite_scales = tflite_parameters(tflite_path)
-    assert all(any(np.array_equal(s, t) for t in tflite_scales) for s in scales)
+    assert_both_files_hold_its_integers(rounding.model, plan, fit, QuantScheme(method="minmax"), SHAPE, tmp_path)
 
 
 def _output_error(reference: onnx.ModelProto, model: onnx.ModelProto, images: np.ndarray) -> float:
