@@ -39,18 +39,17 @@ SIZE = 240
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 CALIBRATION_PHOTOS = ("china", "present", "astronaut", "coffee", "camera")
 EVALUATION_PHOTOS = ("flower", "grace_hopper", "chelsea", "rocket", "motorcycle")
-CONFIGS = {
-    "minmax": {"method": "minmax", "bias_correction": False},
+CONFIGS = {  # each names what differs from the default (auto ranges, gptq rounding, bias correction auto)
+    "minmax": {"method": "minmax", "bias_correction": False, "weight_rounding": "nearest"},
     "default": {},
-    "auto+bc": {"bias_correction": True},
+    "nearest": {"weight_rounding": "nearest"},  # bias correction auto then decides on held-out samples
+    "nearest-bc": {"weight_rounding": "nearest", "bias_correction": False},
+    "minmax+gptq": {"method": "minmax"},
+    "adaround": {"weight_rounding": "adaround"},
+    "cle": {"cross_layer_equalization": True, "weight_rounding": "nearest"},
+    "auto+bc": {"bias_correction": True},  # true implies nearest rounding
     "mse+cle+bc": {"method": "mse", "cross_layer_equalization": True, "bias_correction": True},
     "minmax+bc": {"method": "minmax", "bias_correction": True},
-    "adaround": {"weight_rounding": "adaround"},
-    "cle": {"cross_layer_equalization": True},
-    "gptq": {"weight_rounding": "gptq"},
-    "gptq-bc": {"weight_rounding": "gptq", "bias_correction": False},
-    "minmax+gptq": {"method": "minmax", "bias_correction": False, "weight_rounding": "gptq"},
-    "default-bc": {"bias_correction": False},
 }
 
 
@@ -211,6 +210,8 @@ def main() -> None:
         seconds = onnx_file["details"]["calibration_seconds"]
         record = onnx_file["details"].get("range_methods") or {}
         counts = f"{record.get('plan', '')} {record.get('counts', '')} {record.get('output_error', '')}".strip()
+        choice = onnx_file["details"].get("bias_correction_choice")
+        counts += f"; bias correction {'applied' if choice['applied'] else 'off'}" if choice else ""
         for artifact in ("onnx-int8", "tflite-int8"):
             path = run.run_dir / next(a for a in run.results["artifacts"] if a["name"] == artifact)["path"]
             print(f"| {name} | {artifact} | {figures(reference, outputs(path, dataset))} | {seconds:.1f} | {counts} |",
