@@ -19,6 +19,7 @@ the drop it reports is measured, not predicted, and the evaluation figures after
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -164,10 +165,14 @@ class RuntimeScorer:
 
     def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, *, unsigned_activations: bool = True,
                  per_channel_weights: bool = True, bias_correction: BiasCorrection | None = None,
+                 written_from: Callable[[set[str]], onnx.ModelProto] | None = None,
                  top1_of_float: bool = False):  # fmt: skip
         """``top1_of_float``: score top-1 against the float model's classes (its top-1 is then 100%, and a
-        candidate's drop is the share of samples whose class it changes) instead of ``dataset.labels``."""
+        candidate's drop is the share of samples whose class it changes) instead of ``dataset.labels``.
+        ``written_from(integer nodes)``: the model a candidate's file is written from (weights rounded, biases
+        corrected where its layers run int8), when that is not ``float_model`` with ``bias_correction``."""
         self.model, self.dataset, self.bias_correction = float_model, dataset, bias_correction
+        self.written_from = written_from
         self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
         self.reference = self.outputs(float_model)  # the float model's, never the bias-corrected one's
         self.output = float_model.graph.output[0].name
@@ -181,6 +186,8 @@ class RuntimeScorer:
 
     def quantized_from(self, calibration: Calibration) -> onnx.ModelProto:
         """The float model a file of ``calibration`` is written from: bias-corrected where its weights are int8."""
+        if self.written_from is not None:
+            return self.written_from(integer_nodes(self.model, calibration))
         if self.bias_correction is None:
             return self.model
         return self.bias_correction.only(integer_nodes(self.model, calibration)).model

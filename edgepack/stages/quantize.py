@@ -151,8 +151,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
         calibration = calibrate(prepared.model, fit, config, description, held_out=held_out, classifier=classifier)
         calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size, held_out, classifier)
     seconds = time.perf_counter() - started
-    mixed = mixed_calibrations(config, ctx, prepared.model, calibration, prepared.source.name, prepared.correction,
-                               split)  # fmt: skip
+    mixed = mixed_calibrations(config, ctx, prepared.model_for(set()), calibration, prepared.source.name,
+                               prepared.model_for, split)  # fmt: skip
     plans = {"onnx": mixed.onnx} | ({"tflite": mixed.tflite} if "tflite" in config.formats else {})
     files = {fmt: _integer_file(config, ctx, prepared, plan, fmt) for fmt, plan in plans.items()}  # before writing
     written = [_write_onnx(config, ctx, prepared.source, files["onnx"].model, mixed.onnx, seconds)]

@@ -13,8 +13,8 @@ figure reached and by which plan, unless ``accuracy_target.best_effort`` asks fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import onnx
 
@@ -42,9 +42,6 @@ from edgepack.calibration.sensitivity import (
 from edgepack.core.artifacts import Artifact, Format
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import QuantizationError, StageError
-
-if TYPE_CHECKING:
-    from edgepack.calibration.bias_correction import BiasCorrection
 
 
 @dataclass
@@ -74,12 +71,13 @@ class MixedCalibrations:
 
 
 def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibration, source: str,
-                       correction: BiasCorrection | None = None,
+                       written_from: Callable[[set[str]], onnx.ModelProto] | None = None,
                        split: CalibrationSplit | None = None) -> MixedCalibrations:  # fmt: skip
     """Search only when the stage has an ``accuracy_target``, on ``split.held_out``: calibration samples the ranges
     were not fitted on, never the evaluation data. The target is stated against the float model: for a classifier
-    the share of samples whose top-1 class differs from the float model's, else the output SQNR. Candidates carry
-    ``correction`` where their layers run int8, as the files will; the reference is ``model``, the float model."""
+    the share of samples whose top-1 class differs from the float model's, else the output SQNR. The reference is
+    ``model``, the float model (neither rounded by gptq/adaround nor bias-corrected); each candidate is built from
+    ``written_from(its integer layers)``, as its file will be (FloatPreparation.model_for)."""
 
     if config.accuracy_target is None:
         return MixedCalibrations(calibration, calibration)
@@ -87,7 +85,7 @@ def mixed_calibrations(config, ctx, model: onnx.ModelProto, calibration: Calibra
     dataset = ArrayDataset(held_out.head(config.accuracy_target.samples or len(held_out)).inputs)  # labels unused
     options = {"unsigned_activations": config.unsigned_onnx_activations,
                "per_channel_weights": config.per_channel_weights}  # fmt: skip
-    scorer = RuntimeScorer(model, dataset, **options, bias_correction=correction,
+    scorer = RuntimeScorer(model, dataset, **options, written_from=written_from,
                            top1_of_float=ctx.task == "classification")  # fmt: skip
     search = search_mixed_precision(calibration, scorer, config.accuracy_target)
     search = settle_plan(search, calibration, model, scorer.macs, list(config.formats))  # or raise, before writing

@@ -12,7 +12,7 @@ import torch
 from edgepack.calibration.adaround import _Layer
 from edgepack.calibration.gptq import gptq_model, round_layer
 from edgepack.calibration.plan import plan_quantization
-from edgepack.calibration.ptq import QuantScheme
+from edgepack.calibration.ptq import QuantScheme, calibrate
 from edgepack.calibration.sources import load_digits_dataset
 from edgepack.converters.qdq import quantized_constants
 from onnx import helper, numpy_helper
@@ -118,7 +118,8 @@ def _output_error(reference: onnx.ModelProto, model: onnx.ModelProto, images: np
     return float(np.mean((outputs[1] - outputs[0]) ** 2) / np.mean(outputs[0] ** 2))
 
 
-def test_a_layer_kept_float_in_a_file_gets_its_weight_from_before_rounding(tmp_path):
+def _rounded_preparation(tmp_path):
+    """(the float conv net, its FloatPreparation after the default weight rounding, {node: weight initializer})."""
     from edgepack.stages.quantize import QuantizeConfig
     from edgepack.stages.quantize_accuracy import FloatPreparation, apply_weight_rounding
 
@@ -127,17 +128,69 @@ def test_a_layer_kept_float_in_a_file_gets_its_weight_from_before_rounding(tmp_p
     model = onnx.load(str(export(module, tmp_path / "net.onnx", (torch.zeros(SHAPE),), ["image"], ["logits"])))
     prepared = FloatPreparation(source=None, model=model)
     apply_weight_rounding(QuantizeConfig(), prepared, load_digits_dataset("image", "train").head(64))
-    plan = plan_quantization(model)
-    weights = {w.node: w.initializer for w in plan.weights}
+    return model, prepared, {w.node: w.initializer for w in plan_quantization(model).weights}
+
+
+def _weight(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def test_a_layer_kept_float_in_a_file_gets_its_weight_from_before_rounding(tmp_path):
+    model, prepared, weights = _rounded_preparation(tmp_path)
     first, *others = list(weights)
-
-    def weight(m: onnx.ModelProto, node: str) -> np.ndarray:
-        return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == weights[node])
-
-    assert not np.array_equal(weight(prepared.model, first), weight(model, first))  # on the int8 grid
+    assert not np.array_equal(_weight(prepared.model, weights[first]), _weight(model, weights[first]))  # on the grid
     mixed = prepared.model_for(set(others))  # the first layer runs float in this file
-    np.testing.assert_array_equal(weight(mixed, first), weight(model, first))
+    np.testing.assert_array_equal(_weight(mixed, weights[first]), _weight(model, weights[first]))
     for node in others:
-        np.testing.assert_array_equal(weight(mixed, node), weight(prepared.model, node))
-        assert not np.array_equal(weight(mixed, node), weight(model, node))  # rounded by gptq
+        np.testing.assert_array_equal(_weight(mixed, weights[node]), _weight(prepared.model, weights[node]))
+        assert not np.array_equal(_weight(mixed, weights[node]), _weight(model, weights[node]))  # rounded by gptq
     assert prepared.model_for(set(weights)) is prepared.model  # all integer: nothing to restore
+
+
+def test_the_mixed_precision_search_measures_against_the_float_model_not_the_rounded_one(tmp_path):
+    from types import SimpleNamespace
+
+    from edgepack.calibration.collect import model_outputs
+    from edgepack.calibration.held_out import split_held_out
+
+    from edgepack.stages.quantize import QuantizeConfig
+    from edgepack.stages.quantize_mixed import mixed_calibrations
+
+    model, prepared, weights = _rounded_preparation(tmp_path)
+    config = QuantizeConfig(accuracy_target={"max_accuracy_drop_pp": 50.0})
+    split = split_held_out(load_digits_dataset("image", "train").head(96), 64, "accuracy_target")
+    calibration = calibrate(prepared.model, split.fit, config)
+    mixed = mixed_calibrations(config, SimpleNamespace(task="classification"), prepared.model_for(set()),
+                               calibration, "onnx-fp32", prepared.model_for, split)  # fmt: skip
+    reference = model_outputs(model, mixed.scorer.dataset)["logits"]
+    np.testing.assert_array_equal(mixed.scorer.reference["logits"], reference)  # the unrounded float model's
+    candidate = mixed.scorer.quantized_from(calibration)  # every layer int8: every weight as rounded
+    for name in weights.values():
+        np.testing.assert_array_equal(_weight(candidate, name), _weight(prepared.model, name))
+
+
+def test_the_quantize_stage_hands_the_search_the_unrounded_float_model(tmp_path, trained_weights, monkeypatch):
+    from edgepack.calibration.sensitivity import RuntimeScorer
+
+    import edgepack
+    from edgepack.recipe import parse_recipe
+    from tests.edgepack.helpers import artifact, image_recipe
+
+    seen = []
+
+    class Recording(RuntimeScorer):
+        def __init__(self, float_model, *args, **kwargs):
+            seen.append(float_model)
+            super().__init__(float_model, *args, **kwargs)
+
+    monkeypatch.setattr("edgepack.stages.quantize_mixed.RuntimeScorer", Recording)
+    target = {"max_accuracy_drop_pp": 50.0}
+    stages = [{"stage": "export", "exporter": "legacy"},
+              {"stage": "quantize", "formats": ["onnx"], "accuracy_target": target}]  # fmt: skip
+    recipe = image_recipe("digits_example", trained_weights("digits_example"), stages=stages) | {"bench": None}
+    run = edgepack.pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True)
+    assert artifact(run.results, "onnx-int8")["details"]["gptq"]["layers"]  # the weights were rounded
+    exported = onnx.load(str(run.run_dir / artifact(run.results, "onnx-fp32")["path"]))
+    [searched_against] = seen
+    for name in {w.initializer for w in plan_quantization(exported).weights}:
+        np.testing.assert_array_equal(_weight(searched_against, name), _weight(exported, name), err_msg=name)
