@@ -30,6 +30,7 @@ from edgepack.core.quantization import QuantPlan, weight_params
 
 MAX_ROWS = 16384  # output positions per layer that H is accumulated over (memory: one batch of layer inputs)
 BLOCK = 128  # columns rounded between the matrix-product updates of the rest
+ACT_ORDER = True
 DAMPING = 0.01  # of H's mean diagonal, added to the diagonal: H of few samples is singular
 
 
@@ -77,7 +78,7 @@ def round_layer(node: onnx.NodeProto, inputs: np.ndarray, weights: np.ndarray, p
     scale = view.matrix(torch.from_numpy(_scale_tensor(params, weights)))
     nearest = torch.clamp(torch.round(w / scale), params.qmin, params.qmax)
     try:
-        learned = _gptq(w, h, scale, _largest(weights, params, view), params.qmin, params.qmax)
+        learned = _in_activation_order(w, h, scale, _largest(weights, params, view), params.qmin, params.qmax)
     except torch.linalg.LinAlgError:  # H not positive definite even damped (non-finite inputs): nearest it is
         learned = nearest
     energy = float(torch.einsum("god,gde,goe->", w, h, w)) or 1.0
@@ -87,6 +88,24 @@ def round_layer(node: onnx.NodeProto, inputs: np.ndarray, weights: np.ndarray, p
     q = view.tensor(chosen).numpy().astype(np.int8)
     changed = float(np.mean(q != params.quantize(weights)))
     return q, {"error_nearest": errors[0], "error_gptq": min(errors), "changed": round(changed, 4)}
+
+
+def _in_activation_order(w, h, scale, locked, qmin: int, qmax: int):
+    """GPTQ over the columns in decreasing order of their input's energy (H's diagonal; "act order" of the GPTQ
+    code): the columns that matter most are rounded first, while the most columns are left to absorb their error."""
+    import torch
+
+    if not ACT_ORDER:
+        return _gptq(w, h, scale, locked, qmin, qmax)
+    order = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)  # [groups, d]
+
+    def by_column(t):
+        return torch.gather(t, 2, order[:, None, :].expand(t.shape))
+
+    rows_ordered = torch.gather(h, 1, order[:, :, None].expand(h.shape))
+    ordered_h = torch.gather(rows_ordered, 2, order[:, None, :].expand(h.shape))
+    q = _gptq(by_column(w), ordered_h, by_column(scale), by_column(locked), qmin, qmax)
+    return torch.empty_like(q).scatter_(2, order[:, None, :].expand(q.shape), q)
 
 
 def _gptq(w, h, scale, locked, qmin: int, qmax: int):

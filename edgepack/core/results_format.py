@@ -35,6 +35,9 @@ pre-multiplied (a top-1 of 97.2% is 0.972), except where a key's name says ``_pp
   (calibration/precision.py; a file runs at least half of them at its own precision, or is not written).
 - ``artifacts[].details.bias_correction``: the layers whose bias was corrected in this file, and
   ``float_bias_kept``: those that run float in it and keep their float bias (calibration/bias_correction.py).
+- ``artifacts[].details.calibration_samples``: ``fitted`` (the samples the ranges, weight rounding and biases were
+  computed on) and ``held_out`` (those set aside for method auto, bias correction auto and the mixed-precision
+  search; 0 when nothing needed them).
 - ``artifacts[].details.bias_correction_choice``: with ``bias_correction: auto`` (the default), ``applied`` and
   either ``held_out_error`` {with, without} and ``measured_on``, or ``why`` it was not tried (the weights rounded by
   gptq/adaround, or too few calibration samples to hold some out).

@@ -150,6 +150,8 @@ def run_quantize(config: QuantizeConfig, inputs: list[Artifact], ctx: StageConte
         apply_weight_rounding(config, prepared, fit)
         calibration = calibrate(prepared.model, fit, config, description, held_out=held_out, classifier=classifier)
         calibration = apply_bias_correction(config, prepared, calibration, fit, ctx.batch_size, held_out, classifier)
+        prepared.details["calibration_samples"] = {"fitted": min(len(fit), config.samples),
+                                                   "held_out": 0 if held_out is None else len(held_out)}  # fmt: skip
     seconds = time.perf_counter() - started
     mixed = mixed_calibrations(config, ctx, prepared.model_for(set()), calibration, prepared.source.name,
                                prepared.model_for, split)  # fmt: skip
@@ -180,8 +182,9 @@ def _held_out_part(config: QuantizeConfig, dataset, description: str):
 
     if config.accuracy_target is not None:
         return split_held_out(check_calibration_data(dataset, "calibration data"), config.samples, "accuracy_target")
-    if Method(config.method) != Method.AUTO and config.bias_correction != "auto":
-        return None
+    deciding_bias = config.bias_correction == "auto" and config.weight_rounding == "nearest"  # else nothing to decide
+    if Method(config.method) != Method.AUTO and not deciding_bias:
+        return None  # a method set by the user fits on all the calibration samples
     dataset = check_calibration_data(dataset, description)
     return split_held_out(dataset, config.samples, "method auto") if can_hold_out(dataset) else None
 

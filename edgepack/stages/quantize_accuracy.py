@@ -29,7 +29,7 @@ class FloatPreparation:
     """The float model the integer files are written from, and what was done to it."""
 
     source: Artifact  # the integer files' parent: the equalized artifact when equalization changed the model
-    model: onnx.ModelProto  # the float reference (equalized, never bias-corrected)
+    model: onnx.ModelProto  # what calibration reads: equalized, weights rounded by gptq/adaround, never bias-corrected
     artifacts: list[Artifact] = field(default_factory=list)  # written here, returned before the integer files
     details: dict = field(default_factory=dict)  # for the integer artifacts' details
     correction: BiasCorrection | None = None

@@ -173,3 +173,22 @@ def test_bias_correction_auto_with_nearest_rounding_is_measured_on_held_out_samp
     assert choice["measured_on"] == "32 held-out calibration samples, softmax KL to float"  # a classifier's
     assert choice["applied"] == (choice["held_out_error"]["with"] < choice["held_out_error"]["without"])
     assert ("bias_correction" in details) == choice["applied"]
+
+
+@pytest.mark.parametrize(("options", "fitted", "held_out"), [
+    ({"method": "minmax"}, 60, 0),  # a method the user set: every sample (gptq leaves bias correction nothing to do)
+    ({}, 48, 12),  # method auto holds out 20% of a set this small
+    ({"method": "minmax", "weight_rounding": "nearest"}, 48, 12),  # bias correction auto decides on held-out ones
+])  # fmt: skip
+def test_calibration_samples_are_held_out_only_for_what_decides_on_them(tmp_path, trained_weights, options, fitted,
+                                                                        held_out):  # fmt: skip
+    from edgepack.calibration.sources import load_digits_dataset
+
+    np.savez(tmp_path / "calibration.npz", image=load_digits_dataset("image", "train").head(60).inputs["image"])
+    stages = [{"stage": "export", "exporter": "legacy"},
+              {"stage": "quantize", "formats": ["onnx"], "calibration_data": str(tmp_path / "calibration.npz"),
+               **options}]  # fmt: skip
+    recipe = image_recipe("digits_example", trained_weights("digits_example"), stages=stages) | {"bench": None}
+    results = edgepack.pack(parse_recipe(recipe), out=tmp_path / "run", quiet=True).results
+    samples = artifact(results, "onnx-int8")["details"]["calibration_samples"]
+    assert samples == {"fitted": fitted, "held_out": held_out}
