@@ -75,8 +75,20 @@ def verification_error(ctx, artifact: Artifact, verification: Verification, loca
     else:
         metric, measured, limit = f"cosine of output {worst.output!r}", worst.cosine_similarity, floor.min_cosine
     also = [f"all outside it: {', '.join(failures)}"] if len(failures) > 1 else []
-    detail = "; ".join([where, *also, f"verify.integer_tolerance {floor.model_dump()}", *worst_layers(ctx, localised)])
+    detail = "; ".join([where, *also, f"verify.integer_tolerance {floor.model_dump()}", *worst_layers(ctx, localised),
+                        *remedies(artifact)])  # fmt: skip
     return VerificationError(artifact.name, metric, measured, limit, detail, floor=True)
+
+
+def remedies(artifact: Artifact) -> list[str]:
+    """What can bring a post-training integer file within its floor, for the error's last words."""
+    if artifact.stage != "quantize":
+        return []
+    options = ["accuracy_target on the quantize stage (keeps the most sensitive layers high)"]
+    if artifact.precision == Precision.INT8 and "dynamic_int8" not in artifact.details:
+        options += ["precision: int16x8", "dynamic_int8: true (ONNX only: activations quantized at run time, what a "
+                    "transformer's outlier activations need)"]  # fmt: skip
+    return [f"to reach it: {', or '.join(options)}; or lower verify.integer_tolerance if this loss is acceptable"]
 
 
 LOCALISED_BELOW_DB = 20.0  # a layer below this SQNR has lost most of its signal: where to look first
