@@ -52,7 +52,7 @@ def adaround_model(model: onnx.ModelProto, plan: QuantPlan, dataset: ArrayDatase
     rounded.CopyFrom(model)
     nodes = {n.name: n for n in rounded.graph.node}
     layers = [w for w in plan.weights if runnable(nodes[w.node])]
-    inputs = layer_inputs(rounded, {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}, dataset)
+    inputs = _layer_inputs(rounded, {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}, dataset)
     initializers = {t.name: t for t in rounded.graph.initializer}
     result = AdaRounding(rounded)
     torch.manual_seed(seed)
@@ -87,14 +87,13 @@ def runnable(node: onnx.NodeProto) -> bool:
     return node.op_type == "MatMul"
 
 
-def layer_inputs(model: onnx.ModelProto, readers: dict[str, str], dataset: ArrayDataset,
-                 max_rows: int = MAX_ROWS) -> dict[str, np.ndarray]:  # fmt: skip
+def _layer_inputs(model: onnx.ModelProto, readers: dict[str, str], dataset: ArrayDataset) -> dict[str, np.ndarray]:
     """Each layer input's values from the float model (``readers``: tensor -> the reading op type), the first samples
-    holding ``max_rows`` output positions; only those are kept, so memory stays bounded whatever the data's size."""
+    holding MAX_ROWS output positions; only those are kept, so memory stays bounded whatever the data's size."""
     found: dict[str, list] = {t: [] for t in readers}
     for batch in read_tensors(model, list(readers), dataset):
         for name, parts in found.items():
-            wanted = max(1, max_rows // _positions(batch.values[name], readers[name]))
+            wanted = max(1, MAX_ROWS // _positions(batch.values[name], readers[name]))
             have = sum(len(p) for p in parts)
             if have < wanted:
                 parts.append(batch.real(name)[: wanted - have])

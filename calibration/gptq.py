@@ -7,7 +7,8 @@ moves that column's rounding error onto the columns not rounded yet, through the
 second moments; damped by 1% of its mean diagonal), so that they absorb it. No iterations: one Cholesky
 factorisation per layer (per group of a grouped or depthwise Conv, all groups at once) and one pass over the columns,
 in blocks of ``BLOCK`` with the rest updated by one matrix product per block. The layer inputs are the float model's
-(as AdaRound's, calibration/adaround.py), for at most ``MAX_ROWS`` output positions per layer.
+(as AdaRound's, calibration/adaround.py), streamed: H is summed batch by batch over at most ``MAX_ROWS`` rows per
+layer, and the inputs themselves are never kept.
 
 Like AdaRound, the scales stay those of ``weight_params`` (symmetric, max|w| / 127 per output channel) and the result
 is written back into the float model as s x q with each scale group's largest weight kept exactly: that weight is
@@ -22,13 +23,14 @@ import time
 
 import numpy as np
 import onnx
-from edgepack.calibration.adaround import AdaRounding, layer_inputs, on_grid, runnable
+from edgepack.calibration.adaround import AdaRounding, on_grid, runnable
+from edgepack.calibration.collect import read_tensors
 from onnx import numpy_helper
 
 from edgepack.core.dataset import ArrayDataset
 from edgepack.core.quantization import QuantPlan, weight_params
 
-MAX_ROWS = 16384  # output positions per layer that H is accumulated over (memory: one batch of layer inputs)
+MAX_ROWS = 16384  # rows (positions x samples) per layer that H is summed over
 BLOCK = 128  # columns rounded between the matrix-product updates of the rest
 ACT_ORDER = True
 DAMPING = 0.01  # of H's mean diagonal, added to the diagonal: H of few samples is singular
@@ -46,19 +48,38 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, dataset: ArrayDataset, *
     nodes = {n.name: n for n in rounded.graph.node}
     initializers = {t.name: t for t in rounded.graph.initializer}
     layers = [w for w in plan.weights if _readable(nodes[w.node], initializers[w.initializer])]
-    readers = {nodes[w.node].input[0]: nodes[w.node].op_type for w in layers}
-    inputs = layer_inputs(rounded, readers, dataset, max_rows=MAX_ROWS)
+    views = {w.node: _MatrixView(nodes[w.node], tuple(initializers[w.initializer].dims)) for w in layers}
+    moments = _second_moments(rounded, views, dataset)
     result = AdaRounding(rounded)
     with torch.no_grad():
         for weight in layers:
             node, tensor = nodes[weight.node], initializers[weight.initializer]
             values = numpy_helper.to_array(tensor)
             params = weight_params(values, weight.axis if per_channel else None)
-            q, record = round_layer(node, inputs[node.input[0]], values, params)
+            q, record = _round(views[weight.node], moments[weight.node], values, params)
             tensor.CopyFrom(numpy_helper.from_array(on_grid(values, q, params), weight.initializer))
             result.layers.append({"node": node.name} | record)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _second_moments(model: onnx.ModelProto, views: dict[str, _MatrixView], dataset: ArrayDataset) -> dict:
+    """Each layer's H over the float model's inputs to it, summed batch by batch as they stream by (only the sums
+    are kept, never the inputs), over the first samples holding MAX_ROWS of its rows (at least one sample)."""
+    import torch
+
+    sums, rows = {}, dict.fromkeys(views, 0)
+    with torch.no_grad():
+        for batch in read_tensors(model, sorted({v.node.input[0] for v in views.values()}), dataset):
+            for node, view in views.items():
+                if rows[node] >= MAX_ROWS:
+                    continue
+                x = batch.real(view.node.input[0])
+                x = x[: max(1, -(-(MAX_ROWS - rows[node]) // view.rows_per_sample(x)))]
+                found, count = view.moment_sums(torch.from_numpy(x.astype(np.float32, copy=False)))
+                sums[node] = found if node not in sums else sums[node] + found
+                rows[node] += count
+    return {node: total / max(rows[node], 1) for node, total in sums.items()}
 
 
 def _readable(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
@@ -69,11 +90,18 @@ def _readable(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
 
 def round_layer(node: onnx.NodeProto, inputs: np.ndarray, weights: np.ndarray, params) -> tuple[np.ndarray, dict]:
     """(the integers, in the weight's own layout; the layer's output error for nearest and for GPTQ rounding, each
-    relative to the output's energy)."""
+    relative to the output's energy) of one layer on ``inputs``, all of them."""
     import torch
 
-    view = _MatrixView(node, weights)
-    h = view.second_moments(torch.from_numpy(inputs.astype(np.float32, copy=False)))  # [groups, d, d]
+    view = _MatrixView(node, weights.shape)
+    sums, rows = view.moment_sums(torch.from_numpy(inputs.astype(np.float32, copy=False)))
+    return _round(view, sums / max(rows, 1), weights, params)
+
+
+def _round(view: _MatrixView, h, weights: np.ndarray, params) -> tuple[np.ndarray, dict]:
+    """``round_layer`` given the layer input's second moments ``h`` [groups, d, d]."""
+    import torch
+
     w = view.matrix(torch.from_numpy(weights.astype(np.float64)))  # [groups, out, d]
     scale = view.matrix(torch.from_numpy(_scale_tensor(params, weights)))
     nearest = torch.clamp(torch.round(w / scale), params.qmin, params.qmax)
@@ -167,8 +195,8 @@ class _MatrixView:
     """A layer as groups of matrix products: output [groups, out, rows] = W [groups, out, d] @ X [groups, d, rows],
     with W taken from the stored weight and X from the layer input (a Conv's through im2col, its pads applied)."""
 
-    def __init__(self, node: onnx.NodeProto, weights: np.ndarray):
-        self.node, self.shape = node, weights.shape
+    def __init__(self, node: onnx.NodeProto, shape: tuple[int, ...]):
+        self.node, self.shape = node, shape
         self.attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         self.groups = int(self.attributes.get("group", 1)) if node.op_type == "Conv" else 1
         self.transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not self.attributes.get("transB", 0))
@@ -185,18 +213,22 @@ class _MatrixView:
             return matrix.reshape(self.shape)
         return matrix[0].T if self.transposed else matrix[0]
 
-    def second_moments(self, x):
-        """H = X X^T / rows of the layer input, [groups, d, d] in float64 (float32 sums: ample for 8-bit steps);
-        a Conv's X are its input patches (im2col, pads applied), taken per sample without copying them."""
+    def rows_per_sample(self, x: np.ndarray) -> int:
+        """A sample's rows of X at most: a Conv's input positions (its output has no more), a MatMul's rows."""
+        return max(1, int(np.prod(x.shape[2:] if self.node.op_type == "Conv" else x.shape[1:-1])))
+
+    def moment_sums(self, x):
+        """(X X^T summed over the rows of the layer input ``x``, [groups, d, d] in float64 (float32 sums: ample for
+        8-bit steps); the rows): a Conv's X are its input patches (im2col, pads applied), per sample, not copied."""
         import torch.nn.functional as F  # noqa: N812
 
         if self.node.op_type != "Conv":
             rows = x.reshape(-1, x.shape[-1])
-            return (rows.T @ rows)[None].double() / max(len(rows), 1)
+            return (rows.T @ rows)[None].double(), len(rows)
         spatial = len(self.shape) - 2
         if self.groups == 1 and self._pointwise(spatial):  # 1x1, stride 1, no pads: the positions are the rows
             rows = x.movedim(1, -1).reshape(-1, x.shape[1])
-            return (rows.T @ rows)[None].double() / max(len(rows), 1)
+            return (rows.T @ rows)[None].double(), len(rows)
         kernel = list(self.shape[2:])
         pads = self.attributes.get("pads", [0] * 2 * spatial)
         x = F.pad(x, [p for i in reversed(range(spatial)) for p in (pads[i], pads[i + spatial])])
@@ -208,7 +240,7 @@ class _MatrixView:
         n, width, length = patches.shape
         per_group = patches.reshape(n * self.groups, width // self.groups, length)
         moments = (per_group @ per_group.transpose(1, 2)).reshape(n, self.groups, width // self.groups, -1).sum(0)
-        return moments.double() / max(n * length, 1)
+        return moments.double(), n * length
 
     def _pointwise(self, spatial: int) -> bool:
         ones = [1] * spatial
