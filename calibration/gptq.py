@@ -4,9 +4,11 @@ the OBQ update of Frantar & Alistarh 2022) for the int8 weights of Conv, Gemm an
 Rounding each weight to the nearest integer minimises each weight's own error, not the layer's. GPTQ minimises the
 layer's output error ||(W - W_q) X||^2 over the calibration inputs X: it rounds one input column of W at a time and
 moves that column's rounding error onto the columns not rounded yet, through the inverse of H = X X^T (the input's
-second moments; damped by 1% of its mean diagonal), so that they absorb it. No iterations: one Cholesky
-factorisation per layer (per group of a grouped or depthwise Conv, all groups at once) and one pass over the columns,
-in blocks of ``BLOCK`` with the rest updated by one matrix product per block. The layer inputs are the float model's
+second moments; damped by 1% of its mean diagonal), so that they absorb it; the columns go in decreasing order of
+their input's energy (the GPTQ code's "act order": on EfficientNet-Lite1 it lowered KL to float by a third against
+plain column order, README's table). No iterations: one Cholesky factorisation per layer (per group of a grouped or
+depthwise Conv, all groups at once) and one pass over the columns, in blocks of ``BLOCK`` with the rest updated by
+one matrix product per block. The layer inputs are the float model's
 (as AdaRound's, calibration/adaround.py), streamed: H is summed batch by batch over at most ``MAX_ROWS`` rows per
 layer, and the inputs themselves are never kept.
 
@@ -32,7 +34,6 @@ from edgepack.core.quantization import QuantPlan, weight_params
 
 MAX_ROWS = 16384  # rows (positions x samples) per layer that H is summed over
 BLOCK = 128  # columns rounded between the matrix-product updates of the rest
-ACT_ORDER = True
 DAMPING = 0.01  # of H's mean diagonal, added to the diagonal: H of few samples is singular
 
 
@@ -123,8 +124,6 @@ def _in_activation_order(w, h, scale, locked, qmin: int, qmax: int):
     code): the columns that matter most are rounded first, while the most columns are left to absorb their error."""
     import torch
 
-    if not ACT_ORDER:
-        return _gptq(w, h, scale, locked, qmin, qmax)
     order = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)  # [groups, d]
 
     def by_column(t):
