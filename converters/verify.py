@@ -186,8 +186,9 @@ def _sqnr_db(ref64: np.ndarray, error: np.ndarray) -> float | None:
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """In [-1, 1]: identical outputs can round to 1.0000000000000002, which a report must not print."""
     norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return 1.0 if norms == 0 else float(np.dot(a, b) / norms)
+    return 1.0 if norms == 0 else float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))
 
 
 def _top1_agreement(ref: np.ndarray, out: np.ndarray) -> float:

@@ -4,6 +4,7 @@ where the error starts in both formats."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,14 @@ def test_the_floor_is_the_recipes(tmp_path, trained_weights):
     recipe["verify"] = {"integer_tolerance": {"min_cosine": 0.5, "min_top1_agreement": 1.01}}
     with pytest.raises(Exception, match="min_top1_agreement"):  # a fraction: refused when the recipe loads
         parse_recipe(recipe)
+
+
+def test_identical_outputs_have_a_cosine_of_exactly_one():
+    # float64 rounds dot(a, a) / |a|^2 to 1.0000000000000002 for this vector: an emulated Pi's bit-identical int8
+    # outputs were reported so (and failed a test asking for 1.0)
+    from edgepack.converters.verify import compare
+
+    a = np.random.default_rng(1).standard_normal((1, 50))
+    assert np.dot(a[0], a[0]) / (np.linalg.norm(a[0]) ** 2) > 1.0  # the case exists
+    (figures,), _ = compare({"y": a}, {"y": a.copy()}, relative_tolerance=None, classifier=False)
+    assert figures.cosine_similarity == 1.0
