@@ -54,8 +54,9 @@ class QuantScheme(BaseModel):
         "quantized Conv/Gemm bias the mean output error its int8 weights cause on the calibration data (Nagel et al. "
         "2019). auto (the default): computed, then kept only if the whole model's outputs on the held-out "
         "calibration samples come closer to float's with it than without (softmax KL for a classifier; the two "
-        "errors are in details.bias_correction_choice); off when the data is too small to hold samples "
-        "out.")  # fmt: skip
+        "errors are in details.bias_correction_choice); off when the data is too small to hold samples out, and "
+        "after gptq or adaround rounding, which leave no mean error to correct. true alone implies weight_rounding: "
+        "nearest.")  # fmt: skip
     smooth_quant: SmoothQuant | None = Field(None, description="Before calibrating, move activation outliers into "
         "the weights of the MatMul/Gemm layers reading them (SmoothQuant, Xiao et al. 2023), e.g. {alpha: 0.5}; "
         "the float model keeps its function (calibration/smoothing.py).")  # fmt: skip
