@@ -22,7 +22,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -44,9 +43,6 @@ from edgepack.core.dataset import ArrayDataset
 from edgepack.core.errors import QuantizationError
 from edgepack.core.kernels import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from edgepack.core.quantization import QuantPlan, activation_params
-
-if TYPE_CHECKING:
-    from edgepack.calibration.bias_correction import BiasCorrection
 
 
 class HighPrecision(StrEnum):
@@ -164,15 +160,13 @@ class RuntimeScorer:
     """Scores quantized candidates against the float model, both run in onnxruntime on the same samples."""
 
     def __init__(self, float_model: onnx.ModelProto, dataset: ArrayDataset, *, unsigned_activations: bool = True,
-                 per_channel_weights: bool = True, bias_correction: BiasCorrection | None = None,
-                 written_from: Callable[[set[str]], onnx.ModelProto] | None = None,
+                 per_channel_weights: bool = True, written_from: Callable[[set[str]], onnx.ModelProto] | None = None,
                  top1_of_float: bool = False):  # fmt: skip
         """``top1_of_float``: score top-1 against the float model's classes (its top-1 is then 100%, and a
         candidate's drop is the share of samples whose class it changes) instead of ``dataset.labels``.
         ``written_from(integer nodes)``: the model a candidate's file is written from (weights rounded, biases
-        corrected where its layers run int8), when that is not ``float_model`` with ``bias_correction``."""
-        self.model, self.dataset, self.bias_correction = float_model, dataset, bias_correction
-        self.written_from = written_from
+        corrected where its layers run int8: FloatPreparation.model_for); default ``float_model`` itself."""
+        self.model, self.dataset, self.written_from = float_model, dataset, written_from
         self.writer_options = {"unsigned_activations": unsigned_activations, "per_channel_weights": per_channel_weights}
         self.reference = self.outputs(float_model)  # the float model's, never the bias-corrected one's
         self.output = float_model.graph.output[0].name
@@ -185,12 +179,10 @@ class RuntimeScorer:
         return model_outputs(model, self.dataset)
 
     def quantized_from(self, calibration: Calibration) -> onnx.ModelProto:
-        """The float model a file of ``calibration`` is written from: bias-corrected where its weights are int8."""
-        if self.written_from is not None:
-            return self.written_from(integer_nodes(self.model, calibration))
-        if self.bias_correction is None:
+        """The float model a file of ``calibration`` is written from."""
+        if self.written_from is None:
             return self.model
-        return self.bias_correction.only(integer_nodes(self.model, calibration)).model
+        return self.written_from(integer_nodes(self.model, calibration))
 
     def score(self, calibration: Calibration) -> Score:
         from edgepack.converters.qdq import build_qdq_model
